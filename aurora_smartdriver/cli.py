@@ -1,0 +1,179 @@
+"""The ``aurora-smartdriver`` command: the lab, the demo, and (later) topology tools."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aurora_smartdriver import __version__
+
+
+def _print_nodes(nodes: Sequence[dict[str, Any]]) -> None:
+    print(f"  {'id':<22} {'role':<7} {'status':<8} {'address':<16} host")
+    for node in nodes:
+        flag = " (partitioned)" if node.get("partitioned") else ""
+        print(
+            f"  {node['id']:<22} {node['role']:<7} {node['status']:<8} "
+            f"{node['address'] + ':' + str(node['port']):<16} {node['host']}{flag}"
+        )
+
+
+def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str | None = None) -> None:
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        if text:
+            print(text)
+        if "nodes" in doc:
+            _print_nodes(doc["nodes"])
+
+
+def _lab_command(args: argparse.Namespace) -> int:
+    from aurora_smartdriver import lab
+
+    if args.lab_cmd == "up":
+        started = time.monotonic()
+        cluster = lab.start(
+            args.engine,
+            replicas=args.replicas,
+            name=args.name,
+            dns_ttl=args.dns_ttl,
+            dns_lag=args.dns_lag,
+            port=args.port,
+            owned=False,
+        )
+        doc = cluster.info()
+        doc["startup_s"] = round(time.monotonic() - started, 3)
+        _emit(
+            args,
+            doc,
+            f"lab {doc['name']} ({doc['engine']}) up in {doc['startup_s']:.2f}s\n"
+            f"  dsn:   {doc['dsn']}\n  dns:   {doc['dns']['address']}:{doc['dns']['port']}\n"
+            f"  state: {doc['state']}\n"
+            f"  tear down with: aurora-smartdriver lab down --state {doc['state']}",
+        )
+        return 0
+    if args.lab_cmd == "down":
+        from aurora_smartdriver.lab._cluster import lab_dirs, teardown
+        from aurora_smartdriver.lab._state import state_path
+
+        paths = [state_path(d) for d in lab_dirs()] if args.all else [Path(args.state)]
+        for path in paths:
+            teardown(path)
+        return 0
+    if args.lab_cmd == "residue":
+        found = lab.residue()
+        for line in found:
+            print(f"lab residue: {line}", file=sys.stderr)
+        return 1 if found else 0
+
+    cluster = lab.attach(args.state)
+    if args.lab_cmd == "status":
+        _emit(args, cluster.info())
+    elif args.lab_cmd == "failover":
+        report = cluster.failover(args.to, how=args.how, dns_lag=args.dns_lag)
+        doc = {**report.to_json(), "nodes": [n.to_json() for n in cluster.nodes]}
+        _emit(
+            args,
+            doc,
+            f"failover {report.old_writer} -> {report.new_writer} ({report.how}) "
+            f"in {report.duration:.2f}s",
+        )
+    elif args.lab_cmd == "add-replica":
+        node = cluster.add_replica()
+        _emit(args, {"node": node.to_json(), "nodes": [n.to_json() for n in cluster.nodes]})
+    elif args.lab_cmd == "restore":
+        repaired = cluster.restore()
+        _emit(args, {"repaired": repaired, "nodes": [n.to_json() for n in cluster.nodes]})
+    else:
+        getattr(cluster, args.lab_cmd)(args.node)
+        _emit(args, {"nodes": [n.to_json() for n in cluster.nodes]})
+    return 0
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    from aurora_smartdriver._demo import run_demo
+
+    return run_demo(engine=args.engine, replicas=args.replicas, dns_lag=args.dns_lag)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aurora-smartdriver",
+        description="A failover-aware connection layer for replicated database clusters.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="start a lab cluster, fail it over, show what happened")
+    demo.add_argument("--engine", choices=["postgresql", "mariadb"], default="postgresql")
+    demo.add_argument("--replicas", type=int, default=2)
+    demo.add_argument("--dns-lag", type=float, default=5.0, help="seconds DNS lags the failover")
+    demo.set_defaults(func=_demo_command)
+
+    lab = sub.add_parser("lab", help="a local Aurora-like cluster for tests and demos")
+    lab_sub = lab.add_subparsers(dest="lab_cmd", required=True)
+
+    def with_state(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--state", required=True, help="the lab's state file (from lab up)")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    up = lab_sub.add_parser("up", help="start a cluster and leave it running")
+    up.add_argument("--engine", choices=["postgresql", "mariadb"], default="postgresql")
+    up.add_argument("--replicas", type=int, default=2)
+    up.add_argument("--name", default="lab")
+    up.add_argument("--dns-ttl", type=int, default=5)
+    up.add_argument("--dns-lag", type=float, default=0.0)
+    up.add_argument("--port", type=int, default=None)
+    up.add_argument("--json", action="store_true", help="print JSON")
+
+    with_state(lab_sub.add_parser("status", help="the nodes as they are now"))
+    fo = with_state(lab_sub.add_parser("failover", help="replace the writer"))
+    fo.add_argument("--to", default=None, help="the replica to promote (default: most advanced)")
+    fo.add_argument("--how", choices=["crash", "stop"], default="crash")
+    fo.add_argument("--dns-lag", type=float, default=None)
+    for fault, text in [
+        ("crash", "kill -9 a node"),
+        ("hang", "SIGSTOP a node (connects complete, nothing answers)"),
+        ("resume", "undo hang"),
+        ("partition", "drop a node's packets (root, iptables)"),
+        ("heal", "undo partition"),
+        ("restart", "start a crashed node again in its role"),
+        ("rejoin", "bring a node back as a replica of the current writer"),
+        ("remove", "delete a replica"),
+    ]:
+        with_state(lab_sub.add_parser(fault, help=text)).add_argument("node")
+    with_state(lab_sub.add_parser("add-replica", help="add a reader"))
+    with_state(lab_sub.add_parser("restore", help="undo every fault"))
+    down = lab_sub.add_parser("down", help="stop a lab and delete its files")
+    group = down.add_mutually_exclusive_group(required=True)
+    group.add_argument("--state")
+    group.add_argument("--all", action="store_true", help="every lab on this machine")
+    lab_sub.add_parser("residue", help="list what labs left behind; exit 1 if anything")
+    lab.set_defaults(func=_lab_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "lab" and not hasattr(args, "json"):
+        args.json = False
+    try:
+        result: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from aurora_smartdriver.lab import LabError
+
+        if isinstance(exc, LabError | FileNotFoundError | KeyError | ValueError):
+            print(f"aurora-smartdriver: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+    return result

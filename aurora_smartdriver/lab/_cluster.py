@@ -1,0 +1,810 @@
+"""The lab cluster: start, inspect, break, fail over and tear down a local replicated cluster.
+
+Every operation reads and writes the lab's state file under its lock, so a lab started by one
+process (``lab up``) can be failed over by another (``lab failover --state ...``) and torn down
+by a third. The supervisor process (DNS server and metadata heartbeat) follows the state file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from aurora_smartdriver.lab import _firewall, _net, _procs
+from aurora_smartdriver.lab import _state as st
+from aurora_smartdriver.lab._engine import Engine, Fresh, LabError, Unsupported, node_dir
+from aurora_smartdriver.lab._proxy import FaultProxy
+
+LAB_DIR_PREFIX = "asd-lab-"
+ENGINES = ("postgresql", "mariadb")
+
+
+def engine_for(name: str) -> Engine:
+    """The engine implementation for ``postgresql`` or ``mariadb``."""
+    if name == "postgresql":
+        from aurora_smartdriver.lab._postgresql import PostgreSQL
+
+        return PostgreSQL()
+    if name in ("mariadb", "mysql"):
+        from aurora_smartdriver.lab._mariadb import MariaDB
+
+        return MariaDB()
+    raise LabError(f"unknown lab engine {name!r}; choose one of: {', '.join(ENGINES)}")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A node as the lab sees it now."""
+
+    id: str
+    host: str  # the instance endpoint name (served by the lab's DNS)
+    address: str
+    port: int
+    role: str  # "writer" | "reader"
+    status: str  # "running" | "crashed" | "hung" | "stopped"
+    partitioned: bool
+    pid: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "host": self.host,
+            "address": self.address,
+            "port": self.port,
+            "role": self.role,
+            "status": self.status,
+            "partitioned": self.partitioned,
+            "pid": self.pid,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverReport:
+    """What a failover did and when (wall-clock times, seconds since the epoch)."""
+
+    old_writer: str
+    new_writer: str
+    how: str
+    started_at: float
+    promoted_at: float  # the new writer is out of recovery / read_only is off
+    writable_at: float  # a synchronously replicated commit on the new writer has completed
+    completed_at: float  # replicas repointed, metadata published
+    dns_flip_at: float  # when the cluster endpoint starts answering with the new writer
+
+    @property
+    def duration(self) -> float:
+        return self.completed_at - self.started_at
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "old_writer": self.old_writer,
+            "new_writer": self.new_writer,
+            "how": self.how,
+            "started_at": self.started_at,
+            "promoted_at": self.promoted_at,
+            "writable_at": self.writable_at,
+            "completed_at": self.completed_at,
+            "dns_flip_at": self.dns_flip_at,
+            "duration_s": round(self.duration, 3),
+        }
+
+
+def _node_info(lab: st.LabState, node: st.NodeState) -> NodeInfo:
+    status = node.status
+    if status in ("running", "hung") and not _procs.alive(node.pid):
+        status = "crashed"  # died behind the lab's back
+    return NodeInfo(
+        id=node.id,
+        host=lab.instance_endpoint(node.id),
+        address=node.address,
+        port=node.port,
+        role=node.role,
+        status=status,
+        partitioned=node.partitioned,
+        pid=node.pid,
+    )
+
+
+def _dsn(lab: st.LabState, host: str) -> str:
+    scheme = "postgresql" if lab.engine == "postgresql" else "mariadb"
+    params = [
+        f"dns_server={lab.dns.address}:{lab.dns.port}",
+        f"instance_host_pattern={lab.instance_host_pattern}",
+    ]
+    if lab.engine == "mariadb":
+        params += ["replica_status_schema=aurora_lab", "read_only_variable=read_only"]
+    return (
+        f"{scheme}://{quote(lab.user, safe='')}:{quote(lab.password, safe='')}@{host}:{lab.port}"
+        f"/{lab.database}?" + "&".join(params)
+    )
+
+
+# Labs started by this interpreter, torn down at exit if the caller did not.
+_started: weakref.WeakSet[Lab] = weakref.WeakSet()
+
+
+@atexit.register
+def _down_at_exit() -> None:
+    for lab in list(_started):
+        with contextlib.suppress(Exception):
+            lab.down()
+
+
+class Lab:
+    """A running lab cluster. Use :meth:`start` to create one and :meth:`attach` to find one."""
+
+    def __init__(self, state_path: Path, *, claim: _net.Claim | None = None) -> None:
+        self.state_path = Path(state_path)
+        self._claim = claim
+        self._proxies: dict[str, FaultProxy] = {}
+        self._engine: Engine | None = None
+        self._lock = threading.RLock()
+
+    # -- creation ------------------------------------------------------------------------
+    @classmethod
+    def start(
+        cls,
+        engine: str = "postgresql",
+        *,
+        replicas: int = 2,
+        name: str = "lab",
+        dns_ttl: int = 5,
+        dns_lag: float = 0.0,
+        port: int | None = None,
+        heartbeat_interval: float = 1.0,
+        owned: bool = True,
+        timeout: float = 60.0,
+    ) -> Lab:
+        """Start a cluster: one writer and ``replicas`` readers, DNS and metadata heartbeat.
+
+        With ``owned`` (the default) the lab is torn down when this process exits, even if it
+        is killed (the supervisor notices); ``owned=False`` leaves it running for ``lab down``.
+        """
+        if replicas < 0:
+            raise LabError(f"replicas must be 0 or more, not {replicas}")
+        if not name.replace("-", "").isalnum() or not name[0].isalpha() or len(name) > 40:
+            raise LabError(
+                f"lab name must be letters, digits and '-' starting with a letter: {name!r}"
+            )
+        impl = engine_for(engine)
+        claim = _net.claim(
+            replicas + 1,
+            port or impl.default_port,
+            53 if os.geteuid() == 0 else 10053,
+        )
+        lab_dir = Path(tempfile.mkdtemp(prefix=LAB_DIR_PREFIX))
+        # Servers may run as another account (postgres) and need to enter.
+        os.chmod(lab_dir, 0o755)  # noqa: S103
+        state = st.LabState(
+            engine=impl.name,
+            name=name,
+            cluster_hash=secrets.token_hex(6),
+            dir=str(lab_dir),
+            prefix=claim.prefix,
+            port=claim.port,
+            user="app",
+            password=secrets.token_urlsafe(12),
+            database="app",
+            repl_password=secrets.token_urlsafe(12),
+            dns=st.DNSState(
+                address=claim.address(_net.DNS_HOST),
+                port=claim.dns_port,
+                ttl=dns_ttl,
+                lag=dns_lag,
+                cluster_target=f"{name}-instance-1",
+            ),
+            owner_pid=os.getpid() if owned else None,
+            heartbeat_interval=heartbeat_interval,
+            server_user=_procs.server_user() if impl.name == "postgresql" else None,
+            replicas_wanted=replicas,
+        )
+        for _ in range(replicas + 1):
+            _new_node(state, claim.prefix, "writer" if not state.nodes else "reader")
+        path = st.state_path(lab_dir)
+        st.save(path, state)
+        lab = cls(path, claim=claim)
+        lab._engine = impl
+        _started.add(lab)
+        try:
+            lab._bring_up(timeout)
+        except BaseException:
+            lab.down()
+            raise
+        if not owned:
+            _started.discard(lab)
+        return lab
+
+    @classmethod
+    def attach(cls, state_path: str | os.PathLike[str]) -> Lab:
+        """A handle on a lab started elsewhere (for example by ``lab up``)."""
+        lab = cls(Path(state_path))
+        lab.state()  # fail early with a clear message when there is no such lab
+        return lab
+
+    def _bring_up(self, timeout: float) -> None:
+        state = self.state()
+        engine = self.engine
+        writer = state.writer
+        assert writer is not None
+        engine.prepare(state, writer, None)
+        writer.pid = engine.start(state, writer)
+        writer.status = "running"
+        st.save(self.state_path, state)
+        engine.wait_ready(state, writer, timeout)
+        engine.bootstrap(state, writer)
+        with ThreadPoolExecutor(max_workers=max(1, len(state.readers))) as pool:
+            list(pool.map(lambda n: self._start_replica(state, n, writer, timeout), state.readers))
+        st.save(self.state_path, state)
+        if state.readers:
+            engine.set_sync(state, writer, True)
+        self._start_supervisor(state)
+        engine.publish(state, writer, {n.id: Fresh(0.0, 0.0) for n in state.nodes})
+        self.wait_replicated(timeout)
+
+    def _start_replica(
+        self, state: st.LabState, node: st.NodeState, writer: st.NodeState, timeout: float
+    ) -> None:
+        engine = self.engine
+        engine.prepare(state, node, writer)
+        node.pid = engine.start(state, node)
+        node.status = "running"
+        engine.wait_ready(state, node, timeout)
+        engine.attach_replica(state, node, writer)
+
+    def _start_supervisor(self, state: st.LabState) -> None:
+        assert self._claim is not None
+        log = open(Path(state.dir) / "supervisor.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "aurora_smartdriver.lab._supervisor",
+                    str(self.state_path),
+                    str(self._claim.lock.fileno()),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=(self._claim.lock.fileno(),),
+            )
+        finally:
+            log.close()
+        _procs._children[proc.pid] = proc
+        state.supervisor_pid = proc.pid
+        st.save(self.state_path, state)
+        ready = Path(state.dir) / "supervisor.ready"
+        deadline = time.monotonic() + 15
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                out = (Path(state.dir) / "supervisor.log").read_text(errors="replace")
+                raise LabError(f"the lab supervisor did not start:\n{out[-2000:]}")
+            time.sleep(0.01)
+
+    # -- reading -------------------------------------------------------------------------
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = engine_for(self.state().engine)
+        return self._engine
+
+    def state(self) -> st.LabState:
+        """The lab's state as the state file says now."""
+        return st.load(self.state_path)
+
+    @property
+    def name(self) -> str:
+        return self.state().name
+
+    @property
+    def dsn(self) -> str:
+        """URL through the cluster endpoint, with the app user, the DNS server and the pattern."""
+        state = self.state()
+        return _dsn(state, state.cluster_endpoint)
+
+    @property
+    def reader_dsn(self) -> str:
+        state = self.state()
+        return _dsn(state, state.reader_endpoint)
+
+    def instance_dsn(self, node: str | NodeInfo) -> str:
+        state = self.state()
+        return _dsn(state, state.instance_endpoint(_id(node)))
+
+    @property
+    def dns(self) -> tuple[str, int]:
+        state = self.state()
+        return (state.dns.address, state.dns.port)
+
+    @property
+    def nodes(self) -> list[NodeInfo]:
+        state = self.state()
+        return [_node_info(state, n) for n in state.nodes]
+
+    def node(self, node: str | NodeInfo) -> NodeInfo:
+        state = self.state()
+        return _node_info(state, state.node(_id(node)))
+
+    @property
+    def writer(self) -> NodeInfo:
+        state = self.state()
+        if state.writer is None:
+            raise LabError("the lab has no writer")
+        return _node_info(state, state.writer)
+
+    @property
+    def readers(self) -> list[NodeInfo]:
+        state = self.state()
+        return [_node_info(state, n) for n in state.readers]
+
+    def connect_kwargs(self, node: str | NodeInfo, *, user: str | None = None) -> dict[str, Any]:
+        """Keyword arguments for a plain driver connecting straight to a node's address."""
+        state = self.state()
+        target = state.node(_id(node))
+        kwargs: dict[str, Any] = {
+            "host": target.address,
+            "port": target.port,
+            "user": user or state.user,
+            "password": state.password,
+        }
+        kwargs["dbname" if state.engine == "postgresql" else "database"] = state.database
+        return kwargs
+
+    def info(self) -> dict[str, Any]:
+        """The JSON document ``lab up --json`` prints."""
+        state = self.state()
+        return {
+            "engine": state.engine,
+            "name": state.name,
+            "dsn": _dsn(state, state.cluster_endpoint),
+            "reader_dsn": _dsn(state, state.reader_endpoint),
+            "user": state.user,
+            "password": state.password,
+            "database": state.database,
+            "port": state.port,
+            "dns": {
+                "address": state.dns.address,
+                "port": state.dns.port,
+                "ttl": state.dns.ttl,
+                "lag": state.dns.lag,
+            },
+            "endpoints": {
+                "cluster": state.cluster_endpoint,
+                "reader": state.reader_endpoint,
+                "instance_host_pattern": state.instance_host_pattern,
+            },
+            "nodes": [_node_info(state, n).to_json() for n in state.nodes],
+            "state": str(self.state_path),
+        }
+
+    def execute(self, node: str | NodeInfo, sql: str) -> list[tuple[object, ...]]:
+        """Run one statement as the administrator on a node (for tests and checks)."""
+        state = self.state()
+        return self.engine.execute(state, state.node(_id(node)), sql)
+
+    # -- changing ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _change(self) -> Iterator[st.LabState]:
+        with self._lock, st.locked(self.state_path):
+            state = self.state()
+            yield state
+            st.save(self.state_path, state)
+
+    def crash(self, node: str | NodeInfo) -> None:
+        """Kill -9 every process of a node (new connects are refused, open ones break)."""
+        with self._change() as state:
+            target = state.node(_id(node))
+            self._kill(state, target)
+            target.status = "crashed"
+
+    def _kill(self, state: st.LabState, node: st.NodeState) -> None:
+        if node.pid is not None:
+            _procs.kill_group(node.pid)
+            self.engine.after_kill(state, node)
+        node.pid = None
+
+    def hang(self, node: str | NodeInfo) -> None:
+        """SIGSTOP every process of a node: TCP connects complete, nothing answers."""
+        with self._change() as state:
+            target = _running(state, _id(node))
+            _procs.signal_group(target.pid or 0, signal.SIGSTOP)
+            target.status = "hung"
+
+    def resume(self, node: str | NodeInfo) -> None:
+        """Undo :meth:`hang`."""
+        with self._change() as state:
+            target = state.node(_id(node))
+            if target.status != "hung":
+                raise LabError(f"{target.id} is {target.status}, not hung")
+            _procs.signal_group(target.pid or 0, signal.SIGCONT)
+            target.status = "running"
+
+    def partition(self, node: str | NodeInfo) -> None:
+        """Drop every packet to and from a node's address and port (needs root and iptables)."""
+        with self._change() as state:
+            target = state.node(_id(node))
+            _firewall.partition(state.prefix, target.id, target.address, target.port)
+            target.partitioned = True
+
+    def heal(self, node: str | NodeInfo) -> None:
+        """Undo :meth:`partition`."""
+        with self._change() as state:
+            target = state.node(_id(node))
+            _firewall.heal(state.prefix, target.id, target.address, target.port)
+            target.partitioned = False
+
+    def restart(self, node: str | NodeInfo, timeout: float = 30.0) -> None:
+        """Start a crashed or stopped node again on its own data, in the role it had."""
+        with self._change() as state:
+            target = state.node(_id(node))
+            if target.status in ("running", "hung") and _procs.alive(target.pid):
+                raise LabError(f"{target.id} is {target.status}; crash or stop it first")
+            target.pid = self.engine.start(state, target)
+            target.status = "running"
+            st.save(self.state_path, state)
+            self.engine.wait_ready(state, target, timeout)
+
+    def failover(
+        self,
+        to: str | NodeInfo | None = None,
+        *,
+        how: str = "crash",
+        dns_lag: float | None = None,
+    ) -> FailoverReport:
+        """Replace the writer: crash (kill -9) or stop it, promote a replica, repoint the rest.
+
+        The promoted replica is ``to`` or the most advanced one; a ``to`` that is behind
+        first catches up from the most advanced replica, so no acknowledged commit is lost.
+        The cluster endpoint's DNS answer flips ``dns_lag`` seconds later (default: the lab's).
+        """
+        if how not in ("crash", "stop"):
+            raise LabError(f"how must be 'crash' or 'stop', not {how!r}")
+        engine = self.engine
+        with self._change() as state:
+            started = time.time()
+            old = state.writer
+            if old is None:
+                raise LabError("the lab has no writer to fail over from")
+            if how == "stop" and old.status == "running" and _procs.alive(old.pid):
+                # Fast shutdown: PostgreSQL on SIGINT, MariaDB on SIGTERM.
+                sig = signal.SIGINT if state.engine == "postgresql" else signal.SIGTERM
+                os.kill(old.pid or 0, sig)
+                if not _procs.wait_gone(old.pid or 0, 30):
+                    raise LabError(f"{old.id} did not stop within 30s")
+                self._kill(state, old)
+                old.status = "stopped"
+            else:
+                self._kill(state, old)
+                old.status = "crashed"
+            old.role = "reader"
+            candidates = [n for n in state.readers if n.status == "running" and _procs.alive(n.pid)]
+            if not candidates:
+                old.role = "writer"
+                raise LabError("no running replica to promote; the writer is down")
+            positions = self._positions(state, candidates)
+            best = max(candidates, key=lambda n: (positions[n.id], -n.index))
+            target = best if to is None else state.node(_id(to))
+            if target not in candidates:
+                raise LabError(f"cannot promote {target.id}: it is not a running replica")
+            if positions[target.id] < positions[best.id]:
+                self._catch_up(state, target, best, positions[best.id])
+            engine.promote(state, target)
+            promoted = time.time()
+            target.role = "writer"
+            others = [n for n in candidates if n is not target]
+            with ThreadPoolExecutor(max_workers=max(1, len(others))) as pool:
+                list(pool.map(lambda n: engine.repoint(state, n, target), others))
+            engine.set_sync(state, target, bool(others))
+            engine.publish(state, target, {target.id: Fresh(0.0, 0.0)})
+            writable = time.time()
+            lag = state.dns.lag if dns_lag is None else dns_lag
+            _settle_dns(state.dns, time.time())
+            if lag <= 0:
+                state.dns.cluster_target = target.id
+                state.dns.pending_target = state.dns.pending_at = None
+                flip = writable
+            else:
+                flip = time.time() + lag
+                state.dns.pending_target, state.dns.pending_at = target.id, flip
+            state.failovers += 1
+            return FailoverReport(
+                old_writer=old.id,
+                new_writer=target.id,
+                how=how,
+                started_at=started,
+                promoted_at=promoted,
+                writable_at=writable,
+                completed_at=time.time(),
+                dns_flip_at=flip,
+            )
+
+    def _positions(self, state: st.LabState, nodes: list[st.NodeState]) -> dict[str, int]:
+        engine = self.engine
+
+        def measure(node: st.NodeState) -> int:
+            engine.drain(state, node, 10.0)
+            return engine.position(state, node)
+
+        with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+            return dict(zip([n.id for n in nodes], pool.map(measure, nodes), strict=True))
+
+    def _catch_up(
+        self, state: st.LabState, target: st.NodeState, source: st.NodeState, goal: int
+    ) -> None:
+        """Let ``target`` replicate from ``source`` (cascading) until it reaches ``goal``."""
+        engine = self.engine
+        engine.repoint(state, target, source)
+        deadline = time.monotonic() + 20
+        while True:
+            engine.drain(state, target, 10.0)
+            if engine.position(state, target) >= goal:
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"{target.id} could not catch up with {source.id} for promotion")
+            time.sleep(0.02)
+
+    def rejoin(self, node: str | NodeInfo, timeout: float = 60.0) -> None:
+        """Bring a node back as a replica of the current writer, from a fresh copy.
+
+        This is how a crashed former writer returns, as on Aurora where it restarts as a
+        reader; a fresh copy avoids transactions it wrote but never replicated.
+        """
+        with self._change() as state:
+            target = state.node(_id(node))
+            writer = state.writer
+            if writer is None or writer is target:
+                raise LabError(f"cannot rejoin {target.id}: it is the writer (fail over first)")
+            self._kill(state, target)
+            target.role = "reader"
+            target.partitioned = False
+            target.session_id = str(uuid.uuid4())
+            self._start_replica(state, target, writer, timeout)
+            self.engine.set_sync(state, writer, True)
+
+    def remove(self, node: str | NodeInfo) -> None:
+        """Delete a replica: its process, its data and its metadata row and DNS name."""
+        with self._change() as state:
+            target = state.node(_id(node))
+            if target.role == "writer":
+                raise LabError(f"cannot remove {target.id}: it is the writer (fail over first)")
+            self._kill(state, target)
+            if target.partitioned:
+                _firewall.heal(state.prefix, target.id, target.address, target.port)
+            shutil.rmtree(node_dir(state, target), ignore_errors=True)
+            state.nodes.remove(target)
+            writer = state.writer
+            if writer is not None and writer.status == "running":
+                running = [n for n in state.readers if n.status == "running"]
+                self.engine.set_sync(state, writer, bool(running))
+                self.engine.publish(state, writer, {})
+
+    def add_replica(self, timeout: float = 60.0) -> NodeInfo:
+        """Add a new reader that replicates from the writer."""
+        with self._change() as state:
+            writer = state.writer
+            if writer is None or writer.status != "running":
+                raise LabError("cannot add a replica: the writer is not running")
+            node = _new_node(state, state.prefix, "reader")
+            st.save(self.state_path, state)
+            self._start_replica(state, node, writer, timeout)
+            self.engine.set_sync(state, writer, True)
+            self.engine.publish(state, writer, {node.id: Fresh(0.0, 0.0)})
+            return _node_info(state, node)
+
+    def proxy(self, node: str | NodeInfo) -> FaultProxy:
+        """A started fault proxy in front of a node (latency, blackhole, reset) on its own address."""
+        state = self.state()
+        target = state.node(_id(node))
+        existing = self._proxies.get(target.id)
+        if existing is not None:
+            return existing
+        proxy = FaultProxy(
+            f"{state.prefix}.{_net.PROXY_FIRST_HOST + target.index}",
+            target.port,
+            (target.address, target.port),
+        )
+        proxy.start()
+        self._proxies[target.id] = proxy
+        return proxy
+
+    def wait_replicated(self, timeout: float = 30.0) -> None:
+        """Wait until every running replica has applied everything the writer has."""
+        state = self.state()
+        writer = state.writer
+        if writer is None or writer.status != "running":
+            return
+        engine = self.engine
+        goal = engine.writer_position(state, writer)
+        deadline = time.monotonic() + timeout
+        for node in state.readers:
+            if node.status != "running":
+                continue
+            while True:
+                engine.drain(state, node, timeout)
+                if engine.position(state, node) >= goal:
+                    break
+                if time.monotonic() > deadline:
+                    raise LabError(f"{node.id} did not catch up with the writer in {timeout}s")
+                time.sleep(0.02)
+
+    def restore(self, timeout: float = 60.0) -> bool:
+        """Undo every fault: heal, resume, restart or rejoin nodes, refill replicas, settle DNS.
+
+        Cheap when nothing is broken; returns whether anything had to be repaired. The writer
+        may be a different node than at start (failovers are not undone).
+        """
+        repaired = False
+        for proxy in self._proxies.values():
+            proxy.stop()
+        repaired |= bool(self._proxies)
+        self._proxies.clear()
+        state = self.state()
+        for node in state.nodes:
+            if node.partitioned:
+                self.heal(node.id)
+                repaired = True
+            if node.status == "hung":
+                self.resume(node.id)
+                repaired = True
+        state = self.state()
+        writer = state.writer
+        if writer is not None and not _procs.alive(writer.pid):
+            self.restart(writer.id, timeout)
+            repaired = True
+        for node in self.state().readers:
+            if not _procs.alive(node.pid):
+                self.rejoin(node.id, timeout)
+                repaired = True
+        while len(self.state().readers) < self.state().replicas_wanted:
+            self.add_replica(timeout)
+            repaired = True
+        with self._change() as state:
+            writer = state.writer
+            if writer is not None and (
+                state.dns.cluster_target != writer.id or state.dns.pending_target is not None
+            ):
+                state.dns.cluster_target = writer.id
+                state.dns.pending_target = state.dns.pending_at = None
+                repaired = True
+        if repaired:
+            self.wait_replicated(timeout)
+        return repaired
+
+    # -- tear-down -----------------------------------------------------------------------
+    def down(self) -> None:
+        """Stop every process, remove firewall rules and delete the lab's directory."""
+        for proxy in self._proxies.values():
+            proxy.stop()
+        self._proxies.clear()
+        _started.discard(self)
+        teardown(self.state_path)
+        if self._claim is not None:
+            self._claim.lock.close()
+            self._claim = None
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def __repr__(self) -> str:
+        return f"<aurora_smartdriver.lab.Lab state={str(self.state_path)!r}>"
+
+
+def _id(node: str | NodeInfo) -> str:
+    return node if isinstance(node, str) else node.id
+
+
+def _running(state: st.LabState, node_id: str) -> st.NodeState:
+    node = state.node(node_id)
+    if node.status != "running" or not _procs.alive(node.pid):
+        raise LabError(f"{node.id} is {node.status}, not running")
+    return node
+
+
+def _new_node(state: st.LabState, prefix: str, role: str) -> st.NodeState:
+    index = state.next_index
+    state.next_index += 1
+    node = st.NodeState(
+        id=f"{state.name}-instance-{index}",
+        index=index,
+        address=f"{prefix}.{_net.FIRST_NODE_HOST + index - 1}",
+        port=state.port,
+        role=role,
+        status="stopped",
+        datadir="",
+        server_id=index,
+        session_id=str(uuid.uuid4()),
+    )
+    node.datadir = str(Path(state.dir) / node.id)
+    state.nodes.append(node)
+    return node
+
+
+def _settle_dns(dns: st.DNSState, now: float) -> None:
+    """Apply a delayed flip that has come due, so a new failover starts from what DNS says."""
+    if dns.pending_target is not None and dns.pending_at is not None and now >= dns.pending_at:
+        dns.cluster_target = dns.pending_target
+        dns.pending_target = dns.pending_at = None
+
+
+def dns_target(dns: st.DNSState, now: float) -> str:
+    """The instance the cluster endpoint points at, at time ``now``."""
+    if dns.pending_target is not None and dns.pending_at is not None and now >= dns.pending_at:
+        return dns.pending_target
+    return dns.cluster_target
+
+
+def teardown(state_path: Path, *, keep_supervisor: int | None = None) -> None:
+    """Tear a lab down from its state file alone: processes, firewall rules, directory.
+
+    Works from any process and after any failure; each step is attempted even when an earlier
+    one failed, and a missing lab is not an error.
+    """
+    try:
+        state = st.load(state_path)
+    except FileNotFoundError:
+        return
+    except ValueError:
+        state = None
+    if state is not None:
+        if state.supervisor_pid and state.supervisor_pid != keep_supervisor:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(state.supervisor_pid, signal.SIGTERM)
+            if not _procs.wait_gone(state.supervisor_pid, 5):
+                with contextlib.suppress(Exception):
+                    _procs.kill_group(state.supervisor_pid)
+        engine: Engine | None = None
+        with contextlib.suppress(LabError):
+            engine = engine_for(state.engine)
+        for node in state.nodes:
+            if node.pid is not None:
+                with contextlib.suppress(Exception):
+                    _procs.kill_group(node.pid)
+            if engine is not None:
+                with contextlib.suppress(Exception):
+                    engine.after_kill(state, node)
+        with contextlib.suppress(Unsupported):
+            _firewall.remove_all(state.prefix)
+    shutil.rmtree(state_path.parent, ignore_errors=True)
+
+
+def lab_dirs() -> list[Path]:
+    """Directories of labs on this machine (in the temporary directory)."""
+    return sorted(Path(tempfile.gettempdir()).glob(f"{LAB_DIR_PREFIX}*"))
+
+
+def residue() -> list[str]:
+    """What labs left behind: directories, processes, firewall rules. Empty when clean."""
+    found = [f"directory {d}" for d in lab_dirs()]
+    marker = f"/{LAB_DIR_PREFIX}"
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmdline and _procs.alive(int(entry.name)):
+            found.append(f"process {entry.name}: {cmdline.strip()[:200]}")
+    found += [f"iptables rule {r}" for r in _firewall.leftover_rules()]
+    return found

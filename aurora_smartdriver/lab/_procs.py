@@ -1,0 +1,161 @@
+"""Process helpers for the lab: spawn server processes in their own session, probe, signal, reap."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import signal
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+# Popen objects of the processes this interpreter started, so they can be reaped (no zombies).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def server_user() -> str | None:
+    """The OS account database servers run as: None (ourselves) unless we are root.
+
+    PostgreSQL refuses to run as root, so as root the lab runs it as ``postgres`` (created by the
+    Debian package) or, failing that, ``nobody``.
+    """
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        return name
+    raise RuntimeError("running as root but neither a 'postgres' nor a 'nobody' account exists")
+
+
+def chown_tree(path: Path, user: str | None) -> None:
+    """Give ``path`` and everything below it to ``user`` (no-op when ``user`` is None)."""
+    if user is None:
+        return
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
+
+def run(
+    args: Sequence[str],
+    *,
+    user: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 120.0,
+    cwd: Path | None = None,
+) -> str:
+    """Run a command to completion; raise with its output when it fails."""
+    proc = subprocess.run(
+        list(args),
+        user=user,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=timeout,
+        check=False,
+    )
+    out = proc.stdout.decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed with exit code {proc.returncode}:\n{out[-4000:]}")
+    return out
+
+
+def spawn(
+    args: Sequence[str],
+    *,
+    log: Path,
+    user: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> int:
+    """Start a long-running server process in a new session (its pid is its process group id)."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            list(args),
+            user=user,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    _children[proc.pid] = proc
+    return proc.pid
+
+
+def _reap(pid: int) -> None:
+    proc = _children.get(pid)
+    if proc is not None and proc.poll() is not None:
+        del _children[pid]
+
+
+def state(pid: int) -> str | None:
+    """The process state letter from /proc (R, S, T, Z, ...), or None when it does not exist."""
+    _reap(pid)
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name is in parentheses and may contain spaces: the state follows the last ')'.
+    return raw.rsplit(")", 1)[1].split()[0]
+
+
+def alive(pid: int | None) -> bool:
+    """True when the process exists and is not a zombie (``kill -0`` succeeds on zombies)."""
+    if pid is None:
+        return False
+    st = state(pid)
+    return st is not None and st not in ("Z", "X")
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to a whole process group; a group that is gone already is not an error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in a process group."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = raw.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def kill_group(pgid: int, timeout: float = 10.0) -> None:
+    """SIGKILL a process group and wait until none of its members is alive."""
+    signal_group(pgid, signal.SIGCONT)
+    signal_group(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pgid)
+        if not group_members(pgid):
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"process group {pgid} still alive {timeout:.0f}s after SIGKILL")
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` is gone (or a zombie); return whether it went."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.01)
+    return not alive(pid)

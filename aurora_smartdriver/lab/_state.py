@@ -1,0 +1,160 @@
+"""The lab's state file: what runs where, shared by every process that acts on one lab.
+
+The file is JSON so that people and other tools can read it; writes are atomic (write, then
+rename) and every change happens under an exclusive ``flock`` on a sibling lock file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DOMAIN = "aurora.test"  # RFC 2606 reserves .test; nothing here can leak to real DNS
+REGION = "lab"
+
+
+@dataclass(slots=True)
+class NodeState:
+    """One database node: an instance in Aurora's terms."""
+
+    id: str
+    index: int
+    address: str
+    port: int
+    role: str  # "writer" | "reader"
+    status: str  # "running" | "crashed" | "hung" | "stopped"
+    datadir: str
+    server_id: int
+    session_id: str
+    pid: int | None = None
+    partitioned: bool = False
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        return (self.address, self.port)
+
+
+@dataclass(slots=True)
+class DNSState:
+    address: str
+    port: int
+    ttl: int
+    lag: float
+    cluster_target: str  # the instance id the cluster endpoint points at now
+    pending_target: str | None = None  # where it will point once ``pending_at`` is reached
+    pending_at: float | None = None  # wall-clock time of the delayed flip
+
+
+@dataclass(slots=True)
+class LabState:
+    """Everything needed to find, change and tear down one lab from any process."""
+
+    engine: str
+    name: str
+    cluster_hash: str
+    dir: str
+    prefix: str
+    port: int
+    user: str
+    password: str
+    database: str
+    repl_password: str
+    dns: DNSState
+    nodes: list[NodeState] = field(default_factory=list)
+    next_index: int = 1
+    supervisor_pid: int | None = None
+    owner_pid: int | None = None
+    heartbeat_interval: float = 1.0
+    replicas_wanted: int = 0
+    server_user: str | None = None
+    created_at: float = field(default_factory=time.time)
+    failovers: int = 0
+
+    # -- names ------------------------------------------------------------------------------
+    @property
+    def origin(self) -> str:
+        return f"{REGION}.{DOMAIN}"
+
+    @property
+    def cluster_endpoint(self) -> str:
+        return f"{self.name}.cluster-{self.cluster_hash}.{self.origin}"
+
+    @property
+    def reader_endpoint(self) -> str:
+        return f"{self.name}.cluster-ro-{self.cluster_hash}.{self.origin}"
+
+    def instance_endpoint(self, node_id: str) -> str:
+        return f"{node_id}.{self.cluster_hash}.{self.origin}"
+
+    @property
+    def instance_host_pattern(self) -> str:
+        return f"?.{self.cluster_hash}.{self.origin}"
+
+    # -- lookups -----------------------------------------------------------------------------
+    def node(self, node_id: str) -> NodeState:
+        for node in self.nodes:
+            if node.id == node_id:
+                return node
+        known = ", ".join(n.id for n in self.nodes)
+        raise KeyError(f"no node {node_id!r} in lab {self.name!r} (nodes: {known})")
+
+    @property
+    def writer(self) -> NodeState | None:
+        return next((n for n in self.nodes if n.role == "writer"), None)
+
+    @property
+    def readers(self) -> list[NodeState]:
+        return [n for n in self.nodes if n.role == "reader"]
+
+    # -- persistence -------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LabState:
+        data = dict(data)
+        data["dns"] = DNSState(**data["dns"])
+        data["nodes"] = [NodeState(**n) for n in data["nodes"]]
+        return cls(**data)
+
+
+def state_path(lab_dir: Path) -> Path:
+    return lab_dir / "state.json"
+
+
+def load(path: Path) -> LabState:
+    """Read a lab's state file; a clear error when it is missing or not a lab's."""
+    try:
+        raw = path.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no lab state file at {path} (is the lab down already?)") from None
+    try:
+        return LabState.from_json(json.loads(raw))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"{path} is not a lab state file: {exc}") from exc
+
+
+def save(path: Path, state: LabState) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state.to_json(), indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold the lab's exclusive lock (one fault or failover at a time, across processes)."""
+    lock_path = path.with_name("state.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

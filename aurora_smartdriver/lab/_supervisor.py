@@ -1,0 +1,162 @@
+"""The lab's supervisor process: serves DNS, keeps the metadata fresh, watches the owner.
+
+Run as ``python -m aurora_smartdriver.lab._supervisor STATE_FILE CLAIM_FD``. It follows the state
+file (re-read when it changes), so faults and failovers made by any process show up in DNS and in
+the metadata without talking to it. When the process that owns the lab dies, it tears the lab
+down, so a killed test run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from aurora_smartdriver.lab import _procs
+from aurora_smartdriver.lab import _state as st
+from aurora_smartdriver.lab._cluster import dns_target, engine_for, teardown
+from aurora_smartdriver.lab._dns import ARecord, CNAMERecord, DNSServer, Record, Zone
+from aurora_smartdriver.lab._engine import Fresh, Probe, cpu_percent
+
+log = logging.getLogger("aurora_smartdriver.lab.supervisor")
+
+
+class _Follower:
+    """The latest state file contents, re-read only when the file changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self.state = st.load(path)
+        self._lock = threading.Lock()
+
+    def current(self) -> st.LabState:
+        with self._lock:
+            try:
+                info = os.stat(self.path)
+            except FileNotFoundError:
+                return self.state
+            stamp = (info.st_mtime_ns, info.st_ino)
+            if stamp != self._stamp:
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    self.state = st.load(self.path)
+                    self._stamp = stamp
+            return self.state
+
+
+def zone_of(state: st.LabState, now: float) -> Zone:
+    """The DNS zone for a lab at time ``now``: cluster, reader and instance endpoints."""
+    ttl = state.dns.ttl
+    records: dict[str, Record] = {}
+    for node in state.nodes:
+        records[state.instance_endpoint(node.id) + "."] = ARecord((node.address,), ttl)
+    target = dns_target(state.dns, now)
+    records[state.cluster_endpoint + "."] = CNAMERecord(state.instance_endpoint(target) + ".", ttl)
+    readers = [n.address for n in state.readers if n.status in ("running", "hung")]
+    if not readers and state.writer is not None:
+        readers = [state.writer.address]  # Aurora points the reader endpoint at the writer
+    records[state.reader_endpoint + "."] = ARecord(tuple(readers), ttl)
+    return Zone(origin=state.origin + ".", records=records)
+
+
+class Heartbeat:
+    """Probes every running node and publishes fresh rows on the writer, once per interval.
+
+    A node that does not answer (crashed, hung, cut off) gets no new timestamp, so its row goes
+    stale as on Aurora. A probe still stuck on a hung node is not started again.
+    """
+
+    def __init__(self, follower: _Follower) -> None:
+        self.follower = follower
+        self.engine = engine_for(follower.state.engine)
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="lab-probe")
+        self.pending: dict[str, Future[Probe]] = {}
+        self.publishing: Future[None] | None = None
+        self.cpu: dict[int, tuple[float, float]] = {}
+
+    def tick(self) -> None:
+        state = self.follower.current()
+        for node in state.nodes:
+            if node.id in self.pending or node.status != "running" or not _procs.alive(node.pid):
+                continue
+            self.pending[node.id] = self.pool.submit(self.engine.probe, state, node, 2.0)
+        deadline = time.monotonic() + state.heartbeat_interval * 0.5
+        fresh: dict[str, Fresh] = {}
+        for node_id, fut in list(self.pending.items()):
+            try:
+                probe = fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                continue  # still waiting on that node: it stays pending, its row goes stale
+            except Exception as exc:
+                log.debug("probe of %s failed: %s", node_id, exc)
+                del self.pending[node_id]
+                continue
+            del self.pending[node_id]
+            found = next((n for n in state.nodes if n.id == node_id), None)
+            if found is not None:
+                fresh[node_id] = Fresh(lag_ms=probe.lag_ms, cpu=cpu_percent(found.pid, self.cpu))
+        writer = state.writer
+        if writer is None or writer.id not in fresh:
+            return
+        if self.publishing is not None and not self.publishing.done():
+            return
+        self.publishing = self.pool.submit(self._publish, state, writer, fresh)
+
+    def _publish(self, state: st.LabState, writer: st.NodeState, fresh: dict[str, Fresh]) -> None:
+        try:
+            self.engine.publish(state, writer, fresh)
+        except Exception as exc:
+            log.debug("publishing on %s failed: %s", writer.id, exc)
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    path = Path(argv[0])
+    claim_fd = int(argv[1]) if len(argv) > 1 else None
+    claim = socket.socket(fileno=claim_fd) if claim_fd is not None else None
+    follower = _Follower(path)
+    state = follower.state
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    server = DNSServer(
+        state.dns.address, state.dns.port, lambda: zone_of(follower.current(), time.time())
+    )
+    server.start()
+    (path.parent / "supervisor.ready").write_text(str(os.getpid()))
+    log.info("serving DNS on %s:%s for %s", state.dns.address, state.dns.port, state.origin)
+    heartbeat = Heartbeat(follower)
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            current = follower.current()
+            if current.owner_pid is not None and not _procs.alive(current.owner_pid):
+                log.info("owner %s is gone: tearing the lab down", current.owner_pid)
+                server.stop()
+                teardown(path, keep_supervisor=os.getpid())
+                return 0
+            if not path.exists():
+                return 0
+            try:
+                heartbeat.tick()
+            except Exception:
+                log.exception("heartbeat failed")
+            stop.wait(max(0.05, current.heartbeat_interval - (time.monotonic() - started)))
+    finally:
+        server.stop()
+        heartbeat.pool.shutdown(wait=False, cancel_futures=True)
+        if claim is not None:
+            claim.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
