@@ -60,9 +60,8 @@ def run_demo(engine: str = "postgresql", replicas: int = 2, dns_lag: float = 5.0
         if first is None:
             print("  no write succeeded after the fault within the wait")
         else:
-            print(
-                f"  write unavailability:         {first - report.started_at:.2f}s (fault to first write)"
-            )
+            gap = first - report.started_at
+            print(f"  write unavailability:         {gap:.2f}s (fault to first write)")
             print(
                 f"  new writer ready -> 1st write: {first - report.writable_at:.2f}s "
                 f"(stale DNS kept it from the new writer)"

@@ -417,7 +417,7 @@ class Lab:
 
     def _kill(self, state: st.LabState, node: st.NodeState) -> None:
         if node.pid is not None:
-            _procs.kill_group(node.pid)
+            _procs.kill_tree(node.pid)
             self.engine.after_kill(state, node)
         node.pid = None
 
@@ -425,7 +425,7 @@ class Lab:
         """SIGSTOP every process of a node: TCP connects complete, nothing answers."""
         with self._change() as state:
             target = _running(state, _id(node))
-            _procs.signal_group(target.pid or 0, signal.SIGSTOP)
+            _procs.signal_tree(target.pid or 0, signal.SIGSTOP)
             target.status = "hung"
 
     def resume(self, node: str | NodeInfo) -> None:
@@ -434,7 +434,7 @@ class Lab:
             target = state.node(_id(node))
             if target.status != "hung":
                 raise LabError(f"{target.id} is {target.status}, not hung")
-            _procs.signal_group(target.pid or 0, signal.SIGCONT)
+            _procs.signal_tree(target.pid or 0, signal.SIGCONT)
             target.status = "running"
 
     def partition(self, node: str | NodeInfo) -> None:
@@ -610,7 +610,7 @@ class Lab:
             return _node_info(state, node)
 
     def proxy(self, node: str | NodeInfo) -> FaultProxy:
-        """A started fault proxy in front of a node (latency, blackhole, reset) on its own address."""
+        """A started fault proxy before a node (latency, blackhole, reset) on its own address."""
         state = self.state()
         target = state.node(_id(node))
         existing = self._proxies.get(target.id)
@@ -772,14 +772,14 @@ def teardown(state_path: Path, *, keep_supervisor: int | None = None) -> None:
                 os.kill(state.supervisor_pid, signal.SIGTERM)
             if not _procs.wait_gone(state.supervisor_pid, 5):
                 with contextlib.suppress(Exception):
-                    _procs.kill_group(state.supervisor_pid)
+                    _procs.kill_tree(state.supervisor_pid)
         engine: Engine | None = None
         with contextlib.suppress(LabError):
             engine = engine_for(state.engine)
         for node in state.nodes:
             if node.pid is not None:
                 with contextlib.suppress(Exception):
-                    _procs.kill_group(node.pid)
+                    _procs.kill_tree(node.pid)
             if engine is not None:
                 with contextlib.suppress(Exception):
                     engine.after_kill(state, node)

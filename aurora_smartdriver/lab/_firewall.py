@@ -9,6 +9,7 @@ not matched, so a partitioned replica keeps receiving changes (a documented limi
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 
@@ -87,7 +88,6 @@ def remove_all(lab_prefix: str) -> None:
     """Remove every rule of one lab (on tear-down)."""
     ipt = _iptables()
     for line in leftover_rules(lab_prefix):
-        args = line.split()
+        args = shlex.split(line)  # iptables -S quotes the comment
         if args[:1] == ["-A"]:
-            # Comments are quoted by iptables -S when they contain spaces; ours never do.
             subprocess.run([ipt, "-w", "-D", *args[1:]], capture_output=True, check=False)

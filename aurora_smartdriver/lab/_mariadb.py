@@ -156,12 +156,15 @@ class MariaDB:
     def _sock(self, lab: LabState, node: NodeState) -> Path:
         return self._base(lab, node) / "mariadbd.sock"
 
-    def _connect(self, lab: LabState, node: NodeState, timeout: float) -> Any:
+    def _connect(
+        self, lab: LabState, node: NodeState, timeout: float, database: str | None = None
+    ) -> Any:
         import pymysql
 
         return pymysql.connect(
             unix_socket=str(self._sock(lab, node)),
             user="root",
+            database=database,
             connect_timeout=timeout,
             read_timeout=max(timeout, 10.0),
             write_timeout=max(timeout, 10.0),
@@ -169,7 +172,7 @@ class MariaDB:
         )
 
     def execute(self, lab: LabState, node: NodeState, sql: str) -> list[tuple[object, ...]]:
-        conn = self._connect(lab, node, 5.0)
+        conn = self._connect(lab, node, 5.0, database=lab.database)
         try:
             with conn.cursor() as cur:
                 cur.execute(sql)

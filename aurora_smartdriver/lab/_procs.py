@@ -116,12 +116,6 @@ def alive(pid: int | None) -> bool:
     return st is not None and st not in ("Z", "X")
 
 
-def signal_group(pgid: int, sig: signal.Signals) -> None:
-    """Send ``sig`` to a whole process group; a group that is gone already is not an error."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
 def group_members(pgid: int) -> list[int]:
     """Pids of the live processes in a process group."""
     members = []
@@ -138,17 +132,62 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def kill_group(pgid: int, timeout: float = 10.0) -> None:
-    """SIGKILL a process group and wait until none of its members is alive."""
-    signal_group(pgid, signal.SIGCONT)
-    signal_group(pgid, signal.SIGKILL)
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every live process."""
+    parents = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] not in ("Z", "X"):
+            parents[int(entry.name)] = int(fields[1])
+    return parents
+
+
+def tree(pid: int) -> list[int]:
+    """A process and all its live descendants, parents first.
+
+    A server's children may leave its process group (PostgreSQL backends call setsid()), so
+    the parent links, not the group, say what belongs to a node.
+    """
+    parents = _parents()
+    children: dict[int, list[int]] = {}
+    for child, parent in parents.items():
+        children.setdefault(parent, []).append(child)
+    found = [pid] if pid in parents else []
+    for current in found:
+        found.extend(children.get(current, []))
+    return found
+
+
+def signal_tree(pid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to a server and every process it started (stopping the parent first)."""
+    if sig == signal.SIGSTOP:
+        # Stop the parent first so it cannot fork while its children are being stopped.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+    for member in tree(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(member, sig)
+
+
+def kill_tree(pid: int, timeout: float = 10.0) -> None:
+    """SIGKILL a server and everything it started; wait until all of it is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGSTOP)  # no new children from here on
+    members = set(tree(pid)) | set(group_members(pid))
+    for member in members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(member, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        _reap(pgid)
-        if not group_members(pgid):
+        if not any(alive(m) for m in members):
             return
         time.sleep(0.01)
-    raise TimeoutError(f"process group {pgid} still alive {timeout:.0f}s after SIGKILL")
+    raise TimeoutError(f"process {pid} and its children still alive {timeout:.0f}s after SIGKILL")
 
 
 def wait_gone(pid: int, timeout: float) -> bool:

@@ -8,6 +8,7 @@ without a cache would) and records which inserts the database acknowledged. Afte
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -131,10 +132,8 @@ class WriteLoad:
                 with self._lock:
                     self.result.events.append(Event(time.time(), False, _describe(exc)))
                 if conn is not None:
-                    try:
+                    with contextlib.suppress(Exception):  # thrown away anyway
                         conn.close()
-                    except Exception:  # noqa: S110 - the connection is being thrown away anyway
-                        pass
                 conn = None
                 self._stop.wait(0.05)
                 continue

@@ -1,0 +1,121 @@
+"""The lab from the command line and from other processes; and that it always cleans up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from aurora_smartdriver.lab import Lab
+
+
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aurora_smartdriver", "lab", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
+    )
+
+
+def test_lab_up_status_failover_down_from_other_processes() -> None:
+    up = json.loads(_cli("up", "--engine", "postgresql", "--replicas", "1", "--json").stdout)
+    state = up["state"]
+    try:
+        assert up["dsn"].startswith("postgresql://app:")
+        assert f"dns_server={up['dns']['address']}:{up['dns']['port']}" in up["dsn"]
+        assert {n["role"] for n in up["nodes"]} == {"writer", "reader"}
+        for node in up["nodes"]:
+            assert {"id", "address", "port", "role"} <= node.keys()
+        writer = next(n for n in up["nodes"] if n["role"] == "writer")
+        with psycopg.connect(
+            host=writer["address"],
+            port=writer["port"],
+            user=up["user"],
+            password=up["password"],
+            dbname=up["database"],
+        ) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+        status = json.loads(_cli("status", "--state", state, "--json").stdout)
+        assert [n["id"] for n in status["nodes"]] == [n["id"] for n in up["nodes"]]
+
+        failover = json.loads(_cli("failover", "--state", state, "--json").stdout)
+        assert failover["old_writer"] == writer["id"]
+        roles = {n["id"]: n["role"] for n in failover["nodes"]}
+        assert roles[failover["new_writer"]] == "writer"
+        assert Lab.attach(state).writer.id == failover["new_writer"]
+    finally:
+        _cli("down", "--state", state)
+    assert not Path(state).parent.exists()
+
+
+def test_status_of_a_missing_lab_is_a_clear_error(tmp_path: Path) -> None:
+    done = _cli("status", "--state", str(tmp_path / "nope.json"), check=False)
+    assert done.returncode == 1
+    assert "no lab state file" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unknown_node_is_a_clear_error() -> None:
+    up = json.loads(_cli("up", "--engine", "postgresql", "--replicas", "0", "--json").stdout)
+    try:
+        done = _cli("crash", "--state", up["state"], "no-such-node", check=False)
+        assert done.returncode == 1
+        assert "no node 'no-such-node'" in done.stderr
+    finally:
+        _cli("down", "--state", up["state"])
+
+
+def test_a_killed_owner_leaves_nothing_behind(tmp_path: Path) -> None:
+    script = (
+        "import os, signal, sys\n"
+        "from aurora_smartdriver import lab\n"
+        "cluster = lab.start('postgresql', replicas=1)\n"
+        "print(cluster.state_path, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    state = Path(proc.stdout.strip())
+    assert state.name == "state.json", proc.stderr
+    pids = [n.pid for n in Lab.attach(state).nodes] if state.exists() else []
+    deadline = time.monotonic() + 30
+    while state.parent.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not state.parent.exists(), "the supervisor did not tear the orphaned lab down"
+    for pid in pids:
+        assert pid is None or not Path(f"/proc/{pid}").exists() or _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("engine", ["postgresql", "mariadb"])
+def test_context_manager_tears_down_on_error(engine: str) -> None:
+    with pytest.raises(RuntimeError, match="boom"), Lab.start(engine, replicas=0) as lab:
+        directory = Path(lab.state().dir)
+        raise RuntimeError("boom")
+    assert not directory.exists()
+
+
+def test_no_lab_residue_after_tear_down() -> None:
+    lab = Lab.start("postgresql", replicas=0)
+    directory = lab.state().dir
+    lab.down()
+    from aurora_smartdriver.lab import residue
+
+    assert not [line for line in residue() if directory in line]
+    assert os.path.exists(directory) is False

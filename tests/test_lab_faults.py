@@ -1,0 +1,139 @@
+"""Each lab fault, as a plain PyMySQL / psycopg client sees it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from aurora_smartdriver import lab as lab_module
+from aurora_smartdriver.lab import Lab
+from tests import plain
+
+
+def test_crashed_node_refuses_new_connections(aurora_lab: Lab) -> None:
+    reader = aurora_lab.readers[0]
+    aurora_lab.crash(reader.id)
+    assert aurora_lab.node(reader.id).status == "crashed"
+    with pytest.raises(plain.DRIVER_ERRORS) as caught:
+        plain.connect(aurora_lab, reader.id)
+    assert "refused" in str(caught.value).lower() or plain.error_code(caught.value) == 2003
+
+
+def test_open_connection_to_a_crashed_node_breaks_on_next_statement(aurora_lab: Lab) -> None:
+    reader = aurora_lab.readers[0]
+    conn = plain.connect(aurora_lab, reader.id)
+    aurora_lab.crash(reader.id)
+    with pytest.raises(plain.DRIVER_ERRORS) as caught:
+        plain.query(conn, "SELECT 1")
+    if aurora_lab.state().engine == "mariadb":
+        assert plain.error_code(caught.value) in (2006, 2013)
+    conn.close()
+
+
+def test_hung_node_accepts_tcp_but_a_connect_times_out(aurora_lab: Lab) -> None:
+    reader = aurora_lab.readers[0]
+    aurora_lab.hang(reader.id)
+    # The kernel still completes the TCP handshake of a stopped server.
+    with socket.create_connection((reader.address, reader.port), timeout=2):
+        pass
+    with pytest.raises(plain.DRIVER_ERRORS) as caught:
+        plain.connect(aurora_lab, reader.id, timeout=1.0)
+    text = str(caught.value).lower()
+    assert "timeout" in text or "timed out" in text or plain.error_code(caught.value) == 2013
+
+
+def test_statement_on_a_hung_node_waits_until_resume(aurora_lab: Lab) -> None:
+    reader = aurora_lab.readers[0]
+    conn = plain.connect(aurora_lab, reader.id, timeout=30.0)
+    aurora_lab.hang(reader.id)
+    done = threading.Event()
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(plain.query(conn, "SELECT 1"))
+        except Exception as exc:
+            outcome.append(exc)
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert not done.wait(1.5), "a statement on a hung node must not complete"
+    aurora_lab.resume(reader.id)
+    assert done.wait(20)
+    assert outcome == [[(1,)]]
+    conn.close()
+
+
+def test_read_timeout_cuts_a_statement_on_a_hung_mariadb_node(aurora_lab_mariadb: Lab) -> None:
+    reader = aurora_lab_mariadb.readers[0]
+    conn = plain.connect(aurora_lab_mariadb, reader.id, timeout=1.0)
+    aurora_lab_mariadb.hang(reader.id)
+    with pytest.raises(plain.DRIVER_ERRORS) as caught:
+        plain.query(conn, "SELECT 1")
+    assert plain.error_code(caught.value) == 2013
+
+
+@pytest.mark.skipif(not lab_module.partition_available(), reason="needs root and iptables")
+def test_partitioned_node_times_out_and_heals(aurora_lab: Lab) -> None:
+    reader = aurora_lab.readers[0]
+    aurora_lab.partition(reader.id)
+    assert aurora_lab.node(reader.id).partitioned
+    with pytest.raises(OSError):
+        socket.create_connection((reader.address, reader.port), timeout=1)
+    aurora_lab.heal(reader.id)
+    conn = plain.connect(aurora_lab, reader.id)
+    assert plain.query(conn, "SELECT 1") == [(1,)]
+    conn.close()
+
+
+def test_partition_rules_are_removed_on_tear_down(aurora_lab_factory: object) -> None:
+    if not lab_module.partition_available():
+        pytest.skip("needs root and iptables")
+    from aurora_smartdriver.lab._firewall import leftover_rules
+
+    lab: Lab = aurora_lab_factory("postgresql", replicas=0)  # type: ignore[operator]
+    prefix = lab.state().prefix
+    lab.partition(lab.writer.id)
+    assert leftover_rules(prefix)
+    lab.down()
+    assert leftover_rules(prefix) == []
+
+
+def test_proxy_adds_latency_blackholes_and_resets(aurora_lab: Lab) -> None:
+    reader = aurora_lab.readers[0]
+    proxy = aurora_lab.proxy(reader.id)
+    address, _port = proxy.address
+    conn = plain.connect_address(aurora_lab, address, timeout=1.0)
+    assert plain.query(conn, "SELECT 1") == [(1,)]
+    proxy.set_latency(0.2)
+    started = time.monotonic()
+    plain.query(conn, "SELECT 1")
+    assert time.monotonic() - started >= 0.2
+    proxy.set_latency(0.0)
+    proxy.reset()
+    with pytest.raises(plain.DRIVER_ERRORS):
+        plain.query(conn, "SELECT 1")
+    conn.close()
+    proxy.restore()
+    proxy.blackhole()
+    with pytest.raises(plain.DRIVER_ERRORS):
+        plain.connect_address(aurora_lab, address, timeout=1.0)
+    proxy.restore()
+    conn = plain.connect_address(aurora_lab, address, timeout=1.0)
+    assert plain.query(conn, "SELECT 1") == [(1,)]
+    conn.close()
+
+
+def test_restart_brings_a_crashed_replica_back_in_its_role(aurora_lab: Lab) -> None:
+    reader = aurora_lab.readers[0]
+    aurora_lab.crash(reader.id)
+    aurora_lab.restart(reader.id)
+    assert aurora_lab.node(reader.id).status == "running"
+    conn = plain.connect(aurora_lab, reader.id)
+    with pytest.raises(plain.DRIVER_ERRORS) as caught:
+        plain.query(conn, "CREATE TABLE after_restart (x INT)")
+    assert plain.is_read_only_error(caught.value)
+    conn.close()
