@@ -1,0 +1,1045 @@
+"""Every parameter the library accepts, declared once with its default, unit and description.
+
+`Settings` is the typed, immutable object holding the library's own parameters; each field's
+metadata carries its section, unit, one-line description, whether it is secret and how a value is
+parsed from a DSN string or a Python value. `DRIVER_PARAMETERS` lists, per engine, the driver
+parameters that pass through to psycopg/libpq or PyMySQL. The DSN parser, the error messages and
+the parameter reference (docs/parameters.md) are all derived from these two, so a parameter
+cannot be documented, parsed and defaulted in three different ways.
+
+Regenerate the reference with ``python -m aurora_smartdriver.settings > docs/parameters.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from types import MappingProxyType
+from typing import Any, Literal, Protocol, cast, get_args
+
+from aurora_smartdriver.errors import ConfigError
+
+__all__ = [
+    "DRIVER_PARAMETERS",
+    "PARAMETERS",
+    "AuthMethod",
+    "Engine",
+    "Parameter",
+    "ReadOnlyVariable",
+    "ReaderFallback",
+    "ReaderStrategy",
+    "Settings",
+    "TargetRole",
+    "TopologySource",
+    "parameter_reference_markdown",
+]
+
+Engine = Literal["postgresql", "mysql"]
+TopologySource = Literal[
+    "auto", "aurora-postgresql", "aurora-mysql", "rds-multi-az", "probe", "rds-api", "static"
+]
+TargetRole = Literal["writer", "reader", "any"]
+ReaderStrategy = Literal[
+    "random", "round_robin", "least_connections", "least_lag", "fastest_response"
+]
+ReaderFallback = Literal["writer", "fail"]
+AuthMethod = Literal["password", "iam", "secrets"]
+ReadOnlyVariable = Literal["innodb_read_only", "read_only"]
+
+_MASK = "***"
+_SHOWN_MAX = 80
+
+
+# -- value kinds: how one parameter's value is parsed from text or Python and written back ------
+
+
+class _Invalid(Exception):
+    """A value that does not fit its parameter; `expected` says what would fit."""
+
+    def __init__(self, expected: str, suggestion: str | None = None) -> None:
+        super().__init__(expected)
+        self.expected = expected
+        self.suggestion = suggestion
+
+
+class _Kind(Protocol):
+    """How values of one type are parsed (from DSN text or a Python value) and rendered."""
+
+    @property
+    def expected(self) -> str:
+        """What a valid value looks like, completing "expected ..." in an error message."""
+        ...
+
+    @property
+    def unit(self) -> str:
+        """The unit of the value, as shown in the parameter reference ("" for none)."""
+        ...
+
+    def parse(self, value: object) -> object:
+        """The typed value for `value`; raises `_Invalid` when it does not fit."""
+        ...
+
+    def render(self, value: object) -> str:
+        """The typed `value` as written in a DSN, so that `parse(render(v)) == v`."""
+        ...
+
+
+_TRUE = frozenset({"on", "true", "1", "yes"})
+_FALSE = frozenset({"off", "false", "0", "no"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Flag:
+    expected: str = "on or off (also true/false, yes/no, 1/0)"
+    unit: str = ""
+
+    def parse(self, value: object) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in _TRUE:
+                return True
+            if word in _FALSE:
+                return False
+        raise _Invalid(self.expected)
+
+    def render(self, value: object) -> str:
+        return "on" if value else "off"
+
+
+@dataclass(frozen=True, slots=True)
+class _Count:
+    minimum: int = 0
+    unit: str = ""
+
+    @property
+    def expected(self) -> str:
+        return f"a whole number of at least {self.minimum}"
+
+    def parse(self, value: object) -> int:
+        number: int | None = None
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+            number = int(value)
+        if number is None or number < self.minimum:
+            raise _Invalid(self.expected)
+        return number
+
+    def render(self, value: object) -> str:
+        return str(value)
+
+
+_DURATION_RE = re.compile(r"\s*((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(ms|s|m|h)?\s*")
+_DURATION_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True, slots=True)
+class _Seconds:
+    positive: bool = True
+    optional: bool = False
+    unit: str = "s"
+
+    @property
+    def expected(self) -> str:
+        bound = "greater than 0" if self.positive else "of 0 or more"
+        unset = ", or none" if self.optional else ""
+        return f"a duration {bound} such as 250ms, 5s, 2m or a number of seconds{unset}"
+
+    def parse(self, value: object) -> float | None:
+        seconds: float | None = None
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            if self.optional:
+                return None
+        elif isinstance(value, timedelta):
+            seconds = value.total_seconds()
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        elif isinstance(value, str) and (match := _DURATION_RE.fullmatch(value)):
+            seconds = float(match[1]) * _DURATION_UNITS[match[2]]
+        if seconds is None or not math.isfinite(seconds) or seconds < 0:
+            raise _Invalid(self.expected)
+        if self.positive and seconds == 0:
+            raise _Invalid(self.expected)
+        return seconds
+
+    def render(self, value: object) -> str:
+        if value is None:
+            return ""
+        text = repr(float(cast(float, value)))
+        return f"{text.removesuffix('.0')}s"
+
+
+@dataclass(frozen=True, slots=True)
+class _Fraction:
+    expected: str = "a fraction from 0 to 1, such as 0.1 or 10%"
+    unit: str = "fraction"
+
+    def parse(self, value: object) -> float:
+        number: float | None = None
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            text = value.strip()
+            scale = 1.0
+            if text.endswith("%"):
+                text, scale = text[:-1], 0.01
+            if re.fullmatch(r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", text):
+                number = float(text) * scale
+        if number is None or not 0.0 <= number <= 1.0:
+            raise _Invalid(self.expected)
+        return number
+
+    def render(self, value: object) -> str:
+        return repr(float(cast(float, value)))
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    choices: tuple[str, ...]
+    unit: str = ""
+
+    @property
+    def expected(self) -> str:
+        return "one of " + ", ".join(self.choices)
+
+    def parse(self, value: object) -> str:
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in self.choices:
+                return word
+            close = difflib.get_close_matches(word, self.choices, n=1, cutoff=0.6)
+            raise _Invalid(self.expected, f"did you mean {close[0]!r}?" if close else None)
+        raise _Invalid(self.expected)
+
+    def render(self, value: object) -> str:
+        return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    """Free text, optionally restricted by a pattern; empty text means unset when optional."""
+
+    optional: bool = False
+    pattern: str | None = None
+    what: str = "text"
+    numbers: bool = False
+    """Accept int and float values too, as their decimal text (libpq takes every value as text)."""
+    unit: str = ""
+
+    @property
+    def expected(self) -> str:
+        return f"{self.what}, or nothing to leave it unset" if self.optional else self.what
+
+    def parse(self, value: object) -> str | None:
+        if value is None or value == "":
+            if self.optional:
+                return None
+            if value is None:
+                raise _Invalid(self.expected)
+        if self.numbers and isinstance(value, int | float) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str):
+            raise _Invalid(self.expected)
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            raise _Invalid(self.expected)
+        return value
+
+    def render(self, value: object) -> str:
+        return "" if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _HostPattern:
+    """A host name with one `?` standing for an instance id, optionally followed by `:port`."""
+
+    expected: str = (
+        "a host name containing exactly one '?' for the instance id, optionally followed by "
+        ":port (e.g. ?.abc123.us-east-1.rds.amazonaws.com), or nothing to derive it"
+    )
+    unit: str = ""
+
+    def parse(self, value: object) -> str | None:
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise _Invalid(self.expected)
+        if value.count("?") != 1:
+            raise _Invalid(self.expected, f"it contains {value.count('?')} '?'")
+        host, port = _split_port(value.replace("?", "x"))
+        if not _is_hostname(host) or (port is not None and _port_number(port) is None):
+            raise _Invalid(self.expected)
+        return value
+
+    def render(self, value: object) -> str:
+        return "" if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """SQL statements, separated by `;` in a DSN; a Python sequence gives them one by one."""
+
+    expected: str = "SQL statements separated by ';' (a statement cannot itself contain ';')"
+    unit: str = ""
+
+    def parse(self, value: object) -> tuple[str, ...]:
+        if isinstance(value, str):
+            items: Sequence[object] = value.split(";")
+        elif isinstance(value, Sequence):
+            items = value
+            if any(isinstance(item, str) and ";" in item for item in items):
+                raise _Invalid(self.expected)
+        else:
+            raise _Invalid(self.expected)
+        if not all(isinstance(item, str) for item in items):
+            raise _Invalid(self.expected)
+        return tuple(text for item in items if (text := cast(str, item).strip()))
+
+    def render(self, value: object) -> str:
+        return ";".join(cast(tuple[str, ...], value))
+
+
+@dataclass(frozen=True, slots=True)
+class _Nameservers:
+    """Nameserver addresses as `ip[:port]` (IPv6 as `[ip]:port`), comma separated in a DSN."""
+
+    expected: str = "nameserver addresses as ip[:port], comma separated (IPv6 as [ip]:port)"
+    unit: str = ""
+
+    def parse(self, value: object) -> tuple[tuple[str, int], ...]:
+        if isinstance(value, str):
+            items: Sequence[object] = [item for item in value.split(",") if item.strip()]
+        elif isinstance(value, Sequence):
+            items = value
+        else:
+            raise _Invalid(self.expected)
+        return tuple(self._one(item) for item in items)
+
+    def _one(self, item: object) -> tuple[str, int]:
+        if isinstance(item, tuple) and len(item) == 2:
+            address, port = item
+            if isinstance(address, str) and isinstance(port, int) and not isinstance(port, bool):
+                return self._checked(address, str(port))
+            raise _Invalid(self.expected)
+        if not isinstance(item, str):
+            raise _Invalid(self.expected)
+        text = item.strip()
+        if _is_ip(text):
+            return self._checked(text, "53")
+        host, port = _split_port(text)
+        return self._checked(host, port if port is not None else "53")
+
+    def _checked(self, address: str, port: str) -> tuple[str, int]:
+        number = _port_number(port)
+        if not _is_ip(address) or number is None:
+            raise _Invalid(self.expected)
+        return str(ipaddress.ip_address(address)), number
+
+    def render(self, value: object) -> str:
+        servers = cast(tuple[tuple[str, int], ...], value)
+        return ",".join(f"[{a}]:{p}" if ":" in a else f"{a}:{p}" for a, p in servers)
+
+
+# -- host helpers, shared with the DSN parser ---------------------------------------------------
+
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?")
+
+
+def _is_hostname(text: str) -> bool:
+    """Whether `text` is a host name or IPv4 address (letters, digits, `-`, `_` and dots)."""
+    return len(text) <= 253 and _HOSTNAME_RE.fullmatch(text) is not None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _port_number(text: str) -> int | None:
+    """The port number written as `text`, or None unless it is a number from 1 to 65535."""
+    if not re.fullmatch(r"\d{1,5}", text):
+        return None
+    number = int(text)
+    return number if 1 <= number <= 65535 else None
+
+
+def _split_port(text: str) -> tuple[str, str | None]:
+    """Split `host:port` or `[ipv6]:port` into host and port text (port None when absent)."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            return text, None
+        if rest == "":
+            return host, None
+        return (host, rest[1:]) if rest.startswith(":") else (text, None)
+    host, colon, port = text.partition(":")
+    return (host, port) if colon else (host, None)
+
+
+# -- the parameters ------------------------------------------------------------------------------
+
+
+def _meta(
+    kind: _Kind, section: str, doc: str, *, secret: bool = False, engine: Engine | None = None
+) -> dict[str, object]:
+    """The metadata that makes a `Settings` field a documented `Parameter` (unit from `kind`)."""
+    return {"kind": kind, "section": section, "doc": doc, "secret": secret, "engine": engine}
+
+
+_TOPOLOGY = "Topology"
+_DNS = "DNS"
+_ROUTING = "Routing"
+_POOL = "Pools"
+_FAILOVER = "Timeouts and failover"
+_AUTH = "Authentication"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The library's parameters for one cluster: typed, validated, immutable.
+
+    Constructing one (directly, through `from_params` or `dataclasses.replace`) parses each
+    value, so DSN strings such as ``"250ms"`` or ``"on"`` are accepted in place of typed values,
+    then checks the parameters against each other; anything wrong is a `ConfigError`.
+    """
+
+    # Topology
+    topology_source: TopologySource = field(
+        default="auto",
+        metadata=_meta(
+            _Choice(get_args(TopologySource)),
+            _TOPOLOGY,
+            "How members and roles are learned: auto detects it from the first connection; "
+            "static takes the DSN's hosts as they are, the first host being the writer.",
+        ),
+    )
+    refresh_interval: float = field(
+        default=5.0,
+        metadata=_meta(
+            _Seconds(), _TOPOLOGY, "Time between topology refreshes while the cluster is healthy."
+        ),
+    )
+    fast_refresh_interval: float = field(
+        default=0.1,
+        metadata=_meta(
+            _Seconds(),
+            _TOPOLOGY,
+            "Time between topology refreshes while a failover is in progress.",
+        ),
+    )
+    staleness_window: float = field(
+        default=300.0,
+        metadata=_meta(
+            _Seconds(),
+            _TOPOLOGY,
+            "Replica status rows older than this are ignored, except the writer's.",
+        ),
+    )
+    instance_host_pattern: str | None = field(
+        default=None,
+        metadata=_meta(
+            _HostPattern(),
+            _TOPOLOGY,
+            "Host name of an instance, `?` standing for its id, optionally with `:port` "
+            "(e.g. `?.abc123.us-east-1.rds.amazonaws.com`); derived from an RDS endpoint if unset.",
+        ),
+    )
+    cluster_id: str | None = field(
+        default=None,
+        metadata=_meta(
+            _Text(optional=True),
+            _TOPOLOGY,
+            "Stable identity of the cluster, under which one monitor is shared by every pool "
+            "of the process; derived from the endpoint if unset.",
+        ),
+    )
+    replica_status_schema: str = field(
+        default="information_schema",
+        metadata=_meta(
+            _Text(
+                pattern=r"[A-Za-z_][A-Za-z0-9_$]*", what="an SQL identifier (letters, digits, _, $)"
+            ),
+            _TOPOLOGY,
+            "Schema holding the `replica_host_status` table.",
+            engine="mysql",
+        ),
+    )
+    read_only_variable: ReadOnlyVariable = field(
+        default="innodb_read_only",
+        metadata=_meta(
+            _Choice(get_args(ReadOnlyVariable)),
+            _TOPOLOGY,
+            "Server variable that is on for readers and off for the writer.",
+            engine="mysql",
+        ),
+    )
+    # DNS
+    dns_server: tuple[tuple[str, int], ...] = field(
+        default=(),
+        metadata=_meta(
+            _Nameservers(),
+            _DNS,
+            "Nameservers to ask, as `ip[:port]`, comma separated; empty uses the system's.",
+        ),
+    )
+    dns_timeout: float = field(
+        default=2.0, metadata=_meta(_Seconds(), _DNS, "Time allowed for one DNS query.")
+    )
+    dns_ttl_cap: float = field(
+        default=5.0,
+        metadata=_meta(
+            _Seconds(positive=False),
+            _DNS,
+            "Answers are cached for their TTL but never longer than this.",
+        ),
+    )
+    resolve: bool = field(
+        default=True,
+        metadata=_meta(
+            _Flag(),
+            _DNS,
+            "Resolve host names with the library's own resolver, bypassing the operating "
+            "system's caches; off leaves names to the driver.",
+        ),
+    )
+    # Routing
+    role: TargetRole = field(
+        default="writer",
+        metadata=_meta(
+            _Choice(get_args(TargetRole)), _ROUTING, "Which instance a connection goes to."
+        ),
+    )
+    reader_strategy: ReaderStrategy = field(
+        default="random",
+        metadata=_meta(
+            _Choice(get_args(ReaderStrategy)),
+            _ROUTING,
+            "How a reader is chosen among those that qualify.",
+        ),
+    )
+    max_replica_lag: float | None = field(
+        default=None,
+        metadata=_meta(
+            _Seconds(positive=False, optional=True),
+            _ROUTING,
+            "Readers lagging more than this are not chosen; unset means no limit.",
+        ),
+    )
+    reader_fallback: ReaderFallback = field(
+        default="writer",
+        metadata=_meta(
+            _Choice(get_args(ReaderFallback)),
+            _ROUTING,
+            "What a reader request does when no reader qualifies: use the writer, or fail.",
+        ),
+    )
+    # Pools
+    pool_min_size: int = field(
+        default=0,
+        metadata=_meta(
+            _Count(0, unit="connections"),
+            _POOL,
+            "Connections each host's pool keeps open even when idle.",
+        ),
+    )
+    pool_max_size: int = field(
+        default=10,
+        metadata=_meta(
+            _Count(1, unit="connections"), _POOL, "Most connections each host's pool opens."
+        ),
+    )
+    borrow_timeout: float = field(
+        default=30.0,
+        metadata=_meta(
+            _Seconds(positive=False),
+            _POOL,
+            "How long borrowing waits for a free connection before failing.",
+        ),
+    )
+    max_lifetime: float = field(
+        default=3600.0,
+        metadata=_meta(_Seconds(), _POOL, "Connections older than this are closed when returned."),
+    )
+    max_lifetime_jitter: float = field(
+        default=0.1,
+        metadata=_meta(
+            _Fraction(),
+            _POOL,
+            "Each connection's lifetime is shortened by a random part up to this fraction, "
+            "so connections opened together do not expire together.",
+        ),
+    )
+    max_idle: float = field(
+        default=600.0,
+        metadata=_meta(_Seconds(), _POOL, "Connections idle for longer than this are closed."),
+    )
+    validate_after_idle: float = field(
+        default=1.0,
+        metadata=_meta(
+            _Seconds(positive=False),
+            _POOL,
+            "A connection idle for longer than this is checked before it is lent out.",
+        ),
+    )
+    max_concurrent_connects: int = field(
+        default=4,
+        metadata=_meta(
+            _Count(1, unit="connections"),
+            _POOL,
+            "Most connection attempts in progress to one host at a time.",
+        ),
+    )
+    backoff_initial: float = field(
+        default=0.05,
+        metadata=_meta(
+            _Seconds(), _POOL, "First delay before retrying a failed connection attempt to a host."
+        ),
+    )
+    backoff_max: float = field(
+        default=2.0,
+        metadata=_meta(_Seconds(), _POOL, "Longest delay between connection attempts to a host."),
+    )
+    # Timeouts and failover
+    connect_timeout: float = field(
+        default=5.0,
+        metadata=_meta(
+            _Seconds(),
+            _FAILOVER,
+            "Time allowed for one connection: TCP, TLS and the database handshake together.",
+        ),
+    )
+    statement_timeout: float | None = field(
+        default=None,
+        metadata=_meta(
+            _Seconds(optional=True),
+            _FAILOVER,
+            "Time allowed for one statement; unset means no limit.",
+        ),
+    )
+    failover_timeout: float = field(
+        default=30.0,
+        metadata=_meta(
+            _Seconds(),
+            _FAILOVER,
+            "How long a failover waits for a writer before raising NoWriterAvailable.",
+        ),
+    )
+    failure_detection_time: float = field(
+        default=5.0,
+        metadata=_meta(
+            _Seconds(),
+            _FAILOVER,
+            "Silence from a server after which its connection is considered dead.",
+        ),
+    )
+    retry_reads: bool = field(
+        default=False,
+        metadata=_meta(
+            _Flag(),
+            _FAILOVER,
+            "Re-run a read-only autocommit statement after a failover instead of raising.",
+        ),
+    )
+    session_init: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            _Statements(),
+            _FAILOVER,
+            "SQL run on every new connection and replayed after a failover, `;` separated.",
+        ),
+    )
+    failover: bool = field(
+        default=True,
+        metadata=_meta(
+            _Flag(),
+            _FAILOVER,
+            "Reconnect to the new writer when a connection dies; off raises the driver's error.",
+        ),
+    )
+    # Authentication
+    auth: AuthMethod = field(
+        default="password",
+        metadata=_meta(
+            _Choice(get_args(AuthMethod)),
+            _AUTH,
+            "Where the password comes from: the DSN, an IAM token, or Secrets Manager.",
+        ),
+    )
+    secret_id: str | None = field(
+        default=None,
+        metadata=_meta(
+            _Text(optional=True),
+            _AUTH,
+            "Secrets Manager secret (name or ARN) holding the credentials, for auth=secrets.",
+        ),
+    )
+    region: str | None = field(
+        default=None,
+        metadata=_meta(
+            _Text(optional=True, pattern=r"[a-z]{2}(?:-[a-z]+)+-\d+", what="an AWS region name"),
+            _AUTH,
+            "AWS region for IAM tokens and Secrets Manager; derived from the endpoint if unset.",
+        ),
+    )
+    credentials_refresh_interval: float = field(
+        default=60.0,
+        metadata=_meta(
+            _Seconds(positive=False),
+            _AUTH,
+            "Shortest time between two reads of the secret, however many logins fail.",
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        for name, parameter in PARAMETERS.items():
+            object.__setattr__(self, name, parameter.parse(getattr(self, name)))
+        _check_consistency(self)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, object]) -> Settings:
+        """Settings from parameter names and values (DSN text or Python values).
+
+        Unknown names are a `ConfigError` with the closest known name as suggestion.
+        """
+        for name in params:
+            if name not in PARAMETERS:
+                raise _unknown_parameter(name, PARAMETERS)
+        return cls(**cast(dict[str, Any], dict(params)))
+
+    def query_params(self, *, mask_secrets: bool = True) -> dict[str, str]:
+        """The parameters that differ from their defaults, as written in a DSN query."""
+        return {
+            name: _MASK if mask_secrets and parameter.secret else parameter.render(value)
+            for name, parameter, value in self._changed()
+        }
+
+    def _changed(self) -> Iterator[tuple[str, Parameter, object]]:
+        for name, parameter in PARAMETERS.items():
+            value = getattr(self, name)
+            if value != parameter.default:
+                yield name, parameter, value
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{name}={_MASK!r}" if parameter.secret else f"{name}={value!r}"
+            for name, parameter, value in self._changed()
+        )
+        return f"Settings({shown})"
+
+
+def _check_consistency(settings: Settings) -> None:
+    """Reject combinations of parameters that contradict each other or would be ignored."""
+    if settings.pool_min_size > settings.pool_max_size:
+        raise ConfigError(
+            f"pool_min_size ({settings.pool_min_size}) exceeds pool_max_size "
+            f"({settings.pool_max_size})",
+            parameter="pool_min_size",
+            value=str(settings.pool_min_size),
+            suggestion="raise pool_max_size or lower pool_min_size",
+        )
+    if settings.fast_refresh_interval > settings.refresh_interval:
+        raise ConfigError(
+            f"fast_refresh_interval ({settings.fast_refresh_interval:g}s) exceeds "
+            f"refresh_interval ({settings.refresh_interval:g}s)",
+            parameter="fast_refresh_interval",
+            value=f"{settings.fast_refresh_interval:g}",
+            suggestion="the failover refresh must be at least as frequent as the normal one",
+        )
+    if settings.backoff_initial > settings.backoff_max:
+        raise ConfigError(
+            f"backoff_initial ({settings.backoff_initial:g}s) exceeds backoff_max "
+            f"({settings.backoff_max:g}s)",
+            parameter="backoff_initial",
+            value=f"{settings.backoff_initial:g}",
+        )
+    if settings.auth == "secrets" and settings.secret_id is None:
+        raise ConfigError(
+            "auth=secrets needs secret_id",
+            parameter="secret_id",
+            suggestion="give the Secrets Manager secret's name or ARN as secret_id",
+        )
+    if settings.auth != "secrets" and settings.secret_id is not None:
+        raise ConfigError(
+            f"secret_id is only used with auth=secrets, not auth={settings.auth}",
+            parameter="secret_id",
+            value=settings.secret_id,
+            suggestion="add auth=secrets or remove secret_id",
+        )
+    if not settings.resolve and settings.dns_server:
+        raise ConfigError(
+            "dns_server has no effect with resolve=off",
+            parameter="dns_server",
+            suggestion="remove dns_server or set resolve=on",
+        )
+    if settings.instance_host_pattern is not None and settings.topology_source in (
+        "static",
+        "probe",
+    ):
+        raise ConfigError(
+            f"instance_host_pattern has no effect with topology_source={settings.topology_source},"
+            " which takes instances from the DSN's host list",
+            parameter="instance_host_pattern",
+            value=settings.instance_host_pattern,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Parameter:
+    """One parameter as documented: its name, section, default, unit and description."""
+
+    name: str
+    section: str
+    default: object
+    unit: str
+    doc: str
+    secret: bool
+    engine: Engine | None
+    """The only engine the parameter applies to, or None for both."""
+    kind: _Kind = field(repr=False, compare=False)
+
+    def parse(self, value: object) -> object:
+        """The typed value of `value` (DSN text or a Python value); `ConfigError` if invalid."""
+        try:
+            return self.kind.parse(value)
+        except _Invalid as invalid:
+            shown = self.shown(value)
+            raise ConfigError(
+                f"invalid value {shown!r} for parameter {self.name!r}: expected {invalid.expected}",
+                parameter=self.name,
+                value=shown,
+                suggestion=invalid.suggestion,
+            ) from None
+
+    def render(self, value: object) -> str:
+        """The typed `value` as written in a DSN."""
+        return self.kind.render(value)
+
+    def shown(self, value: object) -> str:
+        """`value` as it may appear in messages: masked when secret, shortened when long."""
+        if self.secret:
+            return _MASK
+        text = value if isinstance(value, str) else repr(value)
+        return text if len(text) <= _SHOWN_MAX else text[: _SHOWN_MAX - 3] + "..."
+
+
+def _parameter_from_field(item: dataclasses.Field[Any]) -> Parameter:
+    meta = item.metadata
+    return Parameter(
+        name=item.name,
+        section=meta["section"],
+        default=item.default,
+        unit=meta["kind"].unit,
+        doc=meta["doc"],
+        secret=meta["secret"],
+        engine=meta["engine"],
+        kind=meta["kind"],
+    )
+
+
+PARAMETERS: Mapping[str, Parameter] = MappingProxyType(
+    {item.name: _parameter_from_field(item) for item in dataclasses.fields(Settings)}
+)
+"""The library's parameters by name, in declaration (and documentation) order."""
+
+
+def _driver_parameters(
+    engine: Engine, section: str, doc: str, kinds: Mapping[str, _Kind], secret: frozenset[str]
+) -> Mapping[str, Parameter]:
+    return MappingProxyType(
+        {
+            name: Parameter(name, section, None, "", doc, name in secret, engine, kind)
+            for name, kind in sorted(kinds.items())
+        }
+    )
+
+
+_LIBPQ_TEXT = (
+    "application_name",
+    "channel_binding",
+    "client_encoding",
+    "fallback_application_name",
+    "gssdelegation",
+    "gssencmode",
+    "gsslib",
+    "keepalives",
+    "keepalives_count",
+    "keepalives_idle",
+    "keepalives_interval",
+    "krbsrvname",
+    "max_protocol_version",
+    "min_protocol_version",
+    "oauth_client_id",
+    "oauth_client_secret",
+    "oauth_issuer",
+    "oauth_scope",
+    "options",
+    "passfile",
+    "require_auth",
+    "requirepeer",
+    "ssl_max_protocol_version",
+    "ssl_min_protocol_version",
+    "sslcert",
+    "sslcertmode",
+    "sslcompression",
+    "sslcrl",
+    "sslcrldir",
+    "sslkey",
+    "sslkeylogfile",
+    "sslmode",
+    "sslnegotiation",
+    "sslpassword",
+    "sslrootcert",
+    "sslsni",
+    "tcp_user_timeout",
+)
+
+_PYMYSQL_KINDS: Mapping[str, _Kind] = {
+    "autocommit": _Flag(),
+    "binary_prefix": _Flag(),
+    "bind_address": _Text(),
+    "charset": _Text(),
+    "client_flag": _Count(0),
+    "collation": _Text(),
+    "init_command": _Text(),
+    "local_infile": _Flag(),
+    "max_allowed_packet": _Count(1),
+    "program_name": _Text(),
+    "read_default_file": _Text(),
+    "read_default_group": _Text(),
+    "read_timeout": _Seconds(),
+    "sql_mode": _Text(),
+    "ssl_ca": _Text(),
+    "ssl_cert": _Text(),
+    "ssl_disabled": _Flag(),
+    "ssl_key": _Text(),
+    "ssl_key_password": _Text(),
+    "ssl_verify_cert": _Flag(),
+    "ssl_verify_identity": _Flag(),
+    "use_unicode": _Flag(),
+    "write_timeout": _Seconds(),
+}
+
+_PSYCOPG_KINDS: Mapping[str, _Kind] = {
+    **{name: _Text(numbers=True) for name in _LIBPQ_TEXT},
+    "autocommit": _Flag(),
+    "prepare_threshold": _Count(0),
+}
+
+DRIVER_PARAMETERS: Mapping[Engine, Mapping[str, Parameter]] = MappingProxyType(
+    {
+        "postgresql": _driver_parameters(
+            "postgresql",
+            "PostgreSQL driver (libpq and psycopg)",
+            "Passed to psycopg.connect.",
+            _PSYCOPG_KINDS,
+            frozenset({"sslpassword", "oauth_client_secret"}),
+        ),
+        "mysql": _driver_parameters(
+            "mysql",
+            "MySQL driver (PyMySQL)",
+            "Passed to pymysql.connect.",
+            _PYMYSQL_KINDS,
+            frozenset({"ssl_key_password"}),
+        ),
+    }
+)
+"""Driver parameters that pass through unchanged, per engine (an explicit allow-list).
+
+Parameters the library takes over are absent on purpose: connect_timeout is the library's own;
+host, port, user, password and the database name are the connection's identity; and routing,
+name resolution and reconnection (libpq's hostaddr, service, target_session_attrs,
+load_balance_hosts; PyMySQL's unix_socket, defer_connect) are the library's job.
+"""
+
+
+def _unknown_parameter(name: str, *known: Mapping[str, object]) -> ConfigError:
+    """The error for a parameter name found in none of `known`, with the closest as suggestion."""
+    candidates = [candidate for names in known for candidate in names]
+    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.75)
+    return ConfigError(
+        f"unknown parameter {name!r}",
+        parameter=name,
+        suggestion=f"did you mean {close[0]!r}?" if close else None,
+    )
+
+
+# -- the parameter reference -----------------------------------------------------------------
+
+
+def parameter_reference_markdown() -> str:
+    """The parameter reference (docs/parameters.md) as Markdown, generated from `Settings`."""
+    lines = [
+        "# Parameters",
+        "",
+        "<!-- Generated by `python -m aurora_smartdriver.settings > docs/parameters.md`;"
+        " do not edit. -->",
+        "",
+        "Every parameter can be given in the DSN's query string (`?role=reader&pool_max_size=20`)"
+        " or as a keyword argument, which overrides the DSN. An unknown parameter or a malformed"
+        " value is a `ConfigError`.",
+        "",
+        "Durations accept `250ms`, `5s`, `2m`, `1h` or a plain number of seconds; switches accept"
+        " `on`/`off`, `true`/`false`, `yes`/`no`, `1`/`0`; lists are comma separated"
+        " (`session_init` is `;` separated).",
+        "",
+        "The connection's identity is not a parameter but comes from the DSN itself:"
+        " `postgresql://user:password@host1:5432,host2:5432/database?...` (also `postgres://`,"
+        " `mysql://`, `mariadb://`) or libpq's `host=host1,host2 port=5432 user=... password=..."
+        " dbname=...`. The names `host`, `port`, `user`, `password`, `database` (or `dbname`)"
+        " may also be given in the query string or as keyword arguments.",
+    ]
+    sections: dict[str, list[Parameter]] = {}
+    for parameter in PARAMETERS.values():
+        sections.setdefault(parameter.section, []).append(parameter)
+    for section, parameters in sections.items():
+        lines += ["", f"## {section}", "", "| name | default | unit | description |"]
+        lines.append("| --- | --- | --- | --- |")
+        for parameter in parameters:
+            lines.append(
+                f"| `{parameter.name}` | {_default_cell(parameter)} | {parameter.unit or '—'} "
+                f"| {_description_cell(parameter)} |"
+            )
+    lines += [
+        "",
+        "## Driver parameters",
+        "",
+        "These pass through to the driver unchanged; any other name is an error.",
+    ]
+    for driver_parameters in DRIVER_PARAMETERS.values():
+        section = next(iter(driver_parameters.values())).section
+        names = ", ".join(f"`{name}`" for name in driver_parameters)
+        lines += ["", f"{section}: {names}."]
+    return "\n".join(lines) + "\n"
+
+
+def _default_cell(parameter: Parameter) -> str:
+    if parameter.default is None:
+        return "unset"
+    if parameter.default == ():
+        return "empty"
+    return f"`{parameter.render(parameter.default)}`"
+
+
+def _description_cell(parameter: Parameter) -> str:
+    text = parameter.doc
+    if isinstance(parameter.kind, _Choice):
+        text += " Values: " + ", ".join(f"`{choice}`" for choice in parameter.kind.choices) + "."
+    if parameter.engine == "mysql":
+        text += " MySQL only."
+    return text.replace("|", "\\|")
+
+
+if __name__ == "__main__":
+    print(parameter_reference_markdown(), end="")
