@@ -50,9 +50,8 @@ def main() -> None:
     parser.add_argument("--engines", default="postgresql,mariadb")
     args = parser.parse_args()
     print(f"lab timings, {args.replicas} replicas, median of {args.runs} runs")
-    print(
-        f"{'engine':<11} {'up':>7} {'failover':>9} {'promote':>8} {'down':>7} {'acked':>7} {'lost':>5}"
-    )
+    print(f"{'engine':<11} {'up':>7} {'failover':>9} {'promote':>8}", end="")
+    print(f" {'down':>7} {'acked':>7} {'lost':>5}")
     for engine in args.engines.split(","):
         runs = [measure(engine, args.replicas) for _ in range(args.runs)]
 
@@ -60,7 +59,8 @@ def main() -> None:
             return statistics.median(r[key] for r in runs)
 
         print(
-            f"{engine:<11} {med('up_s'):>6.2f}s {med('failover_s'):>8.2f}s {med('promote_s'):>7.2f}s"
+            f"{engine:<11} {med('up_s'):>6.2f}s {med('failover_s'):>8.2f}s"
+            f" {med('promote_s'):>7.2f}s"
             f" {med('down_s'):>6.2f}s {int(sum(r['acknowledged'] for r in runs)):>7}"
             f" {int(sum(r['lost'] for r in runs)):>5}"
         )
