@@ -202,25 +202,6 @@ def test_delay_makes_a_short_lived_resolver_time_out(server: DNSServer) -> None:
     assert [r.to_text() for r in answer] == ["127.0.0.11"]
 
 
-def test_delayed_answers_do_not_wait_for_each_other(server: DNSServer) -> None:
-    server.set_delay(0.3)
-    results: list[float] = []
-
-    def ask() -> None:
-        start = time.monotonic()
-        resolver_for(server).resolve(WRITER, "A")
-        results.append(time.monotonic() - start)
-
-    threads = [threading.Thread(target=ask) for _ in range(6)]
-    start = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(results) == 6
-    assert time.monotonic() - start < 6 * 0.3  # one after the other would take this long
-
-
 def test_delay_applies_over_tcp(server: DNSServer) -> None:
     server.set_delay(0.3)
     host, port = server.address
