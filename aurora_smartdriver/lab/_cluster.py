@@ -625,6 +625,16 @@ class Lab:
         self._proxies[target.id] = proxy
         return proxy
 
+    def pause_heartbeat(self) -> None:
+        """Stop refreshing the metadata (every row goes stale, and stays as tests leave it)."""
+        with self._change() as state:
+            state.heartbeat_paused = True
+
+    def resume_heartbeat(self) -> None:
+        """Undo :meth:`pause_heartbeat`; the next beat rewrites the metadata from the truth."""
+        with self._change() as state:
+            state.heartbeat_paused = False
+
     def wait_replicated(self, timeout: float = 30.0) -> None:
         """Wait until every running replica has applied everything the writer has."""
         state = self.state()
@@ -677,6 +687,9 @@ class Lab:
             self.add_replica(timeout)
             repaired = True
         with self._change() as state:
+            if state.heartbeat_paused:
+                state.heartbeat_paused = False
+                repaired = True
             writer = state.writer
             if writer is not None and (
                 state.dns.cluster_target != writer.id or state.dns.pending_target is not None
@@ -794,9 +807,13 @@ def lab_dirs() -> list[Path]:
 
 
 def residue() -> list[str]:
-    """What labs left behind: directories, processes, firewall rules. Empty when clean."""
+    """What labs left behind: directories, processes, firewall rules. Empty when clean.
+
+    Directories and processes are looked for under the temporary directory (``$TMPDIR``), so a
+    test run with a ``TMPDIR`` of its own sees only its own labs; firewall rules of any lab count.
+    """
     found = [f"directory {d}" for d in lab_dirs()]
-    marker = f"/{LAB_DIR_PREFIX}"
+    marker = str(Path(tempfile.gettempdir()) / LAB_DIR_PREFIX)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue

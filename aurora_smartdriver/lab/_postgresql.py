@@ -53,6 +53,7 @@ dynamic_shared_memory_type = mmap
 password_encryption = 'scram-sha-256'
 log_min_messages = warning
 log_connections = off
+track_functions = 'all'  # pg_stat_user_functions counts topology queries per node
 rds.extensions = 'aurora_stat_utils,rds_tools,pg_stat_statements'
 include_if_exists = 'node.conf'
 """

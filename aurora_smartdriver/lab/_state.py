@@ -73,6 +73,7 @@ class LabState:
     owner_pid: int | None = None
     heartbeat_interval: float = 1.0
     replicas_wanted: int = 0
+    heartbeat_paused: bool = False
     server_user: str | None = None
     created_at: float = field(default_factory=time.time)
     failovers: int = 0

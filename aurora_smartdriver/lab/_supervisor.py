@@ -83,6 +83,8 @@ class Heartbeat:
 
     def tick(self) -> None:
         state = self.follower.current()
+        if state.heartbeat_paused:
+            return
         for node in state.nodes:
             if node.id in self.pending or node.status != "running" or not _procs.alive(node.pid):
                 continue
