@@ -1,0 +1,127 @@
+"""Probe: ask every host of the DSN for its own role and lag, for clusters without metadata.
+
+Self-managed primary/replica setups have no table listing the members, so the DSN's host list
+is the membership and each host is asked, on a connection of its own, whether it is in
+recovery / read-only and how far behind it is. The hosts are asked in parallel threads; the
+whole probe takes at most the setting `connect_timeout`, and a host that has not answered by
+then, or failed to, is left out of the answer (the monitor sees it as gone); a late host's
+thread finishes in the background and closes its connection.
+
+Roles: PostgreSQL `pg_is_in_recovery()`; MySQL `@@read_only OR @@innodb_read_only`, so that
+both a self-managed replica (`read_only`) and an Aurora reader (`innodb_read_only`) count as
+readers whatever `read_only_variable` says. Lag: PostgreSQL `statement_timestamp() -
+pg_last_xact_replay_timestamp()` while the replica has received WAL it has not replayed (0
+once caught up); MySQL `Seconds_Behind_Source` (`Seconds_Behind_Master` on MariaDB) of `SHOW
+REPLICA STATUS`, unknown when replication is not running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from typing import Any
+
+from aurora_smartdriver.discovery._base import Answer, Connector, DiscoveryError, SourceContext
+from aurora_smartdriver.discovery._values import BadValue, flag, instance_ids, number
+from aurora_smartdriver.topology import Host, Role
+
+__all__ = ["Probe"]
+
+NAME = "probe"
+_log = logging.getLogger("aurora_smartdriver.discovery")
+
+_PG_SQL = """\
+SELECT pg_is_in_recovery(),
+       CASE WHEN NOT pg_is_in_recovery() THEN 0
+            WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0
+            ELSE EXTRACT(EPOCH FROM statement_timestamp() - pg_last_xact_replay_timestamp()) * 1000
+       END"""
+_MY_ROLE_SQL = "SELECT @@read_only OR @@innodb_read_only"
+_MY_LAG_COLUMNS = ("Seconds_Behind_Source", "Seconds_Behind_Master")
+_MIN_TIMEOUT = 0.001
+
+
+class Probe:
+    """The `probe` topology source. The connection given to `fetch` is not used."""
+
+    name = NAME
+
+    def fetch(self, conn: Any, ctx: SourceContext) -> Answer:
+        connect = ctx.connect
+        if connect is None:
+            raise DiscoveryError(f"{NAME}: the source context has no connect function")
+        hosts = ctx.spec.hosts
+        ids = instance_ids(hosts)
+        deadline = time.monotonic() + ctx.settings.connect_timeout
+        answers: dict[int, Host] = {}
+        lock = threading.Lock()
+        closed = False
+
+        def ask(index: int) -> None:
+            (host, port), instance_id = hosts[index], ids[index]
+            try:
+                role, lag_ms = _ask(ctx, connect, host, port, deadline)
+            except Exception as exc:
+                level = (
+                    logging.DEBUG
+                    if ctx.adapter.error_kind(exc) == "disconnect"
+                    else logging.WARNING
+                )
+                _log.log(level, "probe: %s:%s left out: %s", host, port, exc)
+                return
+            with lock:
+                if not closed:
+                    answers[index] = Host(instance_id, host, port, role, lag_ms=lag_ms)
+
+        threads = [
+            threading.Thread(
+                target=ask, args=(i,), name=f"aurora_smartdriver-probe-{i}", daemon=True
+            )
+            for i in range(len(hosts))
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(max(deadline - time.monotonic(), 0.0))
+        with lock:
+            closed = True  # a host answering after the deadline is not counted
+            rows = tuple(answers[i] for i in sorted(answers))
+        return Answer(rows, ctx.now())
+
+
+def _ask(
+    ctx: SourceContext, connect: Connector, host: str, port: int, deadline: float
+) -> tuple[Role, float | None]:
+    """One host's role and lag, on a connection of its own that is closed afterwards."""
+    conn = connect(host, port, max(deadline - time.monotonic(), _MIN_TIMEOUT))
+    try:
+        if ctx.spec.engine == "postgresql":
+            return _postgresql(ctx, conn)
+        return _mysql(ctx, conn)
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def _postgresql(ctx: SourceContext, conn: Any) -> tuple[Role, float | None]:
+    [(in_recovery, lag)] = ctx.adapter.query(conn, _PG_SQL).rows
+    if not flag(in_recovery, "pg_is_in_recovery()"):
+        return Role.WRITER, 0.0
+    lag_ms = number(lag, "replay lag")
+    return Role.READER, None if lag_ms is None else max(lag_ms, 0.0)
+
+
+def _mysql(ctx: SourceContext, conn: Any) -> tuple[Role, float | None]:
+    [(read_only,)] = ctx.adapter.query(conn, _MY_ROLE_SQL).rows
+    if not flag(read_only, "read-only"):
+        return Role.WRITER, 0.0
+    status = ctx.adapter.query(conn, "SHOW REPLICA STATUS").records()
+    if not status:
+        return Role.READER, None
+    column = next((c for c in _MY_LAG_COLUMNS if c in status[0]), None)
+    if column is None:
+        raise BadValue(f"SHOW REPLICA STATUS has none of the columns {list(_MY_LAG_COLUMNS)}")
+    seconds = number(status[0][column], column)
+    return Role.READER, None if seconds is None else seconds * 1000.0

@@ -1,0 +1,91 @@
+"""The psycopg 3 adapter: connections by name and address, libpq's timeout, SQLSTATE kinds."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.rows import tuple_row
+
+from aurora_smartdriver.drivers import QueryResult
+from aurora_smartdriver.drivers._errors import ErrorKind, postgresql_kind
+
+if TYPE_CHECKING:
+    from aurora_smartdriver.dsn import ConnectionSpec
+    from aurora_smartdriver.settings import Engine
+
+__all__ = ["PsycopgAdapter", "libpq_connect_timeout"]
+
+_LIBPQ_MIN_TIMEOUT = 2
+
+
+def libpq_connect_timeout(timeout: float) -> int:
+    """libpq's `connect_timeout` for a deadline of `timeout` seconds.
+
+    libpq counts whole seconds and treats anything under 2 as 2 (psycopg does the same and
+    truncates fractions), so the deadline is rounded up to a whole second, at least 2: a
+    connection never gets less time than asked, and up to a second and a half more.
+    """
+    return max(_LIBPQ_MIN_TIMEOUT, math.ceil(timeout))
+
+
+class PsycopgAdapter:
+    """psycopg 3 as the library uses it (see `aurora_smartdriver.drivers.DriverAdapter`)."""
+
+    @property
+    def engine(self) -> Engine:
+        return "postgresql"
+
+    @property
+    def Error(self) -> type[Exception]:
+        return psycopg.Error
+
+    def connect(
+        self,
+        spec: ConnectionSpec,
+        host: str,
+        port: int,
+        *,
+        address: str | None,
+        timeout: float,
+        autocommit: bool = True,
+        **driver_overrides: Any,
+    ) -> psycopg.Connection[Any]:
+        """Connect with `host=<name> hostaddr=<address>`: libpq goes to the address and checks
+        TLS (sslmode=verify-full) against the name. `timeout` becomes libpq's
+        `connect_timeout` (see `libpq_connect_timeout`)."""
+        params: dict[str, Any] = {
+            "user": spec.user,
+            "password": spec.password,
+            "dbname": spec.database,
+            **spec.driver_params,
+            **driver_overrides,
+            "host": host,
+            "port": port,
+            "hostaddr": address,
+            "connect_timeout": libpq_connect_timeout(timeout),
+        }
+        params.pop("autocommit", None)
+        given = {name: value for name, value in params.items() if value is not None}
+        return psycopg.Connection.connect(autocommit=autocommit, **given)
+
+    def query(self, conn: Any, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
+        with conn.cursor(row_factory=tuple_row) as cur:
+            cur.execute(sql, params)
+            if cur.description is None:
+                return QueryResult((), ())
+            columns = tuple(column.name for column in cur.description)
+            return QueryResult(columns, tuple(cur.fetchall()))
+
+    def error_kind(self, exc: BaseException) -> ErrorKind:
+        if isinstance(exc, psycopg.Error):
+            return postgresql_kind(
+                exc.sqlstate,
+                operational=isinstance(exc, psycopg.OperationalError),
+                message=str(exc),
+            )
+        if isinstance(exc, OSError):
+            return "disconnect"  # a socket error that escaped the driver, or a failed lookup
+        return "other"
