@@ -96,6 +96,90 @@ def _lab_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _topology_doc(topo: Any, source: str | None) -> dict[str, Any]:
+    def host(h: Any) -> dict[str, Any]:
+        return {
+            "id": h.instance_id,
+            "host": h.host,
+            "port": h.port,
+            "role": h.role.value,
+            "lag_ms": h.lag_ms,
+            "cpu": h.cpu,
+            "last_update": h.last_update,
+        }
+
+    return {
+        "writer": host(topo.writer) if topo.writer else None,
+        "readers": [host(r) for r in topo.readers],
+        "source": topo.source or source,
+        "version": topo.version,
+        "taken_at": topo.taken_at,
+    }
+
+
+def _print_topology(doc: dict[str, Any]) -> None:
+    print(f"topology v{doc['version']} from {doc['source']}")
+    print(f"  {'role':<7} {'instance':<24} {'lag_ms':>8}  endpoint")
+    rows = ([doc["writer"]] if doc["writer"] else []) + doc["readers"]
+    for row in rows:
+        lag = "" if row["lag_ms"] is None else f"{row['lag_ms']:.0f}"
+        print(f"  {row['role']:<7} {row['id']:<24} {lag:>8}  {row['host']}:{row['port']}")
+
+
+def _monitor_for(args: argparse.Namespace) -> Any:
+    from aurora_smartdriver import dsn
+    from aurora_smartdriver.monitor import ClusterMonitor
+
+    overrides = {"topology_source": args.source} if args.source else {}
+    return ClusterMonitor(dsn.parse(args.dsn, **overrides))
+
+
+def _topology_command(args: argparse.Namespace) -> int:
+    monitor = _monitor_for(args)
+    try:
+        topo = monitor.refresh_now()
+        if topo is None:
+            print(
+                f"aurora-smartdriver: error: no topology: {monitor.stats().last_error}",
+                file=sys.stderr,
+            )
+            return 1
+        doc = _topology_doc(topo, monitor.source)
+        if args.json:
+            print(json.dumps(doc, indent=2))
+        else:
+            _print_topology(doc)
+        return 0
+    finally:
+        monitor.close()
+
+
+def _watch_command(args: argparse.Namespace) -> int:
+    monitor = _monitor_for(args)
+
+    def show(change: Any, topo: Any) -> None:
+        stamp = (
+            time.strftime("%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
+        )
+        doc = _topology_doc(topo, monitor.source)
+        if args.json:
+            print(json.dumps({"at": time.time(), **doc}), flush=True)
+            return
+        writer = doc["writer"]["id"] if doc["writer"] else None
+        readers = ", ".join(r["id"] for r in doc["readers"])
+        moved = f"  writer changed {change.writer_changed}" if change.writer_changed else ""
+        print(f"{stamp} v{doc['version']} writer {writer}; readers {readers}{moved}", flush=True)
+
+    monitor.add_listener(show)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        monitor.close()
+
+
 def _demo_command(args: argparse.Namespace) -> int:
     from aurora_smartdriver._demo import run_demo
 
@@ -115,6 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--replicas", type=int, default=2)
     demo.add_argument("--dns-lag", type=float, default=5.0, help="seconds DNS lags the failover")
     demo.set_defaults(func=_demo_command)
+
+    for name, text, func in [
+        ("topology", "print a cluster's topology", _topology_command),
+        ("watch", "print each topology change until interrupted", _watch_command),
+    ]:
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("dsn", help="the cluster's DSN (library parameters allowed)")
+        cmd.add_argument("--source", default=None, help="topology source (default: the DSN's)")
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+        cmd.set_defaults(func=func)
 
     lab = sub.add_parser("lab", help="a local Aurora-like cluster for tests and demos")
     lab_sub = lab.add_subparsers(dest="lab_cmd", required=True)
@@ -170,9 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
+        from aurora_smartdriver.errors import AuroraSmartDriverError
         from aurora_smartdriver.lab import LabError
 
-        if isinstance(exc, LabError | FileNotFoundError | KeyError | ValueError):
+        if isinstance(
+            exc, LabError | AuroraSmartDriverError | FileNotFoundError | KeyError | ValueError
+        ):
             print(f"aurora-smartdriver: error: {exc}", file=sys.stderr)
             return 1
         raise

@@ -1,0 +1,437 @@
+"""The cluster monitor: one per cluster per process, keeping the topology fresh for everyone.
+
+A background daemon thread asks the cluster for its topology every ``refresh_interval``
+(``fast_refresh_interval`` while a failover is suspected, until a node answers as the writer);
+every connection, pool and engine of the process reads the snapshot it holds. Reading is an
+attribute load, no lock; all refreshes happen on the monitor's thread, so any number of callers of
+:meth:`ClusterMonitor.refresh_now` cause one query between them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from aurora_smartdriver import discovery
+from aurora_smartdriver.discovery import Answer, Source, SourceContext
+from aurora_smartdriver.drivers import DriverAdapter, adapter_for
+from aurora_smartdriver.dsn import ConnectionSpec
+from aurora_smartdriver.endpoints import EndpointKind, classify, parse_rds_host
+from aurora_smartdriver.resolver import Resolver
+from aurora_smartdriver.topology import Rejected, Role, Topology, TopologyDiff, accept, diff
+
+__all__ = ["ClusterMonitor", "Listener", "MonitorStats", "acquire", "cluster_key", "release"]
+
+log = logging.getLogger("aurora_smartdriver.monitor")
+
+Listener = Callable[[TopologyDiff, Topology], None]
+"""Called on the monitor's thread after every accepted change: ``listener(diff, topology)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorStats:
+    """Counters of one monitor (a snapshot; the monitor keeps counting)."""
+
+    refreshes: int  # topology queries answered
+    changes: int  # answers that changed the topology
+    rejected: int  # answers that were not believable and were ignored
+    errors: int  # refreshes that failed (no node reachable, connection lost, query failed)
+    connects: int  # connections the monitor opened
+    fast_mode_entries: int
+    last_error: str | None
+
+
+def cluster_key(spec: ConnectionSpec) -> tuple[str, ...]:
+    """The identity of the cluster ``spec`` points at: monitors are shared per key.
+
+    ``cluster_id`` when set; otherwise the RDS cluster resource id and region when the first
+    host is an RDS (or lab) endpoint, so the cluster, reader and instance endpoints of one cluster
+    share a monitor; otherwise the host list.
+    """
+    if spec.settings.cluster_id:
+        return (spec.engine, "id", spec.settings.cluster_id)
+    rds = parse_rds_host(spec.hosts[0][0])
+    if rds is not None and rds.resource_id:
+        return (spec.engine, "rds", rds.resource_id, rds.region, rds.domain)
+    return (spec.engine, "hosts", *sorted(f"{h.lower()}:{p}" for h, p in spec.hosts))
+
+
+class ClusterMonitor:
+    """Keeps one cluster's topology fresh. Get one with :func:`acquire`, not directly."""
+
+    def __init__(
+        self,
+        spec: ConnectionSpec,
+        *,
+        adapter: DriverAdapter | None = None,
+        resolver: Resolver | None = None,
+        start: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.key = cluster_key(spec)
+        settings = spec.settings
+        self._adapter = adapter or adapter_for(spec.engine)
+        self._resolver = resolver or Resolver(
+            settings.dns_server or None, timeout=settings.dns_timeout, ttl_cap=settings.dns_ttl_cap
+        )
+        self._ctx = SourceContext.for_spec(spec, connect=self._connect_to, adapter=self._adapter)
+        self._source: Source | None = None
+        #: The current snapshot; None until the first answer. Read it without a lock.
+        self.topology: Topology | None = None
+        self._listeners: list[Listener] = []
+        self._cond = threading.Condition()
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._started_gen = 0
+        self._completed_gen = 0
+        self._fast = False
+        self._confirmed: str | None = None  # instance id of the writer that answered as writer
+        self._conn: Any = None
+        self._conn_host: str | None = None
+        self._suspects: set[str] = set()  # nodes whose view could not be confirmed, asked last
+        self._failures = 0
+        self._refreshes = self._changes = self._rejected = self._errors = 0
+        self._connects = self._fast_entries = 0
+        self._last_error: str | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"aurora-smartdriver-monitor {spec.hosts[0][0]}", daemon=True
+        )
+        if start:
+            self._thread.start()
+
+    # -- what consumers call ---------------------------------------------------------------
+    @property
+    def source(self) -> str | None:
+        """The name of the topology source in use (None before the first connection)."""
+        return self._source.name if self._source is not None else None
+
+    @property
+    def fast_mode(self) -> bool:
+        return self._fast
+
+    def refresh_now(self, timeout: float | None = None) -> Topology | None:
+        """Refresh now and return the result; concurrent callers share one refresh.
+
+        Waits for a refresh that *starts* after the call (one already running may hold an old
+        answer), up to ``timeout`` seconds (default: ``connect_timeout`` plus a margin).
+        """
+        limit = timeout if timeout is not None else self.spec.settings.connect_timeout + 5.0
+        with self._cond:
+            goal = self._started_gen + 1
+            self._wake.set()
+            self._cond.wait_for(
+                lambda: self._completed_gen >= goal or self._closed.is_set(), timeout=limit
+            )
+        return self.topology
+
+    def enter_fast_mode(self, reason: str = "") -> None:
+        """Refresh every ``fast_refresh_interval`` until a node answers as the writer."""
+        with self._cond:
+            if not self._fast:
+                self._fast = True
+                self._fast_entries += 1
+                self._confirmed = None
+                log.info(
+                    "fast mode on %s%s", self.spec.hosts[0][0], f": {reason}" if reason else ""
+                )
+            self._wake.set()
+
+    def wait_for_writer(self, timeout: float, *, not_id: str | None = None) -> Topology | None:
+        """Wait until a writer is confirmed (it answered as writer), optionally not ``not_id``.
+
+        Returns the topology then, or None on timeout. Enters fast mode.
+        """
+        self.enter_fast_mode("waiting for a writer")
+        deadline = time.monotonic() + timeout
+
+        def ready() -> bool:
+            topo = self.topology
+            return (
+                self._confirmed is not None
+                and topo is not None
+                and topo.writer is not None
+                and topo.writer.instance_id == self._confirmed
+                and topo.writer.instance_id != not_id
+            ) or self._closed.is_set()
+
+        with self._cond:
+            while not ready():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)  # notified after every refresh
+        return self.topology
+
+    def add_listener(self, listener: Listener) -> None:
+        with self._cond:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        with self._cond, contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def stats(self) -> MonitorStats:
+        return MonitorStats(
+            refreshes=self._refreshes,
+            changes=self._changes,
+            rejected=self._rejected,
+            errors=self._errors,
+            connects=self._connects,
+            fast_mode_entries=self._fast_entries,
+            last_error=self._last_error,
+        )
+
+    def close(self) -> None:
+        """Stop the thread and close the monitor's connection (idempotent)."""
+        self._closed.set()
+        self._wake.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=self.spec.settings.connect_timeout + 5.0)
+        self._drop_connection()
+
+    def __repr__(self) -> str:
+        topo = self.topology
+        writer = topo.writer.instance_id if topo is not None and topo.writer else None
+        return (
+            f"<ClusterMonitor {self.spec.hosts[0][0]} source={self.source} writer={writer} "
+            f"version={topo.version if topo else 0} fast={self._fast}>"
+        )
+
+    # -- the thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            with self._cond:
+                self._started_gen += 1
+                gen = self._started_gen
+                self._wake.clear()
+            try:
+                ok = self._refresh()
+            except Exception as exc:  # never let the thread die
+                log.exception("topology refresh failed unexpectedly")
+                self._note_error(f"unexpected: {exc!r}")
+                ok = False
+            with self._cond:
+                self._completed_gen = gen
+                self._cond.notify_all()
+            self._wake.wait(self._next_wait(ok))
+
+    def _next_wait(self, ok: bool) -> float:
+        settings = self.spec.settings
+        interval = settings.fast_refresh_interval if self._fast else settings.refresh_interval
+        if ok:
+            self._failures = 0
+            return interval
+        # Failed: back off with full jitter, but never slower than the normal interval.
+        self._failures += 1
+        ceiling = min(settings.backoff_max, settings.backoff_initial * 2 ** min(self._failures, 30))
+        return min(interval, random.uniform(0, ceiling)) if self._fast else interval
+
+    def _refresh(self) -> bool:
+        conn = self._connection()
+        if conn is None:
+            return False
+        try:
+            if self._source is None:
+                self._source = self._choose_source(conn)
+            answer = self._source.fetch(conn, self._ctx)
+        except Exception as exc:
+            if self._adapter.error_kind(exc) == "other" and not isinstance(exc, OSError):
+                self._rejected += 1
+            self._note_error(f"{self._conn_host}: {exc}")
+            self._drop_connection()
+            return False
+        self._refreshes += 1
+        return self._take(answer)
+
+    def _take(self, answer: Answer) -> bool:
+        previous = self.topology
+        source = self._source.name if self._source else "unknown"
+        result = accept(
+            previous,
+            answer.rows,
+            source=source,
+            now=answer.now,
+            staleness_window=self.spec.settings.staleness_window,
+        )
+        if isinstance(result, Rejected):
+            self._rejected += 1
+            self._note_error(result.reason)
+            log.warning("topology answer ignored, keeping the last good one: %s", result.reason)
+            return False
+        if result is not previous:
+            self.topology = result
+            self._changes += 1
+            change = diff(previous, result)
+            log.info(
+                "topology v%d from %s: writer %s, readers %s%s",
+                result.version,
+                result.source,
+                result.writer.instance_id if result.writer else None,
+                [r.instance_id for r in result.readers],
+                f" (writer changed {change.writer_changed})" if change.writer_changed else "",
+            )
+            with self._cond:
+                listeners = list(self._listeners)
+                self._cond.notify_all()
+            for listener in listeners:
+                try:
+                    listener(change, result)
+                except Exception:
+                    log.exception("topology listener %r failed", listener)
+        # Confirm the writer after publishing the snapshot it belongs to.
+        if answer.role is Role.WRITER and answer.instance_id is not None:
+            self._confirm(answer.instance_id)
+        elif self._fast and result.writer is not None and self._conn_host != result.writer.host:
+            self._confirm_by_probe(result)
+        return True
+
+    def _confirm(self, instance_id: str) -> None:
+        topo = self.topology
+        with self._cond:
+            self._confirmed = instance_id
+            self._suspects.clear()
+            if self._fast and (
+                topo is None or topo.writer is None or topo.writer.instance_id == instance_id
+            ):
+                self._fast = False
+                log.info("writer %s confirmed; fast mode off", instance_id)
+            self._cond.notify_all()
+
+    def _confirm_by_probe(self, topo: Topology) -> None:
+        """In fast mode, ask the writer the metadata names whether it really is the writer."""
+        writer = topo.writer
+        assert writer is not None
+        try:
+            conn = self._connect_to(writer.host, writer.port, self.spec.settings.connect_timeout)
+        except Exception as exc:
+            log.debug("writer %s not reachable yet: %s", writer.instance_id, exc)
+            return
+        try:
+            answer = self._source.fetch(conn, self._ctx) if self._source else None
+        except Exception as exc:
+            log.debug("writer %s did not answer: %s", writer.instance_id, exc)
+            answer = None
+        finally:
+            with contextlib.suppress(Exception):
+                conn.close()
+        if answer is not None and answer.role is Role.WRITER:
+            self._confirm(writer.instance_id)
+        elif self._conn_host is not None:
+            # The node we ask may be behind (its metadata names a writer that is not one):
+            # ask another node next time.
+            self._suspects.add(self._conn_host)
+            self._drop_connection()
+
+    def _choose_source(self, conn: Any) -> Source:
+        name = self.spec.settings.topology_source
+        if name == "auto":
+            return discovery.detect(conn, self.spec.engine, self._ctx)
+        return discovery.source_for(name, self.spec.engine)
+
+    # -- connections ------------------------------------------------------------------------
+    def _candidates(self) -> Iterator[tuple[str, int]]:
+        """Where to ask: known readers, the writer, the DSN's hosts, then its reader endpoint."""
+        seen: set[tuple[str, int]] = set()
+        topo = self.topology
+        known = [] if topo is None else [*topo.readers, *([topo.writer] if topo.writer else [])]
+        # A cluster endpoint's DNS may still name a dead writer: its reader endpoint leads to
+        # readers, which know the topology too.
+        readers_of_cluster = [
+            (host.replace(".cluster-", ".cluster-ro-", 1), port)
+            for host, port in self.spec.hosts
+            if classify(host) is EndpointKind.RDS_CLUSTER
+        ]
+        ordered = [*(h.endpoint for h in known), *self.spec.hosts, *readers_of_cluster]
+        ordered.sort(key=lambda endpoint: endpoint[0] in self._suspects)  # stable: suspects last
+        for endpoint in ordered:
+            if endpoint not in seen:
+                seen.add(endpoint)
+                yield endpoint
+
+    def _connection(self) -> Any:
+        if self._conn is not None:
+            return self._conn
+        errors = []
+        for host, port in self._candidates():
+            if self._closed.is_set():
+                return None
+            try:
+                self._conn = self._connect_to(host, port, self.spec.settings.connect_timeout)
+            except Exception as exc:
+                errors.append(f"{host}:{port}: {exc}")
+                continue
+            self._conn_host = host
+            return self._conn
+        self._note_error("no node reachable: " + "; ".join(errors))
+        return None
+
+    def _connect_to(self, host: str, port: int, timeout: float) -> Any:
+        address = self._resolver.resolve(host).addresses[0] if self.spec.settings.resolve else None
+        self._connects += 1
+        return self._adapter.connect(self.spec, host, port, address=address, timeout=timeout)
+
+    def _drop_connection(self) -> None:
+        conn, self._conn, self._conn_host = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _note_error(self, text: str) -> None:
+        self._errors += 1
+        self._last_error = text
+        log.debug("monitor %s: %s", self.spec.hosts[0][0], text)
+
+
+# -- the registry ------------------------------------------------------------------------------
+_registry: dict[tuple[str, ...], tuple[ClusterMonitor, int]] = {}
+_registry_lock = threading.Lock()
+
+
+def acquire(spec: ConnectionSpec) -> ClusterMonitor:
+    """The process's monitor for the cluster ``spec`` points at, started on first use.
+
+    Every acquire needs a matching :func:`release`; the monitor stops after the last one. The
+    first spec for a cluster decides the monitor's settings and credentials.
+    """
+    key = cluster_key(spec)
+    with _registry_lock:
+        entry = _registry.get(key)
+        if entry is None:
+            monitor = ClusterMonitor(spec)
+            _registry[key] = (monitor, 1)
+            return monitor
+        monitor, users = entry
+        _registry[key] = (monitor, users + 1)
+        return monitor
+
+
+def release(monitor: ClusterMonitor) -> None:
+    """Give back a monitor from :func:`acquire`; the last release stops it."""
+    with _registry_lock:
+        entry = _registry.get(monitor.key)
+        if entry is None or entry[0] is not monitor:
+            return
+        users = entry[1] - 1
+        if users > 0:
+            _registry[monitor.key] = (monitor, users)
+            return
+        del _registry[monitor.key]
+    monitor.close()
+
+
+@atexit.register
+def _close_all() -> None:
+    with _registry_lock:
+        monitors = [m for m, _ in _registry.values()]
+        _registry.clear()
+    for monitor in monitors:
+        monitor.close()
