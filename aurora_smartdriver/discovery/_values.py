@@ -13,8 +13,9 @@ from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from aurora_smartdriver.discovery._base import DiscoveryError, SourceContext
+from aurora_smartdriver.discovery._base import Answer, DiscoveryError, SourceContext
 from aurora_smartdriver.drivers import QueryResult
+from aurora_smartdriver.topology import Host, Role
 
 __all__ = [
     "BadValue",
@@ -173,3 +174,31 @@ def _is_ip(host: str) -> bool:
 def _shown(value: object) -> str:
     shown = repr(value)
     return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def aurora_answer(
+    ctx: SourceContext, source: str, parsed: Sequence[Any], *, asked_is_reader: bool
+) -> Answer:
+    """The `Answer` of an Aurora source from its parsed rows (one per instance).
+
+    Each row has `server_id`, `is_writer`, `lag_ms`, `last_update`, `cpu`, and the answering
+    instance's `now` and `own_id`; `asked_is_reader` is what that instance says of itself.
+    """
+    if not parsed:
+        return Answer((), ctx.now())
+    rows = []
+    for row in parsed:
+        host, port = ctx.endpoint_for(source, row.server_id)
+        rows.append(
+            Host(
+                instance_id=row.server_id,
+                host=host,
+                port=port,
+                role=Role.WRITER if row.is_writer else Role.READER,
+                lag_ms=reported_lag(row.is_writer, row.lag_ms),
+                last_update=row.last_update,
+                cpu=row.cpu,
+            )
+        )
+    me = parsed[0]
+    return Answer(tuple(rows), me.now, me.own_id, Role.READER if asked_is_reader else Role.WRITER)

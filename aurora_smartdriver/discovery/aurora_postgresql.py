@@ -15,14 +15,13 @@ from typing import Any, NamedTuple
 from aurora_smartdriver.discovery._base import Answer, DiscoveryError, SourceContext
 from aurora_smartdriver.discovery._values import (
     BadValue,
+    aurora_answer,
     flag,
     number,
     parse_rows,
-    reported_lag,
     run,
     text,
 )
-from aurora_smartdriver.topology import Host, Role
 
 __all__ = ["AuroraPostgreSQL", "applies"]
 
@@ -64,25 +63,8 @@ class AuroraPostgreSQL:
 
     def fetch(self, conn: Any, ctx: SourceContext) -> Answer:
         parsed = parse_rows(NAME, run(ctx, conn, NAME, _TOPOLOGY_SQL), len(_Row._fields), _parse)
-        if not parsed:
-            return Answer((), ctx.now())
-        rows = []
-        for row in parsed:
-            host, port = ctx.endpoint_for(NAME, row.server_id)
-            rows.append(
-                Host(
-                    instance_id=row.server_id,
-                    host=host,
-                    port=port,
-                    role=Role.WRITER if row.is_writer else Role.READER,
-                    lag_ms=reported_lag(row.is_writer, row.lag_ms),
-                    last_update=row.last_update,
-                    cpu=row.cpu,
-                )
-            )
-        me = parsed[0]
-        role = Role.READER if me.in_recovery else Role.WRITER
-        return Answer(tuple(rows), me.now, me.own_id, role)
+        asked_is_reader = bool(parsed) and parsed[0].in_recovery
+        return aurora_answer(ctx, NAME, parsed, asked_is_reader=asked_is_reader)
 
 
 def applies(conn: Any, ctx: SourceContext) -> bool:
