@@ -96,6 +96,31 @@ class DriverAdapter(Protocol):
         """What `exc` means for the library; "other" for anything not listed as special."""
         ...
 
+    def ping(self, conn: Any, timeout: float) -> None:
+        """Check that `conn` still answers within `timeout` seconds; the driver's error if not.
+
+        One round trip that leaves the session and any transaction as they were (PostgreSQL:
+        an empty query; MySQL: COM_PING). A connection that failed a ping is unusable: close it.
+        """
+        ...
+
+    def closed(self, conn: Any) -> bool:
+        """Whether the driver already knows `conn` is closed or broken (no I/O)."""
+        ...
+
+    def in_transaction(self, conn: Any) -> bool:
+        """Whether `conn` is in a state that only a rollback clears: a transaction open (or
+        failed), or a statement still under way, as the driver last heard (no I/O)."""
+        ...
+
+    def rollback(self, conn: Any) -> None:
+        """Roll back `conn`'s transaction, or raise the driver's error (then close `conn`)."""
+        ...
+
+    def close(self, conn: Any) -> None:
+        """Close `conn` without ever raising: closing a closed or broken connection is fine."""
+        ...
+
 
 def adapter_for(engine: str) -> DriverAdapter:
     """The adapter of `engine` ("postgresql" or "mysql"), importing its driver on first use.

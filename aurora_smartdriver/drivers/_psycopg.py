@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import selectors
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import pq
 from psycopg.rows import tuple_row
 
 from aurora_smartdriver.drivers import QueryResult
@@ -89,3 +93,57 @@ class PsycopgAdapter:
         if isinstance(exc, OSError):
             return "disconnect"  # a socket error that escaped the driver, or a failed lookup
         return "other"
+
+    def ping(self, conn: Any, timeout: float) -> None:
+        """Send an empty query through libpq directly and wait for its answer until the deadline.
+
+        Going below `Connection.execute` keeps the ping bounded (psycopg waits for ever) and
+        keeps it from opening a transaction on a connection that is not in autocommit mode
+        (psycopg would send BEGIN first). A ping that times out leaves the query unanswered,
+        so the connection must be closed, as after any failed ping.
+        """
+        pgconn = conn.pgconn
+        if pgconn.status != pq.ConnStatus.OK:
+            raise psycopg.OperationalError("the connection is closed")
+        if pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+            raise psycopg.OperationalError("the connection is running a statement")
+        deadline = time.monotonic() + timeout
+        with conn.lock:
+            pgconn.send_query(b"")
+            while pgconn.flush():
+                _wait_socket(pgconn.socket, selectors.EVENT_WRITE, deadline, timeout)
+            pgconn.consume_input()
+            while pgconn.is_busy():
+                _wait_socket(pgconn.socket, selectors.EVENT_READ, deadline, timeout)
+                pgconn.consume_input()
+            error = None
+            while (result := pgconn.get_result()) is not None:
+                if result.status == pq.ExecStatus.FATAL_ERROR:
+                    message = result.error_message or b"ping failed"
+                    error = message.decode(errors="replace").strip()
+        if error is not None:
+            raise psycopg.OperationalError(error)
+
+    def closed(self, conn: Any) -> bool:
+        return bool(conn.closed)
+
+    def in_transaction(self, conn: Any) -> bool:
+        return bool(conn.pgconn.transaction_status != pq.TransactionStatus.IDLE)
+
+    def rollback(self, conn: Any) -> None:
+        conn.rollback()
+
+    def close(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def _wait_socket(fileno: int, events: int, deadline: float, timeout: float) -> None:
+    """Wait until the socket `fileno` is ready for `events`, or raise at the deadline."""
+    left = deadline - time.monotonic()
+    if left > 0:
+        with selectors.DefaultSelector() as selector:
+            selector.register(fileno, events)
+            if selector.select(left):
+                return
+    raise psycopg.OperationalError(f"no answer from the server within {timeout:g}s")

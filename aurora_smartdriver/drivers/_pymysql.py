@@ -14,6 +14,7 @@ process and hands it to every connection.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ssl
 import threading
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pymysql
 from pymysql.connections import Connection
 from pymysql.constants import CR
+from pymysql.constants.SERVER_STATUS import SERVER_STATUS_IN_TRANS
 from pymysql.cursors import Cursor
 
 from aurora_smartdriver.drivers import QueryResult
@@ -159,6 +161,39 @@ class PyMySQLAdapter:
         if isinstance(exc, OSError):
             return "disconnect"  # a socket error that escaped the driver, or a failed lookup
         return "other"
+
+    def ping(self, conn: Any, timeout: float) -> None:
+        """COM_PING under read and write timeouts of `timeout`, the user's put back after."""
+        raw: Any = conn  # the type stubs do not declare these attributes
+        if raw._sock is None:
+            raise pymysql.OperationalError(CR.CR_SERVER_GONE_ERROR, "the connection is closed")
+        read, write = raw._read_timeout, raw._write_timeout
+        raw._read_timeout = raw._write_timeout = timeout
+        try:
+            conn.ping(reconnect=False)
+        finally:
+            _set_timeouts(conn, read, write)
+
+    def closed(self, conn: Any) -> bool:
+        return not conn.open
+
+    def in_transaction(self, conn: Any) -> bool:
+        """From the status flags of the server's last reply, or an unread unbuffered result
+        (a statement whose rows are still coming)."""
+        if conn.server_status is not None and conn.server_status & SERVER_STATUS_IN_TRANS:
+            return True
+        result = conn._result
+        return result is not None and bool(result.unbuffered_active)
+
+    def rollback(self, conn: Any) -> None:
+        conn.rollback()
+
+    def close(self, conn: Any) -> None:
+        try:
+            conn.close()
+        except Exception:
+            with contextlib.suppress(Exception):
+                conn._force_close()
 
 
 def _open(host: str, address: str, port: int, timeout: float) -> socket.socket:
