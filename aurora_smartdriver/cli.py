@@ -46,6 +46,7 @@ def _lab_command(args: argparse.Namespace) -> int:
             dns_lag=args.dns_lag,
             port=args.port,
             owned=False,
+            tls=args.tls,
         )
         doc = cluster.info()
         doc["startup_s"] = round(time.monotonic() - started, 3)
@@ -225,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--dns-ttl", type=int, default=5)
     up.add_argument("--dns-lag", type=float, default=0.0)
     up.add_argument("--port", type=int, default=None)
+    up.add_argument("--tls", action="store_true", help="serve TLS; the DSN verifies it")
     up.add_argument("--json", action="store_true", help="print JSON")
 
     with_state(lab_sub.add_parser("status", help="the nodes as they are now"))

@@ -130,6 +130,14 @@ def _dsn(lab: st.LabState, host: str) -> str:
     ]
     if lab.engine == "mariadb":
         params += ["replica_status_schema=aurora_lab", "read_only_variable=read_only"]
+    if lab.tls_ca is not None:
+        # Verify the server's certificate and name: the library keeps the name while it
+        # connects to the address it resolved, so verification holds through its own DNS.
+        ca = quote(lab.tls_ca, safe="/")
+        if lab.engine == "postgresql":
+            params += ["sslmode=verify-full", f"sslrootcert={ca}"]
+        else:
+            params += [f"ssl_ca={ca}", "ssl_verify_identity=on"]
     return (
         f"{scheme}://{quote(lab.user, safe='')}:{quote(lab.password, safe='')}@{host}:{lab.port}"
         f"/{lab.database}?" + "&".join(params)
@@ -171,11 +179,15 @@ class Lab:
         heartbeat_interval: float = 1.0,
         owned: bool = True,
         timeout: float = 60.0,
+        tls: bool = False,
     ) -> Lab:
         """Start a cluster: one writer and ``replicas`` readers, DNS and metadata heartbeat.
 
         With ``owned`` (the default) the lab is torn down when this process exits, even if it
         is killed (the supervisor notices); ``owned=False`` leaves it running for ``lab down``.
+        With ``tls`` the nodes also serve TLS with certificates from a CA of the lab's own,
+        naming the cluster's endpoints but no address, and the DSNs verify them (see
+        ``aurora_smartdriver.lab._tls``); connections without TLS are still accepted.
         """
         if replicas < 0:
             raise LabError(f"replicas must be 0 or more, not {replicas}")
@@ -184,6 +196,14 @@ class Lab:
                 f"lab name must be letters, digits and '-' starting with a letter: {name!r}"
             )
         impl = engine_for(engine)
+        if tls:
+            try:
+                from aurora_smartdriver.lab import _tls
+            except ImportError as exc:
+                raise LabError(
+                    f"a TLS lab needs the cryptography package ({exc}); "
+                    "install it with `pip install 'aurora-smartdriver[lab]'`"
+                ) from exc
         claim = _net.claim(
             replicas + 1,
             port or impl.default_port,
@@ -214,6 +234,7 @@ class Lab:
             heartbeat_interval=heartbeat_interval,
             server_user=_procs.server_user() if impl.name == "postgresql" else None,
             replicas_wanted=replicas,
+            tls_ca=str(_tls.ca_path(lab_dir)) if tls else None,
         )
         for _ in range(replicas + 1):
             _new_node(state, claim.prefix, "writer" if not state.nodes else "reader")
@@ -243,6 +264,10 @@ class Lab:
         engine = self.engine
         writer = state.writer
         assert writer is not None
+        if state.tls_ca is not None:
+            from aurora_smartdriver.lab import _tls  # needs cryptography: only for TLS labs
+
+            _tls.create_ca(state)
         engine.prepare(state, writer, None)
         writer.pid = engine.start(state, writer)
         writer.status = "running"
@@ -391,6 +416,7 @@ class Lab:
                 "reader": state.reader_endpoint,
                 "instance_host_pattern": state.instance_host_pattern,
             },
+            "tls_ca": state.tls_ca,
             "nodes": [_node_info(state, n).to_json() for n in state.nodes],
             "state": str(self.state_path),
         }
@@ -578,6 +604,7 @@ class Lab:
             target.session_id = str(uuid.uuid4())
             self._start_replica(state, target, writer, timeout)
             self.engine.set_sync(state, writer, True)
+            self.engine.publish(state, writer, {target.id: Fresh(0.0, 0.0)})
 
     def remove(self, node: str | NodeInfo) -> None:
         """Delete a replica: its process, its data and its metadata row and DNS name."""
@@ -631,9 +658,15 @@ class Lab:
             state.heartbeat_paused = True
 
     def resume_heartbeat(self) -> None:
-        """Undo :meth:`pause_heartbeat`; the next beat rewrites the metadata from the truth."""
+        """Undo :meth:`pause_heartbeat`: the metadata is rewritten from the truth at once."""
         with self._change() as state:
             state.heartbeat_paused = False
+            self._republish(state)
+
+    def _republish(self, state: st.LabState) -> None:
+        writer = state.writer
+        if writer is not None and writer.status == "running" and _procs.alive(writer.pid):
+            self.engine.publish(state, writer, {n.id: Fresh(0.0, 0.0) for n in state.nodes})
 
     def wait_replicated(self, timeout: float = 30.0) -> None:
         """Wait until every running replica has applied everything the writer has."""
@@ -689,6 +722,7 @@ class Lab:
         with self._change() as state:
             if state.heartbeat_paused:
                 state.heartbeat_paused = False
+                self._republish(state)  # a test may have planted garbage meanwhile
                 repaired = True
             writer = state.writer
             if writer is not None and (
@@ -798,7 +832,12 @@ def teardown(state_path: Path, *, keep_supervisor: int | None = None) -> None:
                     engine.after_kill(state, node)
         with contextlib.suppress(Unsupported):
             _firewall.remove_all(state.prefix)
-    shutil.rmtree(state_path.parent, ignore_errors=True)
+    # Another process may be opening the lock file as the tree goes: try again briefly.
+    for _ in range(20):
+        shutil.rmtree(state_path.parent, ignore_errors=True)
+        if not state_path.parent.exists():
+            break
+        time.sleep(0.05)
 
 
 def lab_dirs() -> list[Path]:

@@ -88,8 +88,20 @@ class Engine(Protocol):
     def probe(self, lab: LabState, node: NodeState, timeout: float) -> Probe:
         """Ask the node for its role and lag (raises when it does not answer)."""
 
-    def publish(self, lab: LabState, writer: NodeState, fresh: Mapping[str, Fresh]) -> None:
-        """Write the cluster metadata on the writer; only ``fresh`` nodes get a new timestamp."""
+    def publish(
+        self,
+        lab: LabState,
+        writer: NodeState,
+        fresh: Mapping[str, Fresh],
+        *,
+        structure: bool = True,
+    ) -> None:
+        """Write the cluster metadata on the writer; only ``fresh`` nodes get a new timestamp.
+
+        ``structure=False`` (the heartbeat) only updates the figures of existing rows: the
+        members and roles are written by the lab's operations, under the lab's lock, so a
+        heartbeat working from a state read a moment earlier cannot bring back a removed node.
+        """
 
     def execute(self, lab: LabState, node: NodeState, sql: str) -> list[tuple[object, ...]]:
         """Run one statement as the administrator on a node and return its rows."""

@@ -63,6 +63,13 @@ slave_net_timeout = 5
 default_time_zone = "+00:00"
 """
 
+# Appended to the [mariadbd] section of a TLS lab's nodes; clients may still connect without
+# TLS (no require_secure_transport), as they can to Aurora MySQL by default.
+_CNF_TLS = """ssl_ca = {ca}
+ssl_cert = {cert}
+ssl_key = {key}
+"""
+
 # Aurora MySQL's information_schema.replica_host_status columns, in Aurora's order.
 _METADATA_SQL = [
     f"CREATE DATABASE {METADATA_SCHEMA}",
@@ -165,6 +172,7 @@ class MariaDB:
             unix_socket=str(self._sock(lab, node)),
             user="root",
             database=database,
+            ssl_disabled=True,  # a local socket; PyMySQL would build a TLS context per connect
             connect_timeout=timeout,
             read_timeout=max(timeout, 10.0),
             write_timeout=max(timeout, 10.0),
@@ -225,18 +233,22 @@ class MariaDB:
         fresh_dir(base)
         (base / "tmp").mkdir()
         shutil.copytree(self._template(lab), base / "data", symlinks=True)
-        (base / "my.cnf").write_text(
-            _CNF.format(
-                data=base / "data",
-                sock=self._sock(lab, node),
-                base=base,
-                tmp=base / "tmp",
-                address=node.address,
-                port=node.port,
-                server_id=node.server_id,
-                id=node.id,
-            )
+        cnf = _CNF.format(
+            data=base / "data",
+            sock=self._sock(lab, node),
+            base=base,
+            tmp=base / "tmp",
+            address=node.address,
+            port=node.port,
+            server_id=node.server_id,
+            id=node.id,
         )
+        if lab.tls_ca is not None:
+            from aurora_smartdriver.lab import _tls  # needs cryptography: only for TLS labs
+
+            files = _tls.issue(lab, node)
+            cnf += _CNF_TLS.format(ca=lab.tls_ca, cert=files.cert, key=files.key)
+        (base / "my.cnf").write_text(cnf)
 
     def start(self, lab: LabState, node: NodeState) -> int:
         base = self._base(lab, node)
@@ -389,7 +401,14 @@ class MariaDB:
         behind = st.get("Seconds_Behind_Master")
         return Probe(is_writer=False, lag_ms=float(behind) * 1000.0 if behind is not None else 0.0)
 
-    def publish(self, lab: LabState, writer: NodeState, fresh: Mapping[str, Fresh]) -> None:
+    def publish(
+        self,
+        lab: LabState,
+        writer: NodeState,
+        fresh: Mapping[str, Fresh],
+        *,
+        structure: bool = True,
+    ) -> None:
         conn = self._connect(lab, writer, 2.0)
         table = f"{METADATA_SCHEMA}.replica_host_status"
         try:
@@ -399,12 +418,13 @@ class MariaDB:
                 conn.begin()
                 ids = [n.id for n in lab.nodes]
                 marks = ", ".join(["%s"] * len(ids))
-                cur.execute(f"DELETE FROM {table} WHERE SERVER_ID NOT IN ({marks})", ids)
-                cur.execute(
-                    f"DELETE FROM mysql.rds_topology WHERE id NOT IN ({marks})",
-                    [n.server_id for n in lab.nodes],
-                )
-                for node in lab.nodes:
+                if structure:
+                    cur.execute(f"DELETE FROM {table} WHERE SERVER_ID NOT IN ({marks})", ids)
+                    cur.execute(
+                        f"DELETE FROM mysql.rds_topology WHERE id NOT IN ({marks})",
+                        [n.server_id for n in lab.nodes],
+                    )
+                for node in lab.nodes if structure else ():
                     session = MASTER_SESSION_ID if node.role == "writer" else node.session_id
                     cur.execute(
                         f"INSERT INTO {table} (SERVER_ID, SESSION_ID, LAST_UPDATE_TIMESTAMP)"

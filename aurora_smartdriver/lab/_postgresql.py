@@ -66,6 +66,14 @@ lab.instance_id = '{id}'
 lab.dbi_resource_id = '{dbi}'
 """
 
+# Per node (a replica's data directory is a copy of the writer's, its node.conf is its own).
+# Clients may still connect without TLS: pg_hba.conf has "host", not "hostssl", lines.
+_NODE_TLS_CONF = """
+ssl = on
+ssl_cert_file = '{cert}'
+ssl_key_file = '{key}'
+"""
+
 _HBA = """
 local all all trust
 host replication repl 127.0.0.0/8 scram-sha-256
@@ -270,14 +278,18 @@ class PostgreSQL:
                 auto.write(f"primary_conninfo = '{self._conninfo(lab, node, writer)}'\n")
             for stale in ("postmaster.pid", "postmaster.opts"):
                 (data / stale).unlink(missing_ok=True)
-        (data / "node.conf").write_text(
-            _NODE_CONF.format(
-                address=node.address,
-                rundir=self._run(lab, node),
-                id=node.id,
-                dbi=dbi_resource_id(node.id),
-            )
+        node_conf = _NODE_CONF.format(
+            address=node.address,
+            rundir=self._run(lab, node),
+            id=node.id,
+            dbi=dbi_resource_id(node.id),
         )
+        if lab.tls_ca is not None:
+            from aurora_smartdriver.lab import _tls  # needs cryptography: only for TLS labs
+
+            files = _tls.issue(lab, node)
+            node_conf += _NODE_TLS_CONF.format(cert=files.cert, key=files.key)
+        (data / "node.conf").write_text(node_conf)
         _procs.chown_tree(base, user)
 
     def _conninfo(self, lab: LabState, node: NodeState, writer: NodeState) -> str:
@@ -389,16 +401,24 @@ class PostgreSQL:
         assert row is not None
         return Probe(is_writer=not row[0], lag_ms=float(row[1]))
 
-    def publish(self, lab: LabState, writer: NodeState, fresh: Mapping[str, Fresh]) -> None:
+    def publish(
+        self,
+        lab: LabState,
+        writer: NodeState,
+        fresh: Mapping[str, Fresh],
+        *,
+        structure: bool = True,
+    ) -> None:
         with self._connect(lab, writer, 2.0) as conn:
             # The heartbeat must not wait for a standby: it is the lab's bookkeeping.
             conn.execute("SET synchronous_commit = local")
             with conn.transaction():
                 ids = [n.id for n in lab.nodes]
-                conn.execute(
-                    "DELETE FROM aurora_lab.instances WHERE NOT (server_id = ANY(%s))", (ids,)
-                )
-                for node in lab.nodes:
+                if structure:
+                    conn.execute(
+                        "DELETE FROM aurora_lab.instances WHERE NOT (server_id = ANY(%s))", (ids,)
+                    )
+                for node in lab.nodes if structure else ():
                     conn.execute(
                         _PUBLISH_SQL,
                         {

@@ -77,6 +77,7 @@ class LabState:
     server_user: str | None = None
     created_at: float = field(default_factory=time.time)
     failovers: int = 0
+    tls_ca: str | None = None  # the lab CA's certificate when the nodes serve TLS, else None
 
     # -- names ------------------------------------------------------------------------------
     @property

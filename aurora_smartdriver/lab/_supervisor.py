@@ -113,7 +113,7 @@ class Heartbeat:
 
     def _publish(self, state: st.LabState, writer: st.NodeState, fresh: dict[str, Fresh]) -> None:
         try:
-            self.engine.publish(state, writer, fresh)
+            self.engine.publish(state, writer, fresh, structure=False)
         except Exception as exc:
             log.debug("publishing on %s failed: %s", writer.id, exc)
 
