@@ -1,7 +1,49 @@
-"""aurora_smartdriver: one database out of a replicated cluster, surviving failover."""
+"""aurora_smartdriver: one database out of a replicated cluster, surviving failover.
+
+import aurora_smartdriver as asd
+
+conn = asd.connect("postgresql://app:pw@orders.cluster-abc.us-east-1.rds.amazonaws.com/app")
+cluster = asd.Cluster("mysql://app@orders.cluster-abc.us-east-1.rds.amazonaws.com/app")
+with cluster.reader() as conn:
+    ...
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from aurora_smartdriver.errors import (
+    AuroraSmartDriverError,
+    ConfigError,
+    FailoverSucceeded,
+    NoHostAvailable,
+    NoWriterAvailable,
+    TransactionOutcomeUnknown,
+)
+
+if TYPE_CHECKING:
+    from aurora_smartdriver.cluster import Cluster, connect
+
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "AuroraSmartDriverError",
+    "Cluster",
+    "ConfigError",
+    "FailoverSucceeded",
+    "NoHostAvailable",
+    "NoWriterAvailable",
+    "TransactionOutcomeUnknown",
+    "__version__",
+    "connect",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # connect and Cluster load the connection machinery on first use, so that importing the
+    # package (or only its lab) stays cheap.
+    if name in ("connect", "Cluster"):
+        from aurora_smartdriver import cluster
+
+        return getattr(cluster, name)
+    raise AttributeError(f"module 'aurora_smartdriver' has no attribute {name!r}")

@@ -4,15 +4,23 @@
 are `ConfigError`, which is also a `ValueError` so code that already guards against bad
 arguments catches it.
 
-The failover errors (`FailoverSucceeded`, `TransactionOutcomeUnknown`, `NoWriterAvailable`) belong
-in this module too, but each must also subclass the wrapped driver's own `OperationalError` so
-that existing `except driver.OperationalError` clauses keep catching them; they are therefore
-built per driver from the driver's exception class rather than declared here once.
+The errors a database operation can end in (`NoHostAvailable`, `FailoverSucceeded`,
+`TransactionOutcomeUnknown`, `NoWriterAvailable`, and the pool's) are declared here once, and
+raised as per-driver subclasses that also derive from the wrapped driver's `OperationalError`
+(see `aurora_smartdriver._dbapi.error_class`): `except aurora_smartdriver.FailoverSucceeded`
+and an existing `except psycopg.OperationalError` both catch them.
 """
 
 from __future__ import annotations
 
-__all__ = ["AuroraSmartDriverError", "ConfigError"]
+__all__ = [
+    "AuroraSmartDriverError",
+    "ConfigError",
+    "FailoverSucceeded",
+    "NoHostAvailable",
+    "NoWriterAvailable",
+    "TransactionOutcomeUnknown",
+]
 
 
 class AuroraSmartDriverError(Exception):
@@ -46,3 +54,32 @@ class ConfigError(AuroraSmartDriverError, ValueError):
         self.parameter = parameter
         self.value = value
         self.suggestion = suggestion
+
+
+class NoHostAvailable(AuroraSmartDriverError):
+    """No instance can serve the request: no writer known, or no reader qualifies and
+    ``reader_fallback=fail``, or every candidate is down. The message says which and why."""
+
+
+class NoWriterAvailable(NoHostAvailable):
+    """No node answered as the writer within ``failover_timeout``."""
+
+
+class FailoverSucceeded(AuroraSmartDriverError):
+    """The connection was lost and the library reconnected to the right node: re-run the work.
+
+    ``transaction_rolled_back`` is True when a transaction was open: the server rolled it back,
+    so everything since ``BEGIN`` must be done again.
+    """
+
+    def __init__(self, message: str, *, transaction_rolled_back: bool = False) -> None:
+        super().__init__(message)
+        self.transaction_rolled_back = transaction_rolled_back
+
+
+class TransactionOutcomeUnknown(AuroraSmartDriverError):
+    """The connection died during COMMIT: the transaction may or may not have been committed.
+
+    The library never re-sends a COMMIT; only the application can tell whether re-running the
+    transaction is safe.
+    """

@@ -9,7 +9,6 @@ attribute load, no lock; all refreshes happen on the monitor's thread, so any nu
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import random
@@ -27,7 +26,7 @@ from aurora_smartdriver.endpoints import EndpointKind, classify, parse_rds_host
 from aurora_smartdriver.resolver import Resolver
 from aurora_smartdriver.topology import Rejected, Role, Topology, TopologyDiff, accept, diff
 
-__all__ = ["ClusterMonitor", "Listener", "MonitorStats", "acquire", "cluster_key", "release"]
+__all__ = ["ClusterMonitor", "Listener", "MonitorStats", "cluster_key"]
 
 log = logging.getLogger("aurora_smartdriver.monitor")
 
@@ -64,7 +63,11 @@ def cluster_key(spec: ConnectionSpec) -> tuple[str, ...]:
 
 
 class ClusterMonitor:
-    """Keeps one cluster's topology fresh. Get one with :func:`acquire`, not directly."""
+    """Keeps one cluster's topology fresh.
+
+    The process shares one per cluster through ``aurora_smartdriver._runtime.acquire``; create
+    one directly only for a private view (the ``topology`` command does).
+    """
 
     def __init__(
         self,
@@ -389,49 +392,3 @@ class ClusterMonitor:
         self._errors += 1
         self._last_error = text
         log.debug("monitor %s: %s", self.spec.hosts[0][0], text)
-
-
-# -- the registry ------------------------------------------------------------------------------
-_registry: dict[tuple[str, ...], tuple[ClusterMonitor, int]] = {}
-_registry_lock = threading.Lock()
-
-
-def acquire(spec: ConnectionSpec) -> ClusterMonitor:
-    """The process's monitor for the cluster ``spec`` points at, started on first use.
-
-    Every acquire needs a matching :func:`release`; the monitor stops after the last one. The
-    first spec for a cluster decides the monitor's settings and credentials.
-    """
-    key = cluster_key(spec)
-    with _registry_lock:
-        entry = _registry.get(key)
-        if entry is None:
-            monitor = ClusterMonitor(spec)
-            _registry[key] = (monitor, 1)
-            return monitor
-        monitor, users = entry
-        _registry[key] = (monitor, users + 1)
-        return monitor
-
-
-def release(monitor: ClusterMonitor) -> None:
-    """Give back a monitor from :func:`acquire`; the last release stops it."""
-    with _registry_lock:
-        entry = _registry.get(monitor.key)
-        if entry is None or entry[0] is not monitor:
-            return
-        users = entry[1] - 1
-        if users > 0:
-            _registry[monitor.key] = (monitor, users)
-            return
-        del _registry[monitor.key]
-    monitor.close()
-
-
-@atexit.register
-def _close_all() -> None:
-    with _registry_lock:
-        monitors = [m for m, _ in _registry.values()]
-        _registry.clear()
-    for monitor in monitors:
-        monitor.close()

@@ -1,0 +1,165 @@
+"""``connect()`` and ``Cluster``: the library's two front doors."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from aurora_smartdriver import _runtime, dsn
+from aurora_smartdriver.connection import Connection, PsycopgConnection, PyMySQLConnection
+from aurora_smartdriver.errors import FailoverSucceeded, TransactionOutcomeUnknown
+from aurora_smartdriver.topology import Topology
+
+T = TypeVar("T")
+
+__all__ = ["Cluster", "connect"]
+
+_ROLES = ("writer", "reader", "any")
+
+
+def _spec(dsn_text: str | None, engine: str | None, kwargs: dict[str, Any]) -> dsn.ConnectionSpec:
+    if dsn_text:
+        return dsn.parse(dsn_text, **kwargs)
+    # Driver-style keywords only (host=..., user=..., dbname=/database=...).
+    scheme = {"postgresql": "postgresql", "mysql": "mysql", None: ""}[engine]
+    if not scheme:
+        return dsn.parse("", **kwargs)  # raises ConfigError("empty DSN ...")
+    return dsn.parse(f"{scheme}://", **kwargs)
+
+
+def _proxy_class(runtime: _runtime.Runtime) -> type[Connection]:
+    return PsycopgConnection if runtime.spec.engine == "postgresql" else PyMySQLConnection
+
+
+def _role(role: str | None, runtime: _runtime.Runtime) -> str:
+    chosen = role or runtime.spec.settings.role
+    if chosen not in _ROLES:
+        from aurora_smartdriver.errors import ConfigError
+
+        raise ConfigError(
+            f"unknown role {chosen!r}",
+            parameter="role",
+            value=str(chosen),
+            suggestion="use writer, reader or any",
+        )
+    return chosen
+
+
+def connect(dsn: str | None = None, /, *, _engine: str | None = None, **kwargs: Any) -> Connection:
+    """A connection to the cluster ``dsn`` names, on a node of the DSN's ``role`` (the writer).
+
+    Behaves like the wrapped driver's connection (psycopg 3 for ``postgresql://``, PyMySQL for
+    ``mysql://`` and ``mariadb://``). Keyword arguments override the DSN.
+    """
+    spec = _spec(dsn, _engine, kwargs)
+    runtime = _runtime.acquire(spec)
+    try:
+        role = _role(spec.settings.role, runtime)
+        lease = runtime.lease(role, pooled=False)
+    except BaseException:
+        _runtime.release(runtime)
+        raise
+    conn = _proxy_class(runtime)(runtime, role, lease, autocommit=runtime.default_autocommit)
+    conn._on_close(lambda: _runtime.release(runtime))
+    return conn
+
+
+class Cluster:
+    """A cluster with pooled connections: ``writer()``, ``reader()``, ``topology``.
+
+    >>> cluster = Cluster("postgresql://app@orders.cluster-abc.us-east-1.rds.amazonaws.com/app")
+    >>> with cluster.writer() as conn:          # doctest: +SKIP
+    ...     conn.execute("INSERT ...")
+    """
+
+    def __init__(self, dsn: str | None = None, /, **kwargs: Any) -> None:
+        self.spec = _spec(dsn, None, kwargs)
+        self._runtime = _runtime.acquire(self.spec)
+        self._closed = False
+
+    @property
+    def topology(self) -> Topology | None:
+        """The current snapshot (waits for the first one)."""
+        return self._runtime.topology(self.spec.settings.connect_timeout)
+
+    @contextlib.contextmanager
+    def connection(self, role: str | None = None) -> Iterator[Connection]:
+        """A pooled connection for ``role``: committed on success, rolled back on error."""
+        if self._closed:
+            raise self._runtime.module.InterfaceError("the cluster is closed")
+        runtime = self._runtime
+        chosen = _role(role, runtime)
+        lease = runtime.lease(chosen, pooled=True)
+        conn = _proxy_class(runtime)(runtime, chosen, lease, autocommit=runtime.default_autocommit)
+        try:
+            yield conn
+        except BaseException:
+            if not conn._closed:
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+            raise
+        else:
+            if not conn._closed and runtime.adapter.in_transaction(conn._raw):
+                conn.commit()
+        finally:
+            conn.close()
+
+    def writer(self) -> contextlib.AbstractContextManager[Connection]:
+        """A pooled connection to the writer."""
+        return self.connection("writer")
+
+    def reader(self) -> contextlib.AbstractContextManager[Connection]:
+        """A pooled connection to a reader (the writer when none qualifies, unless told to fail)."""
+        return self.connection("reader")
+
+    def run_transaction(
+        self,
+        fn: Callable[[Connection], T],
+        *,
+        retries: int = 3,
+        idempotent: bool = False,
+        role: str = "writer",
+    ) -> T:
+        """Run ``fn(conn)`` in a transaction, committed when it returns; re-run after a failover.
+
+        ``fn`` is re-run, on a fresh connection, when the attempt ended in ``FailoverSucceeded``
+        (the server rolled the transaction back), up to ``retries`` times. After
+        ``TransactionOutcomeUnknown`` (the connection died during COMMIT) it is re-run only when
+        ``idempotent=True``, since the first attempt may have committed.
+        """
+        attempt = 0
+        while True:
+            try:
+                with self.connection(role) as conn:
+                    return fn(conn)
+            except FailoverSucceeded:
+                if attempt >= retries:
+                    raise
+            except TransactionOutcomeUnknown:
+                if not idempotent or attempt >= retries:
+                    raise
+            attempt += 1
+
+    def stats(self) -> dict[str, Any]:
+        """Pools per instance and the monitor's counters."""
+        return {
+            "pools": dict(self._runtime.pools.stats()),
+            "monitor": self._runtime.monitor.stats(),
+            "routing_decisions": self._runtime.decisions,
+        }
+
+    def close(self) -> None:
+        """Stop using the cluster; its pools and monitor close when no one else uses them."""
+        if not self._closed:
+            self._closed = True
+            _runtime.release(self._runtime, linger=0)
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<aurora_smartdriver.Cluster {self.spec}>"
