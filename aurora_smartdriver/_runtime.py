@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from aurora_smartdriver import routing
 from aurora_smartdriver._dbapi import driver_module, error_class
-from aurora_smartdriver.drivers import DriverAdapter, adapter_for
+from aurora_smartdriver.drivers import adapter_for
 from aurora_smartdriver.dsn import ConnectionSpec
 from aurora_smartdriver.errors import (
     FailoverSucceeded,
@@ -35,6 +35,7 @@ from aurora_smartdriver.monitor import ClusterMonitor, cluster_key
 from aurora_smartdriver.pool import HostDown, HostPool, PoolClosed, Pooled, PoolSet, Target
 from aurora_smartdriver.resolver import Resolver
 from aurora_smartdriver.topology import Host, Topology
+from aurora_smartdriver.watchdog import Watchdog
 
 __all__ = ["Lease", "Runtime", "Target", "acquire", "release"]
 
@@ -59,19 +60,21 @@ class Lease(Protocol):
 class _DirectLease:
     """A connection of its own (``connect()``): giving it back closes it."""
 
-    __slots__ = ("_adapter", "_broken", "pooled", "raw", "target")
+    __slots__ = ("_broken", "_watchdog", "pooled", "raw", "target")
 
-    def __init__(self, raw: Any, target: Target, adapter: DriverAdapter) -> None:
+    def __init__(self, raw: Any, target: Target, watchdog: Watchdog) -> None:
         self.raw = raw
         self.target = target
         self.pooled = False
-        self._adapter = adapter
         self._broken = False
+        self._watchdog = watchdog
+        watchdog.watch(target, raw)
 
     def mark_broken(self) -> None:
         self._broken = True
 
     def give_back(self, *, broken: bool = False) -> None:
+        self._watchdog.unwatch(self.target, self.raw)
         with contextlib.suppress(Exception):
             self.raw.close()
 
@@ -79,19 +82,22 @@ class _DirectLease:
 class _PooledLease:
     """A connection borrowed from its host's pool: giving it back returns it."""
 
-    __slots__ = ("_pool", "_pooled", "pooled", "raw", "target")
+    __slots__ = ("_pool", "_pooled", "_watchdog", "pooled", "raw", "target")
 
-    def __init__(self, pool: HostPool, pooled: Pooled) -> None:
+    def __init__(self, pool: HostPool, pooled: Pooled, watchdog: Watchdog) -> None:
         self._pool = pool
         self._pooled = pooled
         self.raw = pooled.raw
         self.target = pooled.target
         self.pooled = True
+        self._watchdog = watchdog
+        watchdog.watch(self.target, self.raw)
 
     def mark_broken(self) -> None:
         self._pooled.mark_broken()
 
     def give_back(self, *, broken: bool = False) -> None:
+        self._watchdog.unwatch(self.target, self.raw)
         if broken:
             self._pooled.mark_broken()
         self._pool.release(self._pooled)
@@ -129,6 +135,9 @@ class Runtime:
         self.failover_succeeded = error_class(spec.engine, FailoverSucceeded)
         self.outcome_unknown = error_class(spec.engine, TransactionOutcomeUnknown)
         self.events = Events(spec.hosts[0][0])
+        self.watchdog = Watchdog(
+            self._opener_for, self.adapter, settings.failure_detection_time, self._host_dead
+        )
         self.decisions = 0
 
     @property
@@ -239,7 +248,7 @@ class Runtime:
             target = choice.target
             try:
                 if not pooled:
-                    return _DirectLease(self.open(target), target, self.adapter)
+                    return _DirectLease(self.open(target), target, self.watchdog)
                 return self._borrow(target)
             except HostDown as exc:
                 if exc.auth:
@@ -257,7 +266,7 @@ class Runtime:
 
     def _borrow(self, target: Target) -> Lease:
         pool = self.pools.pool(target)
-        return _PooledLease(pool, pool.borrow(wait_if_down=False))
+        return _PooledLease(pool, pool.borrow(wait_if_down=False), self.watchdog)
 
     def fail_over(
         self, role: str, old: Target, kind: str, *, pooled: bool, cause: BaseException
@@ -321,6 +330,12 @@ class Runtime:
             f"failover gave up after {after:.1f}s (failover_timeout="
             f"{self.spec.settings.failover_timeout:g}s): {reason}"
         ) from cause
+
+    def _host_dead(self, target: Target, silent: float) -> None:
+        self.events.emit(
+            "host_unresponsive", instance=target.instance_id, silent_s=round(silent, 3)
+        )
+        self.suspect(target, f"no answer for {silent:.1f}s")
 
     def suspect(self, target: Target, why: str) -> None:
         """A connection to ``target`` failed as if the node were gone or demoted."""

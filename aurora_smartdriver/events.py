@@ -11,6 +11,7 @@ Names and fields (stable):
 - ``connection_moved``: old, new (instance ids)
 - ``failover_failed``: role, after_s, reason
 - ``read_retried``: instance (a read re-run after a failover, ``retry_reads=on``)
+- ``host_unresponsive``: instance, silent_s (a node stopped answering; its connections were cut)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ __all__ = ["Event", "Events", "Hook", "subscribe", "unsubscribe"]
 
 log = logging.getLogger("aurora_smartdriver.events")
 
-_LOUD = frozenset({"failover_started", "writer_found", "failover_failed"})
+_LOUD = frozenset({"failover_started", "writer_found", "failover_failed", "host_unresponsive"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -269,6 +269,10 @@ class ClusterMonitor:
             self._rejected += 1
             self._note_error(result.reason)
             log.warning("topology answer ignored, keeping the last good one: %s", result.reason)
+            # That node may be behind (a replica still catching up): ask another one next.
+            if self._conn_host is not None:
+                self._suspects.add(self._conn_host)
+            self._drop_connection()
             return False
         if result is not previous:
             self.topology = result

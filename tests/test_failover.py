@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import faulthandler
+import sys
 import threading
 import time
 import uuid
@@ -287,3 +289,38 @@ def test_run_transaction_does_not_rerun_an_unknown_outcome(aurora_lab: Lab) -> N
         for timer in timers:
             timer.join()
         cluster.close()
+
+
+def test_a_statement_on_a_hung_reader_is_cut_within_the_detection_time(aurora_lab: Lab) -> None:
+    seen: list[events.Event] = []
+    events.subscribe(seen.append)
+    conn = _connect(
+        aurora_lab, role="reader", failure_detection_time="1.5s", **_autocommit(aurora_lab)
+    )
+    try:
+        hung = conn.instance_id
+        aurora_lab.hang(hung)
+        outcome: list[BaseException | None] = []
+
+        def read() -> None:
+            try:
+                _query(conn, "SELECT 1")
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=read)
+        worker.start()
+        # Without detection the statement would wait for the node to come back; the probe
+        # declares it dead after 1.5 s of silence and cuts the connection.
+        worker.join(20)
+        if worker.is_alive():  # show where every thread waits, for the report
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        assert not worker.is_alive(), "the statement on the hung node was never cut"
+        assert isinstance(outcome[0], asd.FailoverSucceeded)
+        assert conn.instance_id != hung
+        assert _query(conn, "SELECT 1") == [(1,)]
+    finally:
+        conn.close()
+        events.unsubscribe(seen.append)
+    assert any(e.name == "host_unresponsive" and e.fields["instance"] == hung for e in seen)

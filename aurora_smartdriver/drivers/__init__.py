@@ -121,6 +121,14 @@ class DriverAdapter(Protocol):
         """Close `conn` without ever raising: closing a closed or broken connection is fine."""
         ...
 
+    def abort(self, conn: Any) -> None:
+        """Cut `conn`'s socket from any thread: a statement waiting on it fails at once.
+
+        For a node that stopped answering (hung, cut off): the waiting statement sees a lost
+        connection, as if the node had died. Never raises.
+        """
+        ...
+
 
 def adapter_for(engine: str) -> DriverAdapter:
     """The adapter of `engine` ("postgresql" or "mysql"), importing its driver on first use.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import selectors
+import socket
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -136,6 +138,16 @@ class PsycopgAdapter:
     def close(self, conn: Any) -> None:
         with contextlib.suppress(Exception):
             conn.close()
+
+    def abort(self, conn: Any) -> None:
+        # shutdown() acts on the socket itself, so doing it through a duplicate descriptor
+        # wakes libpq's wait on the original one with an end of stream.
+        with contextlib.suppress(Exception):
+            dup = socket.socket(fileno=os.dup(conn.pgconn.socket))
+            try:
+                dup.shutdown(socket.SHUT_RDWR)
+            finally:
+                dup.close()
 
 
 def _wait_socket(fileno: int, events: int, deadline: float, timeout: float) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import socket as _socket
 import ssl
 import threading
 import time
@@ -194,6 +195,10 @@ class PyMySQLAdapter:
         except Exception:
             with contextlib.suppress(Exception):
                 conn._force_close()
+
+    def abort(self, conn: Any) -> None:
+        with contextlib.suppress(Exception):
+            conn._sock.shutdown(_socket.SHUT_RDWR)
 
 
 def _open(host: str, address: str, port: int, timeout: float) -> socket.socket:

@@ -605,6 +605,7 @@ class Lab:
             self._start_replica(state, target, writer, timeout)
             self.engine.set_sync(state, writer, True)
             self.engine.publish(state, writer, {target.id: Fresh(0.0, 0.0)})
+        self.wait_replicated(timeout)  # back in service once it has caught up, as on Aurora
 
     def remove(self, node: str | NodeInfo) -> None:
         """Delete a replica: its process, its data and its metadata row and DNS name."""
