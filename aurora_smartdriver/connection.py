@@ -19,6 +19,7 @@ from aurora_smartdriver._runtime import Lease, Runtime
 __all__ = ["Connection", "Cursor", "PsycopgConnection", "PyMySQLConnection", "is_read"]
 
 _READ_PREFIXES = ("select", "show", "with", "values", "table", "explain", "describe", "desc ")
+_PUNCTUATION = str.maketrans("(),;", "    ")  # so "(DELETE" is seen as the word DELETE
 
 
 def is_read(query: Any) -> bool:
@@ -34,7 +35,7 @@ def is_read(query: Any) -> bool:
     text = query.lstrip(" \t\r\n(").lower()
     if not text.startswith(_READ_PREFIXES):
         return False
-    padded = f" {' '.join(text.split())} "
+    padded = f" {' '.join(text.translate(_PUNCTUATION).split())} "
     writes = (
         " for update",
         " for share",
@@ -52,10 +53,6 @@ def is_read(query: Any) -> bool:
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-# Attributes that live on the proxy itself; anything else is the driver connection's.
-_OWN = frozenset({"autocommit", "read_only", "isolation_level"})
 
 
 class Cursor:
