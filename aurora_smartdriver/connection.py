@@ -10,6 +10,7 @@ whose fetch methods are the driver cursor's own bound methods (no indirection on
 from __future__ import annotations
 
 import contextlib
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -296,9 +297,12 @@ class Connection:
             raise exc
         in_transaction = not self._autocommit or during_commit
         lost = self.instance_id
+        started = time.monotonic()
         self._fail_over(exc)
         runtime = self._runtime
+        after = round(time.monotonic() - started, 3)
         if during_commit:
+            runtime.events.emit("outcome_unknown", old=lost, new=self.instance_id, after_s=after)
             raise runtime.outcome_unknown(
                 f"the connection to {lost} was lost during COMMIT: the transaction "
                 "may or may not have been committed; the connection is now on "
@@ -310,8 +314,12 @@ class Connection:
             and runtime.spec.settings.retry_reads
             and is_read(query)
         ):
-            runtime.events.emit("read_retried", instance=self.instance_id)
+            runtime.events.emit("read_retried", instance=self.instance_id, after_s=after)
             return
+        if in_transaction:
+            runtime.events.emit(
+                "transaction_rolled_back", old=lost, new=self.instance_id, after_s=after
+            )
         raise runtime.failover_succeeded(
             f"the connection to {lost} was lost ({_short(exc)}); reconnected to {self.instance_id}"
             + ("; the open transaction was rolled back" if in_transaction else "")

@@ -10,7 +10,9 @@ Names and fields (stable):
 - ``writer_found``: instance, after_s (since ``failover_started``)
 - ``connection_moved``: old, new (instance ids)
 - ``failover_failed``: role, after_s, reason
-- ``read_retried``: instance (a read re-run after a failover, ``retry_reads=on``)
+- ``transaction_rolled_back``: old, new, after_s (a failover interrupted an open transaction)
+- ``outcome_unknown``: old, new, after_s (a failover interrupted COMMIT)
+- ``read_retried``: instance, after_s (a read re-run after a failover, ``retry_reads=on``)
 - ``host_unresponsive``: instance, silent_s (a node stopped answering; its connections were cut)
 """
 

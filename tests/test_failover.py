@@ -324,3 +324,51 @@ def test_a_statement_on_a_hung_reader_is_cut_within_the_detection_time(aurora_la
         conn.close()
         events.unsubscribe(seen.append)
     assert any(e.name == "host_unresponsive" and e.fields["instance"] == hung for e in seen)
+
+
+def test_library_writers_lose_nothing_through_a_failover_with_stale_dns(aurora_lab: Lab) -> None:
+    """The chaos check in the suite: writers through Cluster, a crash, DNS 30 s behind."""
+    cluster = asd.Cluster(
+        aurora_lab.dsn, cluster_id=uuid.uuid4().hex, fast_refresh_interval="0.05s"
+    )
+    acked: list[tuple[str, float]] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def writer(client: int) -> None:
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            key = f"chaos-{uuid.uuid4().hex[:8]}-{client}-{seq}"
+            try:
+                with cluster.writer() as conn:
+                    _query(conn, "INSERT INTO fo_rows VALUES (%s)", (key,))
+                acked.append((key, time.time()))
+            except asd.AuroraSmartDriverError as exc:  # FailoverSucceeded, OutcomeUnknown, ...
+                errors.append(type(exc).__name__)
+
+    try:
+        with cluster.writer() as conn:
+            _table(conn)
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        report = aurora_lab.failover(dns_lag=30.0)
+        time.sleep(3.0)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        after = [at for _key, at in acked if at > report.writable_at]
+        assert after, "no write was acknowledged on the new writer"
+        rows = {r[0] for r in aurora_lab.execute(aurora_lab.writer.id, "SELECT id FROM fo_rows")}
+        lost = [key for key, _at in acked if key not in rows]
+        print(
+            f"\n{aurora_lab.state().engine}: {len(acked)} acknowledged, {len(lost)} lost, "
+            f"first write {min(after) - report.writable_at:.3f}s after the new writer took writes, "
+            f"client errors {sorted(set(errors))}"
+        )
+        assert lost == []
+    finally:
+        stop.set()
+        cluster.close()
