@@ -14,94 +14,15 @@ connections opened and the most concurrent connection attempts to one host. Noth
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import statistics
-import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import aurora_smartdriver as asd
+from aurora_smartdriver._demo import LibraryLoad, lost_writes, write_gap
 from aurora_smartdriver.lab import Lab, partition_available
-from aurora_smartdriver.lab._workload import TABLE, WriteLoad
-
-
-@dataclass
-class _Outcomes:
-    acked: list[str] = field(default_factory=list)
-    write_ok_at: list[float] = field(default_factory=list)
-    write_errors: int = 0
-    read_ok: int = 0
-    read_errors: int = 0
-    read_errors_on_readers: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class LibraryLoad:
-    """Writers and readers through ``Cluster``: what an application using the library does."""
-
-    def __init__(self, lab: Lab, writers: int = 4, readers: int = 4) -> None:
-        self.cluster = asd.Cluster(
-            lab.dsn, cluster_id=uuid.uuid4().hex, fast_refresh_interval="0.05s", pool_max_size=8
-        )
-        self.out = _Outcomes()
-        self.stop = threading.Event()
-        self.prefix = uuid.uuid4().hex[:12]
-        self.threads = [
-            threading.Thread(target=self._write, args=(i,), daemon=True) for i in range(writers)
-        ] + [threading.Thread(target=self._read, daemon=True) for _ in range(readers)]
-
-    def _write(self, client: int) -> None:
-        seq = 0
-        while not self.stop.is_set():
-            seq += 1
-            row = f"{self.prefix}-{client}-{seq}"
-            try:
-                with self.cluster.writer() as conn:
-                    conn.cursor().execute(
-                        f"INSERT INTO {TABLE} (id, client) VALUES (%s, %s)", (row, client)
-                    )
-                with self.out.lock:
-                    self.out.acked.append(row)
-                    self.out.write_ok_at.append(time.time())
-            except Exception:
-                with self.out.lock:
-                    self.out.write_errors += 1
-                self.stop.wait(0.01)
-            self.stop.wait(0.002)
-
-    def _read(self) -> None:
-        while not self.stop.is_set():
-            try:
-                with self.cluster.reader() as conn:
-                    cur = conn.cursor()
-                    cur.execute("SELECT 1")
-                    cur.fetchall()
-                with self.out.lock:
-                    self.out.read_ok += 1
-            except Exception:
-                with self.out.lock:
-                    self.out.read_errors += 1
-                self.stop.wait(0.01)
-            self.stop.wait(0.002)
-
-    def start(self) -> LibraryLoad:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def finish(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
-
-    def pool_figures(self) -> tuple[int, int]:
-        stats = self.cluster.stats()["pools"].values()
-        opened = sum(s.opened for s in stats)
-        peak = max((s.max_concurrent_connecting_seen for s in stats), default=0)
-        return opened, peak
+from aurora_smartdriver.lab._workload import WriteLoad
 
 
 @dataclass
@@ -114,22 +35,9 @@ class Row:
     peak_connects: int
 
 
-def _gap(times: list[float], fault: float, end: float) -> float:
-    """The longest stretch without an acknowledged write between the fault and ``end``."""
-    ordered = sorted(times)
-    before = [t for t in ordered if t < fault]
-    marks = [before[-1] if before else fault, *(t for t in ordered if t >= fault), end]
-    return max(b - a for a, b in itertools.pairwise(marks))
-
-
 def _first_after(times: list[float], moment: float) -> float | None:
     after = [t for t in times if t >= moment]
     return min(after) - moment if after else None
-
-
-def _lost(lab: Lab, acked: list[str]) -> int:
-    present = {str(r[0]) for r in lab.execute(lab.writer.id, f"SELECT id FROM {TABLE}")}
-    return sum(1 for row in acked if row not in present)
 
 
 Scenario = Callable[[Lab], float]  # performs the fault; returns when the new writer took writes
@@ -202,11 +110,11 @@ def run_once(lab: Lab, scenario: Scenario, settle: float) -> tuple[Row, Row]:
     naive_result = naive.stop()
     opened, peak = ours.pool_figures()
     ours.cluster.close()
-    lib_gap = _gap(ours.out.write_ok_at, fault, end)
+    lib_gap = write_gap(ours.out.write_ok_at, fault, end)
     naive_times = [e.at for e in naive_result.events if e.ok]
-    naive_gap = _gap(naive_times, fault, end)
+    naive_gap = write_gap(naive_times, fault, end)
     library = Row(
-        lost=_lost(lab, ours.out.acked),
+        lost=lost_writes(lab, ours.out.acked),
         gap_s=lib_gap,
         after_writable_s=_first_after(ours.out.write_ok_at, writable),
         read_errors=ours.out.read_errors,

@@ -149,10 +149,12 @@ class WriteLoad:
             self._workers.append(worker)
         return self
 
-    def stop(self) -> WriteLoadResult:
+    def stop(self, timeout: float = 10.0) -> WriteLoadResult:
+        """Stop the writers; one stuck on a silent node (no read timeout) is left behind."""
         self._stop.set()
+        deadline = time.monotonic() + timeout
         for worker in self._workers:
-            worker.join(timeout=30)
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
         return self.result
 
     def lost(self) -> list[str]:
