@@ -77,15 +77,17 @@ class Cursor:
         args, kwargs = self._made_with
         self._bind(raw_conn.cursor(*args, **kwargs))
 
-    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        raw = self._raw
         try:
-            result = self._raw.execute(query, *args, **kwargs)
+            result = raw.execute(query, params, **kwargs) if kwargs else raw.execute(query, params)
         except self._error as exc:
             # Raises what the application must see; returns only when the statement is a read
             # that may be re-run on the new node (retry_reads).
             self._conn._recover(exc, query)
-            result = self._raw.execute(query, *args, **kwargs)
-        return self if result is self._raw else result
+            raw = self._raw
+            result = raw.execute(query, params, **kwargs)
+        return self if result is raw else result
 
     def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
         try:

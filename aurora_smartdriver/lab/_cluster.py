@@ -440,6 +440,16 @@ class Lab:
             target = state.node(_id(node))
             self._kill(state, target)
             target.status = "crashed"
+            self._relax_sync_if_alone(state)
+
+    def _relax_sync_if_alone(self, state: st.LabState) -> None:
+        """With no replica left, stop waiting for one: Aurora's storage quorum does not
+        depend on reader instances, so losing every reader must not stall commits."""
+        writer = state.writer
+        if writer is None or writer.status != "running" or not _procs.alive(writer.pid):
+            return
+        if not any(n.status == "running" and _procs.alive(n.pid) for n in state.readers):
+            self.engine.set_sync(state, writer, False)
 
     def _kill(self, state: st.LabState, node: st.NodeState) -> None:
         if node.pid is not None:
@@ -487,6 +497,9 @@ class Lab:
             target.status = "running"
             st.save(self.state_path, state)
             self.engine.wait_ready(state, target, timeout)
+            writer = state.writer
+            if target.role == "reader" and writer is not None and writer.status == "running":
+                self.engine.set_sync(state, writer, True)
 
     def failover(
         self,
