@@ -245,7 +245,7 @@ class ClusterMonitor:
         try:
             if self._source is None:
                 self._source = self._choose_source(conn)
-            answer = self._source.fetch(conn, self._ctx)
+            answer = self._fetch(self._source, conn)
         except Exception as exc:
             if self._adapter.error_kind(exc) == "other" and not isinstance(exc, OSError):
                 self._rejected += 1
@@ -323,7 +323,7 @@ class ClusterMonitor:
             log.debug("writer %s not reachable yet: %s", writer.instance_id, exc)
             return
         try:
-            answer = self._source.fetch(conn, self._ctx) if self._source else None
+            answer = self._fetch(self._source, conn) if self._source else None
         except Exception as exc:
             log.debug("writer %s did not answer: %s", writer.instance_id, exc)
             answer = None
@@ -337,6 +337,17 @@ class ClusterMonitor:
             # ask another node next time.
             self._suspects.add(self._conn_host)
             self._drop_connection()
+
+    def _fetch(self, source: Source, conn: Any) -> Answer:
+        """One topology query, cut off after ``connect_timeout``: a node that stops answering
+        (hung, cut off) must not stall the monitor, which everyone waits on in a failover."""
+        timer = threading.Timer(self.spec.settings.connect_timeout, self._adapter.abort, (conn,))
+        timer.daemon = True
+        timer.start()
+        try:
+            return source.fetch(conn, self._ctx)
+        finally:
+            timer.cancel()
 
     def _choose_source(self, conn: Any) -> Source:
         name = self.spec.settings.topology_source

@@ -15,7 +15,7 @@ import pytest
 
 import aurora_smartdriver as asd
 from aurora_smartdriver import events
-from aurora_smartdriver.lab import Lab
+from aurora_smartdriver.lab import Lab, partition_available
 
 
 def _driver(lab: Lab) -> Any:
@@ -372,3 +372,24 @@ def test_library_writers_lose_nothing_through_a_failover_with_stale_dns(aurora_l
     finally:
         stop.set()
         cluster.close()
+
+
+@pytest.mark.skipif(not partition_available(), reason="needs root and iptables")
+def test_a_partitioned_writer_is_left_behind_within_bounded_time(aurora_lab: Lab) -> None:
+    conn = _connect(
+        aurora_lab, failure_detection_time="1.5s", connect_timeout=2, **_autocommit(aurora_lab)
+    )
+    timers: list[threading.Timer] = []
+    try:
+        old = conn.instance_id
+        aurora_lab.partition(old)  # packets to and from the writer are dropped: silence
+        timers.append(threading.Timer(0.5, aurora_lab.failover))
+        timers[-1].start()
+        with pytest.raises(asd.FailoverSucceeded):
+            _query(conn, "SELECT 1")  # cut by the probe, then moved to the new writer
+        assert conn.instance_id != old
+        assert _query(conn, "SELECT 1") == [(1,)]
+    finally:
+        for timer in timers:
+            timer.join()
+        conn.close()

@@ -876,5 +876,10 @@ def residue() -> list[str]:
             continue
         if marker in cmdline and _procs.alive(int(entry.name)):
             found.append(f"process {entry.name}: {cmdline.strip()[:200]}")
-    found += [f"iptables rule {r}" for r in _firewall.leftover_rules()]
+    # A rule of a lab that is still running (its subnet still claimed) is not residue.
+    found += [
+        f"iptables rule {rule}"
+        for rule in _firewall.leftover_rules()
+        if not _net.claimed(_firewall.rule_prefix(rule))
+    ]
     return found

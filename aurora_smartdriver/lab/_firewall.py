@@ -84,6 +84,12 @@ def leftover_rules(lab_prefix: str | None = None) -> list[str]:
     return [line for line in out.stdout.decode().splitlines() if marker in line]
 
 
+def rule_prefix(rule: str) -> str:
+    """The lab subnet (``127.a.b``) a rule listed by :func:`leftover_rules` belongs to."""
+    tag = next((word for word in shlex.split(rule) if word.startswith(f"{_TAG}:")), "")
+    return tag.split(":")[1] if tag.count(":") >= 2 else ""
+
+
 def remove_all(lab_prefix: str) -> None:
     """Remove every rule of one lab (on tear-down)."""
     ipt = _iptables()
