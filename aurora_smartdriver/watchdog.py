@@ -26,6 +26,9 @@ __all__ = ["HostWatch", "Watchdog"]
 
 log = logging.getLogger("aurora_smartdriver.watchdog")
 
+_LINGER = 30.0
+"""Seconds a watch (its thread and probe connection) outlives the last connection in use."""
+
 
 class HostWatch:
     """Probes one instance while it has connections in use; cuts them when it stops answering."""
@@ -55,7 +58,7 @@ class HostWatch:
         with self._lock:
             self._users.add(raw)
             self._count += 1
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run,
                     name=f"aurora-smartdriver-watch {self.target.instance_id}",
@@ -76,9 +79,23 @@ class HostWatch:
     def _run(self) -> None:
         probe: Any = None
         last_ok = time.monotonic()
+        idle_since: float | None = None
         try:
-            while self._busy():
+            while True:
                 started = time.monotonic()
+                if not self._busy():
+                    # Borrow-and-return traffic comes and goes: keep the thread and its probe
+                    # connection for a while rather than starting both again on every borrow.
+                    idle_since = started if idle_since is None else idle_since
+                    if started - idle_since >= _LINGER:
+                        with self._lock:
+                            if self._count == 0:
+                                self._thread = None
+                                return
+                    self._wake.wait(self._interval)
+                    last_ok = time.monotonic()  # silence while unused is not a verdict
+                    continue
+                idle_since = None
                 try:
                     if probe is None:
                         probe = self._opener(self._interval)
