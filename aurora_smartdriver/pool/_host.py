@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from aurora_smartdriver.pool._errors import HostDown, PoolClosed, PoolTimeout, describe_error
 from aurora_smartdriver.pool._policy import (
     HEALTHY,
+    Admission,
     BackoffPolicy,
     RecyclePolicy,
     Verdict,
@@ -374,13 +375,7 @@ class HostPool:
                         if pooled is not None and not validate:
                             self._wait_total += now - start
                         elif pooled is None and self._size < self._max:
-                            admission = admit(
-                                self._health,
-                                now,
-                                connecting=self._connecting,
-                                cap=self._cap,
-                                probing=self._probing,
-                            )
+                            admission = self._admit_locked(now)
                             if admission in ("dial", "probe"):
                                 dial = self._reserve_locked(admission == "probe")
                             elif admission == "down":
@@ -484,6 +479,12 @@ class HostPool:
             self._close_all([(pooled, "broken")])
             return False
         return True
+
+    def _admit_locked(self, now: float) -> Admission:
+        """May a connection attempt start now (``admit`` over this pool's gate state)?"""
+        return admit(
+            self._health, now, connecting=self._connecting, cap=self._cap, probing=self._probing
+        )
 
     def _reserve_locked(self, probe: bool) -> tuple[int, int, bool]:
         """Count one connection attempt in: its slot, the gate, and the probe if it is one."""
@@ -845,13 +846,7 @@ class HostPool:
                     self._idle = kept
                     self._discarded_locked(len(closing))
             if self._size < self._min:
-                admission = admit(
-                    self._health,
-                    now,
-                    connecting=self._connecting,
-                    cap=self._cap,
-                    probing=self._probing,
-                )
+                admission = self._admit_locked(now)
                 if admission in ("dial", "probe"):
                     dial = self._reserve_locked(admission == "probe")
                 elif admission == "down" and not self._probing:
