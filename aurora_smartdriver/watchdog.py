@@ -48,8 +48,9 @@ class HostWatch:
         self._interval = detection_time / 3.0
         self._on_dead = on_dead
         self._lock = threading.Lock()
+        # Connections in use. Weak, so one its user dropped without giving it back cannot keep
+        # the watch busy for ever; adding one twice counts it once.
         self._users: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._count = 0
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.verdicts = 0
@@ -57,7 +58,6 @@ class HostWatch:
     def add(self, raw: Any) -> None:
         with self._lock:
             self._users.add(raw)
-            self._count += 1
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run,
@@ -68,13 +68,11 @@ class HostWatch:
 
     def discard(self, raw: Any) -> None:
         with self._lock:
-            if raw in self._users:
-                self._users.discard(raw)
-                self._count -= 1
+            self._users.discard(raw)
 
     def _busy(self) -> bool:
         with self._lock:
-            return self._count > 0
+            return len(self._users) > 0
 
     def _run(self) -> None:
         probe: Any = None
@@ -89,7 +87,7 @@ class HostWatch:
                     idle_since = started if idle_since is None else idle_since
                     if started - idle_since >= _LINGER:
                         with self._lock:
-                            if self._count == 0:
+                            if not self._users:
                                 self._thread = None
                                 return
                     self._wake.wait(self._interval)

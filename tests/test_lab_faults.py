@@ -45,6 +45,36 @@ def test_hung_node_accepts_tcp_but_a_connect_times_out(aurora_lab: Lab) -> None:
     assert "timeout" in text or "timed out" in text or plain.error_code(caught.value) == 2013
 
 
+def test_hang_stops_backends_forked_while_it_is_stopping_the_node(aurora_lab: Lab) -> None:
+    """Connections arriving during hang() must not leave a process of the node running."""
+    from aurora_smartdriver.lab import _procs
+
+    reader = aurora_lab.readers[0]
+    stop = threading.Event()
+
+    def connect_in_a_loop() -> None:
+        while not stop.is_set():
+            try:
+                plain.connect(aurora_lab, reader.id, timeout=1.0).close()
+            except Exception:
+                pass  # once the node is stopped every connect times out
+
+    clients = [threading.Thread(target=connect_in_a_loop) for _ in range(4)]
+    for client in clients:
+        client.start()
+    time.sleep(0.3)
+    try:
+        aurora_lab.hang(reader.id)
+        pid = aurora_lab.node(reader.id).pid or 0
+        running = [m for m in _procs.tree(pid) if _procs.state(m) not in ("T", "t", "Z", "X", None)]
+        assert running == [], f"processes of the hung node still running: {running}"
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(10)
+        aurora_lab.resume(reader.id)
+
+
 def test_statement_on_a_hung_node_waits_until_resume(aurora_lab: Lab) -> None:
     reader = aurora_lab.readers[0]
     conn = plain.connect(aurora_lab, reader.id, timeout=30.0)

@@ -163,12 +163,24 @@ def tree(pid: int) -> list[int]:
     return found
 
 
+def _stop_parent(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP ``pid`` and wait until it is stopped, so it cannot be in the middle of a fork.
+
+    ``kill`` returns before the signal takes effect: a parent inside ``fork`` finishes it first,
+    and its new child, created after the caller listed the tree, would escape the signal.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while state(pid) not in (None, "T", "t", "Z", "X") and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def signal_tree(pid: int, sig: signal.Signals) -> None:
     """Send ``sig`` to a server and every process it started (stopping the parent first)."""
     if sig == signal.SIGSTOP:
-        # Stop the parent first so it cannot fork while its children are being stopped.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+        # Only a stopped parent cannot add children while they are being stopped.
+        _stop_parent(pid)
     for member in tree(pid):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(member, sig)
@@ -176,8 +188,7 @@ def signal_tree(pid: int, sig: signal.Signals) -> None:
 
 def kill_tree(pid: int, timeout: float = 10.0) -> None:
     """SIGKILL a server and everything it started; wait until all of it is gone."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGSTOP)  # no new children from here on
+    _stop_parent(pid)  # no new children from here on
     members = set(tree(pid)) | set(group_members(pid))
     for member in members:
         with contextlib.suppress(ProcessLookupError, PermissionError):
