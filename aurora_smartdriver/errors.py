@@ -15,6 +15,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuroraSmartDriverError",
+    "AuthenticationFailed",
     "ConfigError",
     "FailoverSucceeded",
     "NoHostAvailable",
@@ -75,6 +76,28 @@ class FailoverSucceeded(AuroraSmartDriverError):
     def __init__(self, message: str, *, transaction_rolled_back: bool = False) -> None:
         super().__init__(message)
         self.transaction_rolled_back = transaction_rolled_back
+
+
+class AuthenticationFailed(AuroraSmartDriverError):
+    """The server refused the login (also after the credentials were refreshed once), or no
+    credentials could be obtained (IAM token, Secrets Manager, your provider).
+
+    The message names the user and the host, never the password; the driver's error is the
+    cause. No failover follows, and the host's pool waits ``backoff_max`` before another try.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        user: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.user = user
+        self.host = host
+        self.port = port
 
 
 class TransactionOutcomeUnknown(AuroraSmartDriverError):

@@ -526,7 +526,8 @@ class Settings:
         metadata=_meta(
             _Choice(get_args(ReaderStrategy)),
             _ROUTING,
-            "How a reader is chosen among those that qualify.",
+            "How a reader is chosen among those that qualify; fastest_response pings each "
+            "instance once per refresh_interval, on one extra connection per instance.",
         ),
     )
     max_replica_lag: float | None = field(
@@ -698,7 +699,8 @@ class Settings:
         metadata=_meta(
             _Seconds(positive=False),
             _AUTH,
-            "Shortest time between two reads of the secret, however many logins fail.",
+            "Shortest time between two re-reads of the secret after refused logins, however "
+            "many fail.",
         ),
     )
 

@@ -17,6 +17,7 @@ from psycopg.rows import tuple_row
 
 from aurora_smartdriver.drivers import QueryResult
 from aurora_smartdriver.drivers._errors import ErrorKind, postgresql_kind
+from aurora_smartdriver.errors import AuthenticationFailed
 
 if TYPE_CHECKING:
     from aurora_smartdriver.dsn import ConnectionSpec
@@ -86,6 +87,8 @@ class PsycopgAdapter:
             return QueryResult(columns, tuple(cur.fetchall()))
 
     def error_kind(self, exc: BaseException) -> ErrorKind:
+        if isinstance(exc, AuthenticationFailed):
+            return "auth"  # a refused login, reported by aurora_smartdriver.auth
         if isinstance(exc, psycopg.Error):
             return postgresql_kind(
                 exc.sqlstate,

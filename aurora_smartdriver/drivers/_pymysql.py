@@ -31,6 +31,7 @@ from pymysql.cursors import Cursor
 
 from aurora_smartdriver.drivers import QueryResult
 from aurora_smartdriver.drivers._errors import ErrorKind, mysql_kind
+from aurora_smartdriver.errors import AuthenticationFailed
 from aurora_smartdriver.resolver import open_socket
 
 if TYPE_CHECKING:
@@ -157,6 +158,8 @@ class PyMySQLAdapter:
             return QueryResult(columns, tuple(cur.fetchall()))
 
     def error_kind(self, exc: BaseException) -> ErrorKind:
+        if isinstance(exc, AuthenticationFailed):
+            return "auth"  # a refused login, reported by aurora_smartdriver.auth
         if isinstance(exc, pymysql.MySQLError):
             return mysql_kind(exc.args[0] if exc.args else None)
         if isinstance(exc, OSError):
