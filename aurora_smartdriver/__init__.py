@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aurora_smartdriver.errors import (
     AuroraSmartDriverError,
+    AuthenticationFailed,
     ConfigError,
     FailoverSucceeded,
     NoHostAvailable,
@@ -23,13 +24,16 @@ from aurora_smartdriver.errors import (
 
 if TYPE_CHECKING:
     from aurora_smartdriver.cluster import Cluster, connect
+    from aurora_smartdriver.connection import Connection
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "AuroraSmartDriverError",
+    "AuthenticationFailed",
     "Cluster",
     "ConfigError",
+    "Connection",
     "FailoverSucceeded",
     "NoHostAvailable",
     "NoWriterAvailable",
@@ -46,4 +50,8 @@ def __getattr__(name: str) -> Any:
         from aurora_smartdriver import cluster
 
         return getattr(cluster, name)
+    if name == "Connection":  # for type hints: what connect() and Cluster's methods return
+        from aurora_smartdriver.connection import Connection
+
+        return Connection
     raise AttributeError(f"module 'aurora_smartdriver' has no attribute {name!r}")

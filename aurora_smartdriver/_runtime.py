@@ -1,30 +1,33 @@
 """What a process shares per cluster: the monitor, the pools, the resolver and the router's state.
 
 Every ``connect()``, ``Cluster`` and engine that points at one cluster (by ``monitor.cluster_key``)
-uses one ``Runtime``; it lives while something uses it and lingers briefly after the last user
-leaves, so a program that connects and disconnects in a loop keeps one monitor instead of
-starting one per connection.
+with one login (see ``runtime_key``) uses one ``Runtime``; it lives while something uses it and
+lingers briefly after the last user leaves, so a program that connects and disconnects in a loop
+keeps one monitor instead of starting one per connection.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import itertools
 import logging
+import os
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from aurora_smartdriver import routing
+from aurora_smartdriver import auth, metrics, routing
 from aurora_smartdriver._dbapi import driver_module, error_class
 from aurora_smartdriver.drivers import adapter_for
 from aurora_smartdriver.dsn import ConnectionSpec
 from aurora_smartdriver.errors import (
+    AuthenticationFailed,
     FailoverSucceeded,
     NoHostAvailable,
     NoWriterAvailable,
@@ -60,14 +63,17 @@ class Lease(Protocol):
 class _DirectLease:
     """A connection of its own (``connect()``): giving it back closes it."""
 
-    __slots__ = ("_broken", "_watchdog", "pooled", "raw", "target")
+    __slots__ = ("_broken", "_metrics", "_watchdog", "pooled", "raw", "target")
 
-    def __init__(self, raw: Any, target: Target, watchdog: Watchdog) -> None:
+    def __init__(
+        self, raw: Any, target: Target, watchdog: Watchdog, counts: metrics.Metrics
+    ) -> None:
         self.raw = raw
         self.target = target
         self.pooled = False
         self._broken = False
         self._watchdog = watchdog
+        self._metrics = counts
         watchdog.watch(target, raw)
 
     def mark_broken(self) -> None:
@@ -75,6 +81,7 @@ class _DirectLease:
 
     def give_back(self, *, broken: bool = False) -> None:
         self._watchdog.unwatch(self.target, self.raw)
+        self._metrics.closed.add(self.target.instance_id)
         with contextlib.suppress(Exception):
             self.raw.close()
 
@@ -112,16 +119,21 @@ class _Choice:
 class Runtime:
     """A cluster's shared machinery; :func:`acquire` gives one, :func:`release` takes it back."""
 
-    def __init__(self, spec: ConnectionSpec) -> None:
+    def __init__(
+        self, spec: ConnectionSpec, credentials: auth.CredentialsSource | None = None
+    ) -> None:
         settings = spec.settings
         self.spec = spec
-        self.key = cluster_key(spec)
+        self.key = runtime_key(spec, credentials)
+        self.credentials = auth.provider_from(spec, credentials)
         self.adapter = adapter_for(spec.engine)
         self.module: ModuleType = driver_module(spec.engine)
         self.resolver = Resolver(
             settings.dns_server or None, timeout=settings.dns_timeout, ttl_cap=settings.dns_ttl_cap
         )
-        self.monitor = ClusterMonitor(spec, adapter=self.adapter, resolver=self.resolver)
+        self.monitor = ClusterMonitor(
+            spec, adapter=self.adapter, resolver=self.resolver, credentials=self.credentials
+        )
         self._pools: PoolSet | None = None
         self._pools_lock = threading.Lock()
         self._turns = itertools.count()
@@ -134,11 +146,33 @@ class Runtime:
         self.no_writer = error_class(spec.engine, NoWriterAvailable)
         self.failover_succeeded = error_class(spec.engine, FailoverSucceeded)
         self.outcome_unknown = error_class(spec.engine, TransactionOutcomeUnknown)
-        self.events = Events(spec.hosts[0][0])
+        self.auth_failed = cast(
+            type[AuthenticationFailed], error_class(spec.engine, AuthenticationFailed)
+        )
+        # Events and metrics name the cluster alike: its cluster_id, else its endpoint.
+        name = settings.cluster_id or spec.hosts[0][0]
+        self.events = Events(name)
         self.watchdog = Watchdog(
             self._opener_for, self.adapter, settings.failure_detection_time, self._host_dead
         )
-        self.decisions = 0
+        self.metrics = metrics.Metrics(name, spec.engine)
+        self._unregister_metrics = metrics.register(self.metrics_snapshot)
+
+    @property
+    def decisions(self) -> int:
+        """Routing decisions so far (see `metrics_snapshot` for the details)."""
+        return self.metrics.decisions()
+
+    def metrics_snapshot(self) -> metrics.ClusterMetrics:
+        """This cluster's counters and timings now (``Cluster.metrics()``)."""
+        pools = self._pools
+        return self.metrics.snapshot(
+            pools=pools.totals() if pools is not None else {},
+            monitor=self.monitor.stats(),
+            resolver=self.resolver,
+            response_ms=self.monitor.response_ms,
+            topology=self.monitor.topology,
+        )
 
     @property
     def pools(self) -> PoolSet:
@@ -169,18 +203,28 @@ class Runtime:
         if exclude:
             request = request.excluding(*exclude)
         pools = self._pools
-        stats = (
-            routing.HostStats(in_use=pools.in_use(), down=pools.down())
-            if pools is not None and role != "writer"
-            else _NO_STATS
-        )
+        if role == "writer":
+            stats = _NO_STATS
+        elif pools is not None:
+            stats = routing.HostStats(
+                in_use=pools.in_use(), down=pools.down(), response_ms=self.monitor.response_ms
+            )
+        else:
+            stats = routing.HostStats(response_ms=self.monitor.response_ms)
         decision = routing.choose(topo, request, stats, turn=next(self._turns), rng=self._rng)
-        self.decisions += 1
         if isinstance(decision, routing.NoHost):
+            self.metrics.no_host.add(role)
+            refused = self.monitor.auth_error if topo is None else None
+            if refused is not None:  # the monitor could not log in: say so, not "no host"
+                raise self.auth_failed(
+                    str(refused), user=refused.user, host=refused.host, port=refused.port
+                ) from refused
             last = self.monitor.stats().last_error
             detail = f" (monitor: {last})" if topo is None and last else ""
             raise self.no_host(f"no host for a {role} connection: {decision.reason}{detail}")
+        self.metrics.routed.add((role, decision.host.instance_id))
         if decision.fell_back:
+            self.metrics.fallbacks.add(role)
             log.info("%s", decision.reason)
         return _Choice(_target(decision.host), decision)
 
@@ -196,13 +240,16 @@ class Runtime:
         settings = self.spec.settings
         deadline = settings.connect_timeout if timeout is None else timeout
         address = self.resolver.resolve(target.host).addresses[0] if settings.resolve else None
-        raw = self.adapter.connect(
+        raw = auth.connect(
+            self.adapter,
+            self.credentials,
             self.spec,
             target.host,
             target.port,
             address=address,
             timeout=deadline,
             autocommit=self.default_autocommit,
+            error=self.auth_failed,
         )
         try:
             self._prepare_session(raw)
@@ -240,29 +287,57 @@ class Runtime:
         if statements and not self.default_autocommit and self.spec.engine == "postgresql":
             raw.commit()  # session_init ran in a transaction psycopg opened; keep its effects
 
-    def lease(self, role: str, *, pooled: bool, exclude: frozenset[str] = frozenset()) -> Lease:
-        """A driver connection for ``role``: borrowed from its host's pool, or of its own."""
+    def lease(
+        self, role: str, *, pooled: bool, exclude: frozenset[str] = frozenset(), wait: bool = True
+    ) -> Lease:
+        """A driver connection for ``role``: borrowed from its host's pool, or of its own.
+
+        A writer that cannot be reached is waited for as a failover would, up to
+        ``failover_timeout`` (then ``NoWriterAvailable``), unless ``failover=off`` or ``wait``
+        is false (the failover procedure, which does its own waiting).
+        """
         tried: set[str] = set(exclude)
+        waiting = _WriterWait(self) if wait and self.spec.settings.failover else None
         while True:
             choice = self.choose(role, frozenset(tried))
             target = choice.target
             try:
                 if not pooled:
-                    return _DirectLease(self.open(target), target, self.watchdog)
+                    raw = self._open_counted(target)
+                    return _DirectLease(raw, target, self.watchdog, self.metrics)
                 return self._borrow(target)
             except HostDown as exc:
-                if exc.auth:
-                    raise
+                if exc.auth:  # a login refused moments ago: the same error, not a retry
+                    raise self.auth_failed(str(exc), host=target.host, port=target.port) from exc
                 log.info("%s is down (%s); trying elsewhere", target.instance_id, exc)
+                if role == "writer" and waiting is not None:
+                    waiting.wait(target, "disconnect", exc)
+                    continue
                 tried.add(target.instance_id)
             except PoolClosed:
                 continue  # the topology just dropped that host's pool: choose again
             except self.adapter.Error as exc:
                 kind = self.adapter.error_kind(exc)
+                if role == "writer" and waiting is not None and kind in _WRITER_GONE:
+                    waiting.wait(target, kind, exc)
+                    continue
                 if kind == "auth" or role == "writer":
                     raise
                 self.suspect(target, f"{kind}: {exc}")
                 tried.add(target.instance_id)
+
+    def _open_counted(self, target: Target) -> Any:
+        """`open` for a connection of its own (``connect()``), counted in the metrics (the
+        pools count their own)."""
+        started = time.perf_counter()
+        try:
+            raw = self.open(target)
+        except Exception as exc:
+            kind = self.adapter.error_kind(exc)
+            self.metrics.connect_failures.add((target.instance_id, kind))
+            raise
+        self.metrics.connected(target.instance_id, time.perf_counter() - started)
+        return raw
 
     def _borrow(self, target: Target) -> Lease:
         pool = self.pools.pool(target)
@@ -282,6 +357,7 @@ class Runtime:
         started = time.monotonic()
         deadline = started + settings.failover_timeout
         self.events.emit("failover_started", instance=old.instance_id, role=role, cause=kind)
+        self.metrics.failovers_started.add((role, kind))
         if kind == "disconnect" and self._pools is not None:
             self._pools.pool(old).retire()  # its idle connections died with it
         topo = self.monitor.topology
@@ -311,7 +387,7 @@ class Runtime:
         delay = settings.backoff_initial
         while True:
             try:
-                return self.lease(role, pooled=pooled, exclude=exclude)
+                lease = self.lease(role, pooled=pooled, exclude=exclude, wait=False)
             except (self.adapter.Error, NoHostAvailable, OSError) as exc:
                 if self.adapter.error_kind(exc) == "auth" or time.monotonic() >= deadline:
                     return self._fail_over_failed(role, started, str(exc), cause)
@@ -319,10 +395,14 @@ class Runtime:
                 delay = min(settings.backoff_max, delay * 2)
                 if role == "writer":
                     self.monitor.refresh_now(timeout=max(0.0, deadline - time.monotonic()))
+            else:
+                self.metrics.failover_ended(role, "succeeded", time.monotonic() - started)
+                return lease
 
     def _fail_over_failed(
         self, role: str, started: float, reason: str, cause: BaseException
     ) -> Lease:
+        self.metrics.failover_ended(role, "failed", time.monotonic() - started)
         after = round(time.monotonic() - started, 3)
         self.events.emit("failover_failed", role=role, after_s=after, reason=reason)
         error = self.no_writer if role == "writer" else self.no_host
@@ -332,6 +412,7 @@ class Runtime:
         ) from cause
 
     def _host_dead(self, target: Target, silent: float) -> None:
+        self.metrics.unresponsive.add(target.instance_id)
         self.events.emit(
             "host_unresponsive", instance=target.instance_id, silent_s=round(silent, 3)
         )
@@ -350,6 +431,7 @@ class Runtime:
             self.monitor.refresh_now(timeout=0)
 
     def close(self) -> None:
+        self._unregister_metrics()
         self.monitor.close()
         if self._pools is not None:
             self.monitor.remove_listener(self._pools.on_topology)
@@ -357,6 +439,43 @@ class Runtime:
 
 
 _NO_STATS = routing.HostStats()
+
+
+_WRITER_GONE = frozenset({"disconnect", "read_only"})
+
+
+class _WriterWait:
+    """A new writer connection's wait for a writer that answers, bounded by failover_timeout.
+
+    Without it, a borrow during a failover would fail at once with "no host": the topology
+    still names the dead writer until the monitor sees the new one.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._started: float | None = None
+        self._delay = runtime.spec.settings.backoff_initial
+
+    def wait(self, target: Target, kind: str, cause: BaseException) -> None:
+        runtime, settings = self._runtime, self._runtime.spec.settings
+        now = time.monotonic()
+        if self._started is None:
+            self._started = now
+        remaining = self._started + settings.failover_timeout - now
+        found = None
+        if remaining > 0:
+            runtime.suspect(target, f"{kind}: {cause}")
+            found = runtime.monitor.wait_for_writer(
+                remaining, not_id=target.instance_id if kind == "read_only" else None
+            )
+        if found is None:
+            raise runtime.no_writer(
+                f"no writer answered within failover_timeout={settings.failover_timeout:g}s "
+                f"(last: {target.instance_id}: {cause})"
+            ) from cause
+        # The monitor may still confirm the old writer for a moment: back off, with jitter.
+        time.sleep(min(random.uniform(0, self._delay), max(0.0, remaining)))
+        self._delay = min(settings.backoff_max, self._delay * 2)
 
 
 def _target(host: Host) -> Target:
@@ -368,16 +487,47 @@ _registry: dict[tuple[str, ...], list[Any]] = {}  # key -> [runtime, users, ling
 _lock = threading.Lock()
 
 
-def acquire(spec: ConnectionSpec) -> Runtime:
-    """The process's runtime for the cluster ``spec`` points at (created on first use).
+_KEY_SALT = os.urandom(16)
 
-    The first spec of a cluster decides its monitor's and pools' settings.
+
+def runtime_key(
+    spec: ConnectionSpec, credentials: auth.CredentialsSource | None = None
+) -> tuple[str, ...]:
+    """The registry key of ``spec``'s runtime: its cluster and the login it connects with.
+
+    Connections of one runtime share pools, so specs that log in differently (user, password,
+    database, driver parameters, auth settings, credentials provider) must not share one:
+    otherwise a second ``connect()`` with another (or a wrong) password would get the first
+    one's connections. The password enters only as a salted digest.
     """
-    key = cluster_key(spec)
+    settings = spec.settings
+    login = repr(
+        (
+            spec.user,
+            spec.password,
+            spec.database,
+            sorted((name, repr(value)) for name, value in spec.driver_params.items()),
+            settings.auth,
+            settings.secret_id,
+            settings.region,
+        )
+    )
+    digest = hashlib.sha256(_KEY_SALT + login.encode()).hexdigest()[:16]
+    provider = "" if credentials is None else f"provider-{id(credentials):x}"
+    return (*cluster_key(spec), digest, provider)
+
+
+def acquire(spec: ConnectionSpec, credentials: auth.CredentialsSource | None = None) -> Runtime:
+    """The process's runtime for the cluster ``spec`` points at and its login (created on
+    first use), with ``credentials`` as its provider when given (else from ``spec.auth``).
+
+    The first spec of a cluster and login decides its monitor's and pools' settings.
+    """
+    key = runtime_key(spec, credentials)
     with _lock:
         entry = _registry.get(key)
         if entry is None:
-            entry = [Runtime(spec), 0, None]
+            entry = [Runtime(spec, credentials), 0, None]
             _registry[key] = entry
         entry[1] += 1
         if entry[2] is not None:

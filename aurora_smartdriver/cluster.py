@@ -7,8 +7,10 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from aurora_smartdriver import _runtime, dsn
+from aurora_smartdriver.auth import CredentialsSource
 from aurora_smartdriver.connection import Connection, PsycopgConnection, PyMySQLConnection
 from aurora_smartdriver.errors import FailoverSucceeded, TransactionOutcomeUnknown
+from aurora_smartdriver.metrics import ClusterMetrics
 from aurora_smartdriver.topology import Topology
 
 T = TypeVar("T")
@@ -46,14 +48,23 @@ def _role(role: str | None, runtime: _runtime.Runtime) -> str:
     return chosen
 
 
-def connect(dsn: str | None = None, /, *, _engine: str | None = None, **kwargs: Any) -> Connection:
+def connect(
+    dsn: str | None = None,
+    /,
+    *,
+    _engine: str | None = None,
+    credentials: CredentialsSource | None = None,
+    **kwargs: Any,
+) -> Connection:
     """A connection to the cluster ``dsn`` names, on a node of the DSN's ``role`` (the writer).
 
     Behaves like the wrapped driver's connection (psycopg 3 for ``postgresql://``, PyMySQL for
-    ``mysql://`` and ``mariadb://``). Keyword arguments override the DSN.
+    ``mysql://`` and ``mariadb://``). Keyword arguments override the DSN. ``credentials``, a
+    ``aurora_smartdriver.auth.CredentialsProvider`` or a function returning ``(user,
+    password)``, replaces the DSN's user and password (see docs/authentication.md).
     """
     spec = _spec(dsn, _engine, kwargs)
-    runtime = _runtime.acquire(spec)
+    runtime = _runtime.acquire(spec, credentials)
     try:
         role = _role(spec.settings.role, runtime)
         lease = runtime.lease(role, pooled=False)
@@ -73,9 +84,17 @@ class Cluster:
     ...     conn.execute("INSERT ...")
     """
 
-    def __init__(self, dsn: str | None = None, /, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        dsn: str | None = None,
+        /,
+        *,
+        credentials: CredentialsSource | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``credentials`` as for ``connect``; keyword arguments override the DSN."""
         self.spec = _spec(dsn, None, kwargs)
-        self._runtime = _runtime.acquire(self.spec)
+        self._runtime = _runtime.acquire(self.spec, credentials)
         self._closed = False
 
     @property
@@ -148,6 +167,12 @@ class Cluster:
             "monitor": self._runtime.monitor.stats(),
             "routing_decisions": self._runtime.decisions,
         }
+
+    def metrics(self) -> ClusterMetrics:
+        """The cluster's counters and timings now, an immutable value (see docs/operations.md):
+        connections, borrows and pool gauges per instance, routing decisions, failovers,
+        topology refreshes and DNS lookups. ``print()`` it, or ``json.dumps(m.to_json())``."""
+        return self._runtime.metrics_snapshot()
 
     def close(self) -> None:
         """Stop using the cluster; its pools and monitor close when no one else uses them."""

@@ -14,17 +14,21 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
-from aurora_smartdriver import discovery
+from aurora_smartdriver import auth, discovery
+from aurora_smartdriver._instruments import Histogram, HistogramSnapshot, empty_histogram
 from aurora_smartdriver.discovery import Answer, Source, SourceContext
 from aurora_smartdriver.drivers import DriverAdapter, adapter_for
 from aurora_smartdriver.dsn import ConnectionSpec
 from aurora_smartdriver.endpoints import EndpointKind, classify, parse_rds_host
+from aurora_smartdriver.errors import AuthenticationFailed
+from aurora_smartdriver.pool._errors import mask_secrets
 from aurora_smartdriver.resolver import Resolver
-from aurora_smartdriver.topology import Rejected, Role, Topology, TopologyDiff, accept, diff
+from aurora_smartdriver.topology import Host, Rejected, Role, Topology, TopologyDiff, accept, diff
 
 __all__ = ["ClusterMonitor", "Listener", "MonitorStats", "cluster_key"]
 
@@ -45,6 +49,14 @@ class MonitorStats:
     connects: int  # connections the monitor opened
     fast_mode_entries: int
     last_error: str | None
+    refresh_times: HistogramSnapshot = field(default_factory=empty_histogram)
+    """Seconds each refresh took, answered or failed (connecting included)."""
+    version: int = 0  # of the current topology, 0 before the first
+    fast_mode: bool = False
+
+
+_EWMA = 0.5
+"""Weight of a new response-time sample in the moving average (`ClusterMonitor.response_ms`)."""
 
 
 def cluster_key(spec: ConnectionSpec) -> tuple[str, ...]:
@@ -76,11 +88,15 @@ class ClusterMonitor:
         adapter: DriverAdapter | None = None,
         resolver: Resolver | None = None,
         start: bool = True,
+        credentials: auth.CredentialsProvider | None = None,
     ) -> None:
         self.spec = spec
         self.key = cluster_key(spec)
         settings = spec.settings
         self._adapter = adapter or adapter_for(spec.engine)
+        self._credentials = credentials if credentials is not None else auth.provider_for(spec)
+        #: The refused login that kept the last connection attempt from succeeding, if any.
+        self.auth_error: AuthenticationFailed | None = None
         self._resolver = resolver or Resolver(
             settings.dns_server or None, timeout=settings.dns_timeout, ttl_cap=settings.dns_ttl_cap
         )
@@ -103,11 +119,26 @@ class ClusterMonitor:
         self._refreshes = self._changes = self._rejected = self._errors = 0
         self._connects = self._fast_entries = 0
         self._last_error: str | None = None
+        self._refresh_times = Histogram()
+        #: Round-trip time in ms per instance id, a moving average of pings on connections of
+        #: the monitor's own (only with ``reader_strategy=fastest_response``, which reads it;
+        #: empty otherwise). An instance that fails its ping is dropped until it answers again.
+        #: Replaced, never changed in place: read it without a lock.
+        self.response_ms: Mapping[str, float] = MappingProxyType({})
         self._thread = threading.Thread(
             target=self._run, name=f"aurora-smartdriver-monitor {spec.hosts[0][0]}", daemon=True
         )
+        self._timer: threading.Thread | None = None
+        if settings.reader_strategy == "fastest_response":
+            self._timer = threading.Thread(
+                target=self._time_responses,
+                name=f"aurora-smartdriver-timer {spec.hosts[0][0]}",
+                daemon=True,
+            )
         if start:
             self._thread.start()
+            if self._timer is not None:
+                self._timer.start()
 
     # -- what consumers call ---------------------------------------------------------------
     @property
@@ -189,6 +220,9 @@ class ClusterMonitor:
             connects=self._connects,
             fast_mode_entries=self._fast_entries,
             last_error=self._last_error,
+            refresh_times=self._refresh_times.snapshot(),
+            version=self.topology.version if self.topology is not None else 0,
+            fast_mode=self._fast,
         )
 
     def close(self) -> None:
@@ -197,8 +231,10 @@ class ClusterMonitor:
         self._wake.set()
         with self._cond:
             self._cond.notify_all()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=self.spec.settings.connect_timeout + 5.0)
+        for thread in (self._thread, self._timer):
+            alive = thread is not None and thread.is_alive()
+            if alive and thread is not None and threading.current_thread() is not thread:
+                thread.join(timeout=self.spec.settings.connect_timeout + 5.0)
         self._drop_connection()
 
     def __repr__(self) -> str:
@@ -216,12 +252,14 @@ class ClusterMonitor:
                 self._started_gen += 1
                 gen = self._started_gen
                 self._wake.clear()
+            started = time.perf_counter()
             try:
                 ok = self._refresh()
             except Exception as exc:  # never let the thread die
                 log.exception("topology refresh failed unexpectedly")
                 self._note_error(f"unexpected: {exc!r}")
                 ok = False
+            self._refresh_times.observe(time.perf_counter() - started)
             with self._cond:
                 self._completed_gen = gen
                 self._cond.notify_all()
@@ -384,10 +422,16 @@ class ClusterMonitor:
                 return None
             try:
                 self._conn = self._connect_to(host, port, self.spec.settings.connect_timeout)
+            except AuthenticationFailed as exc:
+                # The same credentials would be refused by the next node too: stop here.
+                self.auth_error = exc
+                errors.append(str(exc))
+                break
             except Exception as exc:
                 errors.append(f"{host}:{port}: {exc}")
                 continue
             self._conn_host = host
+            self.auth_error = None
             return self._conn
         self._note_error("no node reachable: " + "; ".join(errors))
         return None
@@ -395,7 +439,15 @@ class ClusterMonitor:
     def _connect_to(self, host: str, port: int, timeout: float) -> Any:
         address = self._resolver.resolve(host).addresses[0] if self.spec.settings.resolve else None
         self._connects += 1
-        return self._adapter.connect(self.spec, host, port, address=address, timeout=timeout)
+        return auth.connect(
+            self._adapter,
+            self._credentials,
+            self.spec,
+            host,
+            port,
+            address=address,
+            timeout=timeout,
+        )
 
     def _drop_connection(self) -> None:
         conn, self._conn, self._conn_host = self._conn, None, None
@@ -403,7 +455,90 @@ class ClusterMonitor:
             with contextlib.suppress(Exception):
                 conn.close()
 
+    # -- response times (fastest_response) ----------------------------------------------------
+    def _time_responses(self) -> None:
+        """The timer thread: every ``refresh_interval``, ping each instance of the topology on a
+        connection of its own and fold the round trip into `response_ms`.
+
+        A thread of its own so that a hung instance (whose ping waits out the bound) never
+        delays a topology refresh. The cost: one connection per instance, one ping per
+        instance per interval.
+        """
+        settings = self.spec.settings
+        bound = min(settings.connect_timeout, settings.failure_detection_time)
+        conns: dict[str, tuple[tuple[str, int], Any]] = {}
+        try:
+            while not self._closed.is_set():
+                topo = self.topology
+                if topo is not None:
+                    figures = dict(self.response_ms)
+                    present = {h.instance_id for h in topo.hosts}
+                    for host in topo.hosts:
+                        if self._closed.is_set():
+                            return
+                        sample = self._time_one(host, conns, bound)
+                        old = figures.get(host.instance_id)
+                        if sample is None:
+                            figures.pop(host.instance_id, None)
+                        else:
+                            figures[host.instance_id] = (
+                                sample if old is None else old + _EWMA * (sample - old)
+                            )
+                    for key in [k for k in conns if k not in present]:
+                        _close_quietly(conns.pop(key)[1])
+                    self.response_ms = MappingProxyType(
+                        {k: v for k, v in figures.items() if k in present}
+                    )
+                self._closed.wait(settings.refresh_interval)
+        finally:
+            for _endpoint, conn in conns.values():
+                _close_quietly(conn)
+
+    def _time_one(
+        self, host: Host, conns: dict[str, tuple[tuple[str, int], Any]], bound: float
+    ) -> float | None:
+        """One ping of ``host`` in ms, on its timer connection (opened if needed); None when it
+        failed (the connection is then closed)."""
+        entry = conns.get(host.instance_id)
+        if entry is not None and entry[0] != host.endpoint:
+            _close_quietly(conns.pop(host.instance_id)[1])
+            entry = None
+        try:
+            if entry is None:
+                address = (
+                    self._resolver.resolve(host.host).addresses[0]
+                    if self.spec.settings.resolve
+                    else None
+                )
+                conn = auth.connect(
+                    self._adapter,
+                    self._credentials,
+                    self.spec,
+                    host.host,
+                    host.port,
+                    address=address,
+                    timeout=bound,
+                )
+                conns[host.instance_id] = (host.endpoint, conn)
+            else:
+                conn = entry[1]
+            started = time.perf_counter()
+            self._adapter.ping(conn, bound)
+            return (time.perf_counter() - started) * 1000.0
+        except Exception as exc:
+            log.debug("response timer: %s did not answer: %s", host.instance_id, exc)
+            dropped = conns.pop(host.instance_id, None)
+            if dropped is not None:
+                _close_quietly(dropped[1])
+            return None
+
     def _note_error(self, text: str) -> None:
+        text = mask_secrets(text)  # it reaches logs, stats and NoHostAvailable messages
         self._errors += 1
         self._last_error = text
         log.debug("monitor %s: %s", self.spec.hosts[0][0], text)
+
+
+def _close_quietly(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.close()

@@ -24,6 +24,8 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+from aurora_smartdriver._instruments import Histogram
+
 __all__ = ["Resolution", "ResolveError", "Resolver", "open_socket"]
 
 _RESOLV_CONF = "/etc/resolv.conf"
@@ -75,8 +77,10 @@ class Resolver:
     Thread-safe: the cache is guarded by a lock that is never held during I/O, and concurrent
     lookups of one host share a single query. Counters: `lookups`, lookups made (callers that
     joined one in flight are not counted); `cache_hits`, answers served from the cache;
-    `fallbacks`, lookups handed to the system resolver. A system answer has no TTL and is kept
-    for `ttl_cap`, so an outage of DNS does not cost every connection attempt a `timeout`.
+    `fallbacks`, lookups handed to the system resolver; `failures`, lookups that raised
+    `ResolveError`; `lookup_times`, a histogram of the lookups' durations in seconds. A
+    system answer has no TTL and is kept for `ttl_cap`, so an outage of DNS does not cost
+    every connection attempt a `timeout`.
     """
 
     def __init__(
@@ -102,6 +106,8 @@ class Resolver:
         self.lookups = 0
         self.cache_hits = 0
         self.fallbacks = 0
+        self.failures = 0
+        self.lookup_times = Histogram()
 
     def resolve(self, host: str) -> Resolution:
         """The addresses of `host`, from the cache while its answer holds, else looked up.
@@ -131,6 +137,7 @@ class Resolver:
             if flight.error is not None:
                 raise ResolveError(*flight.error.args) from flight.error
             # The lookup we waited for died of something else; look up ourselves.
+        started = time.perf_counter()
         try:
             result = self._lookup(key)
         except ResolveError as exc:
@@ -140,7 +147,10 @@ class Resolver:
             flight.result = result
             return result
         finally:
+            self.lookup_times.observe(time.perf_counter() - started)
             with self._lock:
+                if flight.result is None:
+                    self.failures += 1
                 if flight.result is not None and flight.result.expires_at > self._clock():
                     self._cache[key] = flight.result
                 del self._flights[key]

@@ -161,6 +161,49 @@ def test_no_writer_within_the_timeout_raises_no_writer_available(aurora_lab: Lab
         conn.close()
 
 
+def test_a_writer_borrowed_during_a_failover_waits_for_the_new_writer(aurora_lab: Lab) -> None:
+    cluster = asd.Cluster(
+        aurora_lab.dsn,
+        cluster_id=uuid.uuid4().hex,
+        fast_refresh_interval="0.05s",
+        validate_after_idle="0s",  # a borrow checks its connection: the pool learns of the crash
+    )
+    try:
+        with cluster.writer() as conn:  # the pool and the topology know the writer
+            _table(conn)
+        old = aurora_lab.writer.id
+        aurora_lab.crash(old)
+        promotion = threading.Timer(1.0, aurora_lab.failover)
+        promotion.start()
+        # Both a borrow from the dead writer's pool and a connection of its own wait for the
+        # promotion instead of failing with "no host" while the topology still names the dead one.
+        with cluster.writer() as conn:
+            _query(conn, "INSERT INTO fo_rows VALUES (%s)", (uuid.uuid4().hex,))
+            assert conn.instance_id != old
+        promotion.join()
+        direct = _connect(aurora_lab, **_autocommit(aurora_lab))
+        try:
+            assert direct.instance_id == aurora_lab.writer.id
+        finally:
+            direct.close()
+    finally:
+        cluster.close()
+
+
+def test_a_new_connection_with_no_writer_raises_no_writer_available(aurora_lab: Lab) -> None:
+    cluster = asd.Cluster(aurora_lab.dsn, cluster_id=uuid.uuid4().hex, failover_timeout="1.5s")
+    try:
+        with cluster.writer() as conn:
+            _query(conn, "SELECT 1")
+        aurora_lab.crash(aurora_lab.writer.id)  # and nobody promotes a replica
+        with pytest.raises(asd.NoWriterAvailable) as caught, cluster.writer() as conn:
+            _query(conn, "SELECT 1")
+        assert "failover_timeout=1.5s" in str(caught.value)
+        assert aurora_lab.state().password not in str(caught.value)
+    finally:
+        cluster.close()
+
+
 def test_new_connections_go_to_the_new_writer_while_dns_is_stale(aurora_lab: Lab) -> None:
     report = aurora_lab.failover(dns_lag=30.0)
     aurora_lab.rejoin(report.old_writer)  # the stale address answers again, as a reader

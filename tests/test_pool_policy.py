@@ -299,3 +299,15 @@ def test_host_down_says_what_and_when() -> None:
     denied = HostDown("db-2", retry_in=2.0, last_error="denied", auth=True)
     assert "refused the credentials" in str(denied)
     assert math.isclose(denied.retry_in, 2.0)
+
+
+@given(st.text(alphabet=st.characters(whitelist_categories=("L", "N")), min_size=8, max_size=20))
+def test_mask_secrets_hides_passwords_in_keyword_and_url_form(secret: str) -> None:
+    from aurora_smartdriver.pool._errors import mask_secrets
+
+    for text in (
+        f"connection to host=db password={secret} failed",
+        f"bad DSN postgresql://app:{secret}@db.example/app",
+        f"password = '{secret} x' rejected",
+    ):
+        assert secret not in mask_secrets(text)

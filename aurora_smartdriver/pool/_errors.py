@@ -10,7 +10,14 @@ import re
 
 from aurora_smartdriver.errors import AuroraSmartDriverError
 
-__all__ = ["HostDown", "PoolClosed", "PoolError", "PoolTimeout", "describe_error"]
+__all__ = [
+    "HostDown",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "describe_error",
+    "mask_secrets",
+]
 
 
 class PoolError(AuroraSmartDriverError):
@@ -70,6 +77,11 @@ def describe_error(exc: BaseException) -> str:
     driver or an opener would, so anything that looks like one is masked regardless.
     """
     text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {mask_secrets(text)}"
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with anything that looks like a password (``password=``, URL userinfo) masked."""
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
-    return f"{type(exc).__name__}: {text}"
+    return text

@@ -20,9 +20,11 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from aurora_smartdriver._instruments import Histogram, HistogramSnapshot, empty_histogram
 from aurora_smartdriver.pool._errors import HostDown, PoolClosed, PoolTimeout, describe_error
 from aurora_smartdriver.pool._policy import (
     HEALTHY,
@@ -66,6 +68,11 @@ host_down  retry_in, failures, error: the host is known unreachable; nobody dial
 host_up    a connection succeeded after the host was down
 ========== ===========================================================================
 """
+
+_FAILURE_REASONS: Mapping[type[BaseException], str] = MappingProxyType(
+    {PoolTimeout: "timeout", HostDown: "host_down", PoolClosed: "closed"}
+)
+"""`PoolStats.borrow_failures` reasons by exception class; anything else is ``error``."""
 
 _SWEEP_MAX = 60.0
 """Longest the maintenance thread sleeps: an idle connection is closed at most this late."""
@@ -153,6 +160,15 @@ class PoolStats:
     attempts; `max_concurrent_connecting_seen` is the most attempts ever in progress at once
     (never above `max_concurrent_connects`); `borrow_wait_total_s` sums the time borrowers
     spent waiting, validating or connecting.
+
+    `borrows` counts connections lent; `borrow_waits` has one observation per borrow: 0.0 for
+    one lent at once (an idle connection not due for a check), else the seconds it spent
+    waiting, validating or connecting (so its count equals `borrows`). `borrow_failures`
+    counts borrows that raised, by reason: ``timeout`` (`PoolTimeout`), ``host_down``
+    (`HostDown`), ``closed`` (`PoolClosed`), ``error`` (the driver's error, such as refused
+    credentials). `connect_failure_kinds` splits `connect_failures` by the driver adapter's
+    error kind (``disconnect``, ``auth``, ``read_only``, ``other``); `connect_times` holds the
+    durations of successful connection attempts.
     """
 
     size: int
@@ -166,6 +182,14 @@ class PoolStats:
     max_concurrent_connecting_seen: int
     borrow_wait_total_s: float
     down: bool
+    borrows: int = 0
+    borrow_failures: Mapping[str, int] = field(default_factory=lambda: _NO_COUNTS)
+    borrow_waits: HistogramSnapshot = field(default_factory=empty_histogram)
+    connect_failure_kinds: Mapping[str, int] = field(default_factory=lambda: _NO_COUNTS)
+    connect_times: HistogramSnapshot = field(default_factory=empty_histogram)
+
+
+_NO_COUNTS: Mapping[str, int] = MappingProxyType({})
 
 
 class _Waiter:
@@ -269,6 +293,11 @@ class HostPool:
         self._connect_failures = 0
         self._max_connecting = 0
         self._wait_total = 0.0
+        self._fast_borrows = 0  # lent at once; the others are observed in _slow_borrows
+        self._slow_borrows = Histogram()
+        self._connect_times = Histogram()
+        self._borrow_failures: dict[str, int] = {}
+        self._failure_kinds: dict[str, int] = {}
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         if self._min > 0:
@@ -299,6 +328,7 @@ class HostPool:
         return self._closed
 
     def stats(self) -> PoolStats:
+        slow = self._slow_borrows.snapshot()
         with self._lock:
             return PoolStats(
                 size=self._size,
@@ -312,6 +342,11 @@ class HostPool:
                 max_concurrent_connecting_seen=self._max_connecting,
                 borrow_wait_total_s=self._wait_total,
                 down=self._short_circuited(self._clock()),
+                borrows=self._fast_borrows + slow.count,
+                borrow_failures=MappingProxyType(dict(self._borrow_failures)),
+                borrow_waits=slow.with_zeros(self._fast_borrows),
+                connect_failure_kinds=MappingProxyType(dict(self._failure_kinds)),
+                connect_times=self._connect_times.snapshot(),
             )
 
     def __repr__(self) -> str:
@@ -341,6 +376,7 @@ class HostPool:
                 pooled = idle.pop()
                 pooled._lent = True
                 self._in_use += 1
+                self._fast_borrows += 1
                 if self._listener is None:
                     return pooled
             else:
@@ -348,7 +384,15 @@ class HostPool:
         if pooled is not None:
             self._emit("borrow", {"wait_s": 0.0})
             return pooled
-        return self._borrow_slow(now, timeout, wait_if_down)
+        try:
+            pooled = self._borrow_slow(now, timeout, wait_if_down)
+        except Exception as exc:
+            reason = _FAILURE_REASONS.get(type(exc), "error")
+            with self._lock:
+                self._borrow_failures[reason] = self._borrow_failures.get(reason, 0) + 1
+            raise
+        self._slow_borrows.observe(self._clock() - now)
+        return pooled
 
     def _borrow_slow(self, start: float, timeout: float | None, wait_if_down: bool) -> Pooled:
         """Everything `borrow` does when no idle connection can be lent without a check."""
@@ -537,6 +581,7 @@ class HostPool:
                 self._kick_one_locked()
             raise
         duration = time.perf_counter() - started
+        self._connect_times.observe(duration)
         now = self._clock()
         pooled = Pooled(
             raw,
@@ -591,12 +636,14 @@ class HostPool:
     ) -> None:
         """Record a failed attempt: free its slot, update the host's health, wake waiters."""
         error = describe_error(exc)
-        auth = self._adapter.error_kind(exc) == "auth"
+        kind = self._adapter.error_kind(exc)
+        auth = kind == "auth"
         now = self._clock()
         with self._lock:
             self._connecting -= 1
             self._size -= 1
             self._connect_failures += 1
+            self._failure_kinds[kind] = self._failure_kinds.get(kind, 0) + 1
             if probe:
                 self._probing = False
             before = self._health

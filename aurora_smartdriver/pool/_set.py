@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from aurora_smartdriver.settings import Settings
     from aurora_smartdriver.topology import Topology, TopologyDiff
 
-__all__ = ["PoolSet"]
+__all__ = ["PoolSet", "combine"]
 
 
 class PoolSet:
@@ -50,6 +51,8 @@ class PoolSet:
         self._pools: dict[str, HostPool] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._gone: list[HostPool] = []  # dropped pools whose connections may still come back
+        self._past: dict[str, PoolStats] = {}  # the counters of dropped pools, folded
 
     def pool(self, target: Target) -> HostPool:
         """The pool of `target`, created if there is none; raises `PoolClosed` after `close`.
@@ -75,6 +78,8 @@ class PoolSet:
                 listener=self._listener,
             )
             self._pools = {**self._pools, target.instance_id: pool}
+            if old is not None:
+                self._gone.append(old)
         if old is not None:
             old.close()
         return pool
@@ -95,6 +100,7 @@ class PoolSet:
             gone = [p for key, p in pools.items() if present.get(key) != p.target]
             if gone:
                 self._pools = {key: p for key, p in pools.items() if present.get(key) == p.target}
+                self._gone.extend(gone)
             retiring = [p for key, p in self._pools.items() if key in changed_role]
         for pool in gone:
             pool.close()
@@ -106,12 +112,45 @@ class PoolSet:
         with self._lock:
             self._closed = True
             pools, self._pools = self._pools, {}
+            self._gone.extend(pools.values())
         for pool in pools.values():
             pool.close()
 
     def stats(self) -> Mapping[str, PoolStats]:
         """Each pool's statistics, by instance id."""
         return MappingProxyType({key: pool.stats() for key, pool in self._pools.items()})
+
+    def totals(self) -> Mapping[str, PoolStats]:
+        """Each instance's statistics over the set's life, by instance id.
+
+        Unlike `stats`, an instance's counters (opened, closed, borrows, failures, waits) include
+        those of its earlier pools, dropped when it left the cluster or moved, and instances
+        without a pool now are still listed. Gauges (size, idle, in use, ...) add up the pools
+        that still hold connections, since a dropped pool's lent connections are still open.
+        """
+        with self._lock:
+            pools = self._pools
+            gone = self._gone
+            if gone:
+                still: list[HostPool] = []
+                for pool in gone:
+                    stats = pool.stats()
+                    if pool.closed and stats.size == 0:  # nothing can change its counters now
+                        key = pool.target.instance_id
+                        stats = dataclasses.replace(stats, down=False, waiting=0)
+                        before = self._past.get(key)
+                        self._past[key] = stats if before is None else combine(before, stats)
+                    else:
+                        still.append(pool)
+                self._gone = gone = still
+            totals = dict(self._past)
+            live = [*pools.values(), *gone]
+        for pool in live:
+            key = pool.target.instance_id
+            stats = pool.stats()
+            before = totals.get(key)
+            totals[key] = stats if before is None else combine(before, stats)
+        return MappingProxyType(totals)
 
     def in_use(self) -> Mapping[str, int]:
         """Connections lent out per instance id (for the least-connections reader strategy)."""
@@ -123,3 +162,36 @@ class PoolSet:
 
     def __len__(self) -> int:
         return len(self._pools)
+
+
+def combine(a: PoolStats, b: PoolStats) -> PoolStats:
+    """Two pools' statistics as one: counts and gauges added, histograms merged, the most
+    concurrent attempts the larger, down if either is."""
+    return dataclasses.replace(
+        a,
+        size=a.size + b.size,
+        idle=a.idle + b.idle,
+        in_use=a.in_use + b.in_use,
+        waiting=a.waiting + b.waiting,
+        opened=a.opened + b.opened,
+        closed=a.closed + b.closed,
+        connecting=a.connecting + b.connecting,
+        connect_failures=a.connect_failures + b.connect_failures,
+        max_concurrent_connecting_seen=max(
+            a.max_concurrent_connecting_seen, b.max_concurrent_connecting_seen
+        ),
+        borrow_wait_total_s=a.borrow_wait_total_s + b.borrow_wait_total_s,
+        down=a.down or b.down,
+        borrows=a.borrows + b.borrows,
+        borrow_failures=_added(a.borrow_failures, b.borrow_failures),
+        borrow_waits=a.borrow_waits.merged(b.borrow_waits),
+        connect_failure_kinds=_added(a.connect_failure_kinds, b.connect_failure_kinds),
+        connect_times=a.connect_times.merged(b.connect_times),
+    )
+
+
+def _added(a: Mapping[str, int], b: Mapping[str, int]) -> Mapping[str, int]:
+    out = dict(a)
+    for key, n in b.items():
+        out[key] = out.get(key, 0) + n
+    return MappingProxyType(out)
