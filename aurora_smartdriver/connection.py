@@ -238,12 +238,20 @@ class Connection:
         if self._adapter.in_transaction(self._raw):
             self.__dict__["_pending_move"] = True
         else:
-            self._move()
+            try:
+                self._move()
+            except BaseException:
+                self.__dict__["_read_only"] = not value  # still where it was: say so
+                raise
 
     def _boundary(self) -> None:
         if self._pending_move:
             self.__dict__["_pending_move"] = False
-            self._move()
+            try:
+                self._move()
+            except BaseException:
+                self.__dict__["_read_only"] = not self._read_only
+                raise
 
     def _move(self) -> None:
         """Continue on a node of the role now asked for, with the same session state."""
@@ -263,7 +271,15 @@ class Connection:
                 cur._raw.close()
             except Exception:  # noqa: S112
                 continue
-        old.give_back()
+        broken = False
+        if old.pooled:
+            # Back to its pool clean: the session state this connection set (read-only above
+            # all) must not follow the driver connection to its next borrower.
+            try:
+                self._restore_defaults(old.raw, read_only=not self._read_only)
+            except Exception:
+                broken = True
+        old.give_back(broken=broken)
 
     def _replay(self, raw: Any) -> None:
         """Apply the session state set through the API to a new driver connection."""
@@ -276,8 +292,12 @@ class Connection:
     def _apply_read_only(self, raw: Any) -> None:
         raise NotImplementedError
 
-    def _restore_defaults(self, raw: Any) -> None:
-        """Undo what this connection changed on ``raw`` before it goes back to a pool."""
+    def _restore_defaults(self, raw: Any, *, read_only: bool | None = None) -> None:
+        """Undo what this connection changed on ``raw`` before it goes back to a pool.
+
+        ``read_only`` is whether ``raw`` was switched to read-only (default: as this
+        connection is now; a move leaves the old driver connection in the other mode).
+        """
         raise NotImplementedError
 
     # -- failures ------------------------------------------------------------------------
@@ -427,7 +447,7 @@ class PsycopgConnection(Connection):
         # fell back) psycopg's own switch makes transactions READ ONLY, as the caller asked.
         raw.read_only = True if self._read_only else None
 
-    def _restore_defaults(self, raw: Any) -> None:
+    def _restore_defaults(self, raw: Any, *, read_only: bool | None = None) -> None:
         # Local attribute changes in psycopg: no round trip.
         raw.autocommit = self._runtime.default_autocommit
         raw.isolation_level = None
@@ -479,10 +499,10 @@ class PyMySQLConnection(Connection):
         with raw.cursor() as cur:
             cur.execute(f"SET SESSION TRANSACTION {mode}")
 
-    def _restore_defaults(self, raw: Any) -> None:
+    def _restore_defaults(self, raw: Any, *, read_only: bool | None = None) -> None:
         if self._autocommit != self._runtime.default_autocommit:
             raw.autocommit(self._runtime.default_autocommit)
-        if self._read_only:
+        if self._read_only if read_only is None else read_only:
             with raw.cursor() as cur:
                 cur.execute("SET SESSION TRANSACTION READ WRITE")
 

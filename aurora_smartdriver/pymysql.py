@@ -37,6 +37,7 @@ NotSupportedError: Any = _driver.NotSupportedError
 
 NoHostAvailable: Any = _error_class(_ENGINE, _errors.NoHostAvailable)
 NoWriterAvailable: Any = _error_class(_ENGINE, _errors.NoWriterAvailable)
+AuthenticationFailed: Any = _error_class(_ENGINE, _errors.AuthenticationFailed)
 FailoverSucceeded: Any = _error_class(_ENGINE, _errors.FailoverSucceeded)
 TransactionOutcomeUnknown: Any = _error_class(_ENGINE, _errors.TransactionOutcomeUnknown)
 
@@ -59,12 +60,19 @@ def connect(dsn: str | None = None, /, **kwargs: Any) -> Connection:
     return _connect(dsn, _engine=_ENGINE, **kwargs)
 
 
+def __getattr__(name: str) -> Any:
+    # The driver's own extras (``pymysql.constants``, its version, ...) pass through, as
+    # frameworks that take a DB-API module (SQLAlchemy's dialects) look for them there.
+    return getattr(_driver, name)
+
+
 __all__ = [
     "BINARY",
     "DATETIME",
     "NUMBER",
     "ROWID",
     "STRING",
+    "AuthenticationFailed",
     "Binary",
     "DataError",
     "DatabaseError",

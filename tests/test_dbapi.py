@@ -49,6 +49,8 @@ def test_module_globals_are_the_drivers(aurora_lab: Lab) -> None:
     assert issubclass(module.FailoverSucceeded, driver.OperationalError)
     assert issubclass(module.FailoverSucceeded, asd.FailoverSucceeded)
     assert issubclass(module.NoHostAvailable, asd.NoHostAvailable)
+    assert issubclass(module.AuthenticationFailed, asd.AuthenticationFailed)
+    assert issubclass(module.AuthenticationFailed, driver.OperationalError)
 
 
 def test_connect_lands_on_the_writer_and_speaks_pep_249(aurora_lab: Lab) -> None:
