@@ -135,15 +135,22 @@ def _monitor_for(args: argparse.Namespace) -> Any:
     return ClusterMonitor(dsn.parse(args.dsn, **overrides))
 
 
+def _first_topology(monitor: Any) -> Any:
+    """The monitor's first topology, or None after saying on stderr why there is none."""
+    topo = monitor.refresh_now()
+    if topo is None:
+        print(
+            f"aurora-smartdriver: error: no topology: {monitor.stats().last_error}",
+            file=sys.stderr,
+        )
+    return topo
+
+
 def _topology_command(args: argparse.Namespace) -> int:
     monitor = _monitor_for(args)
     try:
-        topo = monitor.refresh_now()
+        topo = _first_topology(monitor)
         if topo is None:
-            print(
-                f"aurora-smartdriver: error: no topology: {monitor.stats().last_error}",
-                file=sys.stderr,
-            )
             return 1
         doc = _topology_doc(topo, monitor.source)
         if args.json:
@@ -155,36 +162,110 @@ def _topology_command(args: argparse.Namespace) -> int:
         monitor.close()
 
 
+def _stamp() -> str:
+    now = time.time()
+    return time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+
+
+def _probe(cluster: Any, role: str) -> str:
+    """One ``SELECT 1`` on a pooled connection of ``role``: where it ran, or what went wrong."""
+    from aurora_smartdriver.pool._errors import describe_error
+
+    try:
+        with cluster.connection(role) as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT 1")
+            cur.fetchall()
+            return f"{role} ok on {conn.instance_id}"
+    except Exception as exc:
+        return f"{role} failed: {describe_error(exc)}"
+
+
 def _watch_command(args: argparse.Namespace) -> int:
-    monitor = _monitor_for(args)
+    """Topology changes as they happen and, every ``--interval``, the library's counters.
+
+    On a terminal the counters are redrawn in place; otherwise (a pipe, a file) every line is
+    appended, so the output is a log. ``--probe`` runs a ``SELECT 1`` on the writer and on a
+    reader each interval through pooled connections, so routing, pool and failover counters
+    move as an application's would.
+    """
+    import threading
+
+    from aurora_smartdriver.cluster import Cluster
+
+    overrides = {"topology_source": args.source} if args.source else {}
+    cluster = Cluster(args.dsn, **overrides)
+    monitor = cluster._runtime.monitor
+    tty = sys.stdout.isatty() and not args.json
+    lock = threading.Lock()
+    shown = [0]  # the last topology version printed
+    changes: list[str] = []
 
     def show(change: Any, topo: Any) -> None:
-        stamp = (
-            time.strftime("%H:%M:%S", time.localtime()) + f".{int(time.time() * 1000) % 1000:03d}"
-        )
-        doc = _topology_doc(topo, monitor.source)
-        if args.json:
-            print(json.dumps({"at": time.time(), **doc}), flush=True)
-            return
-        writer = doc["writer"]["id"] if doc["writer"] else None
-        readers = ", ".join(r["id"] for r in doc["readers"])
-        moved = f"  writer changed {change.writer_changed}" if change.writer_changed else ""
-        print(f"{stamp} v{doc['version']} writer {writer}; readers {readers}{moved}", flush=True)
+        with lock:
+            if topo.version <= shown[0]:
+                return
+            shown[0] = topo.version
+            doc = _topology_doc(topo, monitor.source)
+            if args.json:
+                print(json.dumps({"at": time.time(), **doc}), flush=True)
+                return
+            writer = doc["writer"]["id"] if doc["writer"] else None
+            readers = ", ".join(r["id"] for r in doc["readers"])
+            moved = (
+                f"  writer changed {change.writer_changed}"
+                if change is not None and change.writer_changed
+                else ""
+            )
+            line = f"{_stamp()} v{doc['version']} writer {writer}; readers {readers}{moved}"
+            changes.append(line)
+            del changes[:-10]
+            if not tty:
+                print(line, flush=True)
 
     monitor.add_listener(show)
     try:
-        while True:
-            time.sleep(3600)
+        first = _first_topology(monitor)
+        if first is None:
+            return 1
+        show(None, first)
+        rounds = 0
+        while args.count is None or rounds < args.count:
+            time.sleep(args.interval)
+            probes = [_probe(cluster, role) for role in ("writer", "reader")] if args.probe else []
+            snap = cluster.metrics()
+            rounds += 1
+            with lock:
+                if args.json:
+                    doc = {"at": time.time(), "metrics": snap.to_json(), "probes": probes}
+                    print(json.dumps(doc), flush=True)
+                elif tty:
+                    screen = [*changes, "", f"{_stamp()} counters", snap.format(), *probes]
+                    print("\x1b[H\x1b[J" + "\n".join(screen), flush=True)
+                else:
+                    print(f"{_stamp()} counters", flush=True)
+                    print(snap.format(), flush=True)
+                    for line in probes:
+                        print(f"  probe {line}", flush=True)
+        return 0
     except KeyboardInterrupt:
         return 0
     finally:
-        monitor.close()
+        monitor.remove_listener(show)
+        cluster.close()
 
 
 def _demo_command(args: argparse.Namespace) -> int:
     from aurora_smartdriver._demo import run_demo
 
-    return run_demo(engine=args.engine, replicas=args.replicas, dns_lag=args.dns_lag)
+    return run_demo(
+        engine=args.engine,
+        replicas=args.replicas,
+        dns_lag=args.dns_lag,
+        png=args.png,
+        plot=not args.no_png,
+        interval=args.interval,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,17 +280,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--engine", choices=["postgresql", "mariadb"], default="postgresql")
     demo.add_argument("--replicas", type=int, default=2)
     demo.add_argument("--dns-lag", type=float, default=5.0, help="seconds DNS lags the failover")
+    demo.add_argument(
+        "--png",
+        default=None,
+        metavar="PATH",
+        help="where to save the timeline plot (default: the temporary directory)",
+    )
+    demo.add_argument("--no-png", action="store_true", help="skip the timeline plot")
+    demo.add_argument("--interval", type=float, default=0.5, help="seconds between progress lines")
     demo.set_defaults(func=_demo_command)
 
     for name, text, func in [
         ("topology", "print a cluster's topology", _topology_command),
-        ("watch", "print each topology change until interrupted", _watch_command),
+        ("watch", "print topology changes and the library's counters", _watch_command),
     ]:
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("dsn", help="the cluster's DSN (library parameters allowed)")
         cmd.add_argument("--source", default=None, help="topology source (default: the DSN's)")
         cmd.add_argument("--json", action="store_true", help="print JSON")
         cmd.set_defaults(func=func)
+        if name == "watch":
+            cmd.add_argument(
+                "--interval", type=float, default=2.0, help="seconds between counter reports"
+            )
+            cmd.add_argument("--count", type=int, default=None, help="stop after this many reports")
+            cmd.add_argument(
+                "--probe", action="store_true", help="SELECT 1 on the writer and a reader each time"
+            )
 
     lab = sub.add_parser("lab", help="a local Aurora-like cluster for tests and demos")
     lab_sub = lab.add_subparsers(dest="lab_cmd", required=True)

@@ -136,7 +136,67 @@ def _med(values: list[float | None]) -> str:
     known = [v for v in values if v is not None]
     if not known:
         return "never"
-    return f"{statistics.median(known):.2f}s"
+    return f"{statistics.median(known):.2f} s"
+
+
+@dataclass(frozen=True)
+class ChaosResult:
+    runs: int
+    settle: float
+    rows: list[tuple[str, str, list[tuple[Row, Row]]]]  # engine, scenario, (library, bare) per run
+    skipped: list[str]
+
+
+def run(
+    engines: tuple[str, ...] = ("postgresql", "mariadb"),
+    scenarios: tuple[str, ...] = tuple(SCENARIOS),
+    runs: int = 3,
+    settle: float = 6.0,
+    progress: Callable[[str], None] | None = None,
+) -> ChaosResult:
+    names = list(scenarios)
+    skipped = []
+    if "writer partition" in names and not partition_available():
+        names.remove("writer partition")
+        skipped.append("writer partition (needs root and iptables)")
+    rows: list[tuple[str, str, list[tuple[Row, Row]]]] = []
+    for engine in engines:
+        with Lab.start(engine, replicas=2) as lab:
+            for name in names:
+                measured: list[tuple[Row, Row]] = []
+                for _ in range(runs):
+                    lab.restore()
+                    measured.append(run_once(lab, SCENARIOS[name], settle))
+                rows.append((engine, name, measured))
+                if progress is not None:
+                    progress(f"chaos: {engine} {name} done")
+    return ChaosResult(runs, settle, rows, skipped)
+
+
+def markdown(result: ChaosResult) -> str:
+    lines = [
+        f"Median of {result.runs} runs, {result.settle:g} s of load after each fault; 4 writers "
+        "+ 4 readers through the library, 4 bare-driver writers beside them. *lost* is summed "
+        "over the runs; *max conc.* is the most concurrent connection attempts to one host.",
+        "",
+        "| engine | scenario | client | lost | write unavailability | new writer -> 1st write "
+        "| read errors | opened | max conc. |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for engine, name, measured in result.rows:
+        for label, pick in (("library", 0), ("bare", 1)):
+            picked = [r[pick] for r in measured]
+            lines.append(
+                f"| {engine} | {name} | {label} | {sum(r.lost for r in picked)} | "
+                f"{_med([r.gap_s for r in picked])} | "
+                f"{_med([r.after_writable_s for r in picked])} | "
+                f"{int(statistics.median(r.read_errors for r in picked)) if pick == 0 else '-'} | "
+                f"{int(statistics.median(r.opened for r in picked))} | "
+                f"{max(r.peak_connects for r in picked) if pick == 0 else '-'} |"
+            )
+    if result.skipped:
+        lines += ["", "Skipped: " + ", ".join(result.skipped) + "."]
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -147,34 +207,9 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=6.0, help="seconds of load after a fault")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the library's warnings would interleave the table
-    names = [n for n in args.scenarios.split(",") if n]
-    if "writer partition" in names and not partition_available():
-        names.remove("writer partition")
-    header = (
-        f"{'engine':<10} {'scenario':<24} {'client':<8} {'lost':>4} {'unavail.':>9} "
-        f"{'after new writer':>16} {'read err':>8} {'opened':>6} {'max conc.':>9}"
-    )
-    print(f"chaos table, median of {args.runs} runs")
-    print("4 writers + 4 readers through the library, 4 bare-driver writers beside them")
-    print(header)
-    for engine in args.engines.split(","):
-        with Lab.start(engine, replicas=2) as lab:
-            for name in names:
-                rows: list[tuple[Row, Row]] = []
-                for _ in range(args.runs):
-                    lab.restore()
-                    rows.append(run_once(lab, SCENARIOS[name], args.settle))
-                for label, pick in (("library", 0), ("bare", 1)):
-                    picked = [r[pick] for r in rows]
-                    print(
-                        f"{engine:<10} {name:<24} {label:<8} {sum(r.lost for r in picked):>4} "
-                        f"{_med([r.gap_s for r in picked]):>9} "
-                        f"{_med([r.after_writable_s for r in picked]):>16} "
-                        f"{int(statistics.median(r.read_errors for r in picked)):>8} "
-                        f"{int(statistics.median(r.opened for r in picked)):>6} "
-                        f"{max(r.peak_connects for r in picked) if pick == 0 else '-':>9}",
-                        flush=True,
-                    )
+    engines = tuple(e for e in args.engines.split(",") if e)
+    scenarios = tuple(n for n in args.scenarios.split(",") if n)
+    print(markdown(run(engines, scenarios, args.runs, args.settle, progress=print)))
 
 
 if __name__ == "__main__":

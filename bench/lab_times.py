@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
 
 from aurora_smartdriver.lab import Lab
 from aurora_smartdriver.lab._workload import WriteLoad
@@ -43,27 +44,50 @@ def measure(engine: str, replicas: int) -> dict[str, float]:
     }
 
 
+@dataclass(frozen=True)
+class LabTimesResult:
+    replicas: int
+    runs: dict[str, list[dict[str, float]]]  # engine -> one measurement per run
+
+
+def run(
+    engines: tuple[str, ...] = ("postgresql", "mariadb"), replicas: int = 2, runs: int = 3
+) -> LabTimesResult:
+    return LabTimesResult(
+        replicas, {engine: [measure(engine, replicas) for _ in range(runs)] for engine in engines}
+    )
+
+
+def markdown(result: LabTimesResult) -> str:
+    count = max((len(r) for r in result.runs.values()), default=0)
+    lines = [
+        f"Lab with {result.replicas} replicas, median of {count} runs; failover = crash the "
+        "writer, promote, repoint, publish; acked/lost = bare-driver writes during it.",
+        "",
+        "| engine | up | failover | promote | down | acked | lost |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for engine, runs in result.runs.items():
+
+        def med(key: str, runs: list[dict[str, float]] = runs) -> float:
+            return statistics.median(r[key] for r in runs)
+
+        lines.append(
+            f"| {engine} | {med('up_s'):.2f} s | {med('failover_s'):.2f} s | "
+            f"{med('promote_s'):.2f} s | {med('down_s'):.2f} s | "
+            f"{int(sum(r['acknowledged'] for r in runs))} | {int(sum(r['lost'] for r in runs))} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--engines", default="postgresql,mariadb")
     args = parser.parse_args()
-    print(f"lab timings, {args.replicas} replicas, median of {args.runs} runs")
-    print(f"{'engine':<11} {'up':>7} {'failover':>9} {'promote':>8}", end="")
-    print(f" {'down':>7} {'acked':>7} {'lost':>5}")
-    for engine in args.engines.split(","):
-        runs = [measure(engine, args.replicas) for _ in range(args.runs)]
-
-        def med(key: str, runs: list[dict[str, float]] = runs) -> float:
-            return statistics.median(r[key] for r in runs)
-
-        print(
-            f"{engine:<11} {med('up_s'):>6.2f}s {med('failover_s'):>8.2f}s"
-            f" {med('promote_s'):>7.2f}s"
-            f" {med('down_s'):>6.2f}s {int(sum(r['acknowledged'] for r in runs)):>7}"
-            f" {int(sum(r['lost'] for r in runs)):>5}"
-        )
+    engines = tuple(e for e in args.engines.split(",") if e)
+    print(markdown(run(engines, args.replicas, args.runs)))
 
 
 if __name__ == "__main__":

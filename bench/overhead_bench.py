@@ -1,26 +1,54 @@
 """Statement overhead of the library against the bare drivers: ``SELECT 1`` on an open connection.
 
-    .venv/bin/python bench/overhead_bench.py [--rounds 15] [--per-round 2000]
+    .venv/bin/python bench/overhead_bench.py [--rounds 15] [--per-round 2000] [--no-wrapper]
 
 Starts a one-node lab per engine, opens a bare driver connection and a library connection to the
 same node, and times them side by side in alternating rounds (so drift on a shared machine hits
-both alike). Prints microseconds per statement (median of rounds) and the ratio. Goal: at most
-3 % slower. Nothing is asserted.
+both alike). When aws-advanced-python-wrapper is installed, a wrapper connection (its default
+plugins) joins the rounds on PostgreSQL. Prints microseconds per statement (median of rounds)
+and the ratio. Goal: at most 3 % slower. Nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import _awswrapper  # bench/ is on sys.path: run as a script, or imported by report.py
 import psycopg
 import pymysql
 
 import aurora_smartdriver as asd
 from aurora_smartdriver.lab import Lab
+
+
+@dataclass(frozen=True)
+class OverheadRow:
+    driver: str
+    bare_s: float
+    library_s: float
+    wrapper_s: float | None = None  # aws-advanced-python-wrapper, default plugins
+
+    @property
+    def overhead(self) -> float:
+        return self.library_s / self.bare_s - 1
+
+    @property
+    def wrapper_overhead(self) -> float | None:
+        return None if self.wrapper_s is None else self.wrapper_s / self.bare_s - 1
+
+
+@dataclass(frozen=True)
+class OverheadResult:
+    rounds: int
+    per_round: int
+    rows: list[OverheadRow]
+    wrapper: str  # version measured, or why not
 
 
 def _loop(conn: Any, n: int) -> float:
@@ -33,6 +61,10 @@ def _loop(conn: Any, n: int) -> float:
     return (time.perf_counter() - started) / n
 
 
+def _timed(conn: Any, n: int) -> float:
+    return _loop(conn, n)
+
+
 def _bare(lab: Lab) -> Any:
     kwargs = lab.connect_kwargs(lab.writer.id)
     if lab.state().engine == "postgresql":
@@ -40,24 +72,78 @@ def _bare(lab: Lab) -> Any:
     return pymysql.connect(**kwargs, autocommit=True)
 
 
-def measure(engine: str, rounds: int, per_round: int) -> tuple[float, float]:
+def measure(engine: str, rounds: int, per_round: int, wrapper: bool = False) -> dict[str, float]:
+    """Median seconds per ``SELECT 1`` of each contender, timed in alternating rounds."""
     with Lab.start(engine, replicas=0) as lab:
-        bare = _bare(lab)
-        ours = asd.connect(lab.dsn, autocommit="on" if engine == "postgresql" else True)
-        runs: dict[str, list[float]] = {"bare": [], "library": []}
-        contenders: list[tuple[str, Callable[[int], float]]] = [
-            ("bare", lambda n: _loop(bare, n)),
-            ("library", lambda n: _loop(ours, n)),
-        ]
-        for _name, run in contenders:
-            run(per_round // 4)  # warm up
-        for i in range(rounds):
-            order = contenders if i % 2 == 0 else contenders[::-1]
-            for name, run in order:
-                runs[name].append(run(per_round))
-        bare.close()
-        ours.close()
-    return statistics.median(runs["bare"]), statistics.median(runs["library"])
+        conns: dict[str, Any] = {
+            "bare": _bare(lab),
+            "library": asd.connect(lab.dsn, autocommit="on" if engine == "postgresql" else True),
+        }
+        with _awswrapper.lab_names(lab):
+            if wrapper:
+                conns["wrapper"] = _awswrapper.connect(lab)
+            runs: dict[str, list[float]] = {name: [] for name in conns}
+            contenders: list[tuple[str, Callable[[int], float]]] = [
+                (name, functools.partial(_timed, conn)) for name, conn in conns.items()
+            ]
+            for _name, run_one in contenders:
+                run_one(per_round // 4)  # warm up
+            for i in range(rounds):
+                order = contenders if i % 2 == 0 else contenders[::-1]
+                for name, run_one in order:
+                    runs[name].append(run_one(per_round))
+            for conn in conns.values():
+                conn.close()
+        if wrapper:
+            _awswrapper.release_resources()
+    return {name: statistics.median(values) for name, values in runs.items()}
+
+
+def run(
+    engines: tuple[str, ...] = ("postgresql", "mariadb"),
+    rounds: int = 15,
+    per_round: int = 2000,
+    wrapper: bool = True,
+) -> OverheadResult:
+    version = _awswrapper.version() if wrapper else None
+    rows = []
+    for engine in engines:
+        with_wrapper = version is not None and engine == "postgresql"
+        medians = measure(engine, rounds, per_round, with_wrapper)
+        rows.append(
+            OverheadRow(
+                "psycopg" if engine == "postgresql" else "PyMySQL",
+                medians["bare"],
+                medians["library"],
+                medians.get("wrapper"),
+            )
+        )
+    if not wrapper:
+        note = "not measured (--no-wrapper)"
+    elif version is None:
+        note = f"not installed ({_awswrapper.PACKAGE})"
+    else:
+        note = f"{_awswrapper.PACKAGE} {version}, plugins {_awswrapper.default_plugins()}"
+    return OverheadResult(rounds, per_round, rows, note)
+
+
+def markdown(result: OverheadResult) -> str:
+    lines = [
+        f"`SELECT 1` on an open connection, median of {result.rounds} rounds of "
+        f"{result.per_round}, contenders alternating. AWS wrapper: {result.wrapper}.",
+        "",
+        "| driver | bare µs | library µs | library overhead | AWS wrapper µs | wrapper overhead |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in result.rows:
+        wrapper = "-" if row.wrapper_s is None else f"{row.wrapper_s * 1e6:.1f}"
+        wrapper_ratio = row.wrapper_overhead
+        lines.append(
+            f"| {row.driver} | {row.bare_s * 1e6:.1f} | {row.library_s * 1e6:.1f} | "
+            f"{100 * row.overhead:+.1f} % | {wrapper} | "
+            f"{'-' if wrapper_ratio is None else f'{100 * wrapper_ratio:+.1f} %'} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -65,13 +151,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--per-round", type=int, default=2000)
     parser.add_argument("--engines", default="postgresql,mariadb")
+    parser.add_argument("--no-wrapper", action="store_true", help="leave the AWS wrapper out")
     args = parser.parse_args()
-    print(f"SELECT 1 on an open connection, median of {args.rounds} rounds of {args.per_round}")
-    print(f"{'driver':<10} {'bare µs':>9} {'library µs':>11} {'overhead':>9}")
-    for engine in args.engines.split(","):
-        bare, ours = measure(engine, args.rounds, args.per_round)
-        name = "psycopg" if engine == "postgresql" else "PyMySQL"
-        print(f"{name:<10} {bare * 1e6:>9.1f} {ours * 1e6:>11.1f} {100 * (ours / bare - 1):>8.1f}%")
+    engines = tuple(e for e in args.engines.split(",") if e)
+    print(markdown(run(engines, args.rounds, args.per_round, wrapper=not args.no_wrapper)))
 
 
 if __name__ == "__main__":

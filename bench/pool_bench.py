@@ -21,6 +21,7 @@ import argparse
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -92,7 +93,7 @@ def queue_pool_cycle(lab: Lab, size: int) -> tuple[Cycle, Callable[[], None]]:
     return cycle, pool.dispose
 
 
-def run(cycle: Cycle, threads: int, seconds: float) -> float:
+def rate(cycle: Cycle, threads: int, seconds: float) -> float:
     """Cycles per second over `seconds`, summed over `threads` threads started together."""
     counts = [0] * threads
     go = threading.Event()
@@ -119,47 +120,65 @@ def run(cycle: Cycle, threads: int, seconds: float) -> float:
     return sum(counts) / (time.perf_counter() - started)
 
 
+@dataclass(frozen=True)
+class PoolResult:
+    size: int
+    rounds: int
+    seconds: float
+    best: dict[tuple[str, int], float]  # (pool, threads) -> best cycles per second
+
+    @property
+    def threads(self) -> list[int]:
+        return sorted({threads for _, threads in self.best})
+
+
+BUILDERS = {"HostPool": ours, "psycopg_pool": psycopg_pool_cycle, "QueuePool": queue_pool_cycle}
+
+
+def run(seconds: float = 1.0, rounds: int = 5, size: int = 4) -> PoolResult:
+    """Best borrow+return rate of each pool with 1, ``size`` and 4 x ``size`` threads."""
+    lab = Lab.start("postgresql", replicas=0, name="poolbench")
+    try:
+        pools = {name: build(lab, size) for name, build in BUILDERS.items()}
+        best: dict[tuple[str, int], float] = {}
+        for _ in range(rounds):
+            for threads in (1, size, 4 * size):
+                for name, (cycle, _close) in pools.items():
+                    measured = rate(cycle, threads, seconds)
+                    best[name, threads] = max(best.get((name, threads), 0.0), measured)
+        for _cycle, close in pools.values():
+            close()
+    finally:
+        lab.down()
+    return PoolResult(size, rounds, seconds, best)
+
+
+def markdown(result: PoolResult) -> str:
+    lines = [
+        f"Borrow+return cycles per second, {result.size} connections per pool, best of "
+        f"{result.rounds} x {result.seconds:g}s per pool, pools taking turns.",
+        "",
+        "| threads | HostPool | psycopg_pool | QueuePool | vs psycopg_pool | vs QueuePool |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for threads in result.threads:
+        mine = result.best["HostPool", threads]
+        theirs = result.best["psycopg_pool", threads]
+        queue = result.best["QueuePool", threads]
+        lines.append(
+            f"| {threads} | {mine:,.0f} | {theirs:,.0f} | {queue:,.0f} | "
+            f"{mine / theirs:.2f}x | {mine / queue:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one measurement")
     parser.add_argument("--rounds", type=int, default=5, help="turns per pool; the best counts")
     parser.add_argument("--size", type=int, default=4, help="connections in each pool")
     args = parser.parse_args()
-
-    lab = Lab.start("postgresql", replicas=0, name="poolbench")
-    try:
-        builders = {
-            "HostPool": ours,
-            "psycopg_pool": psycopg_pool_cycle,
-            "QueuePool": queue_pool_cycle,
-        }
-        pools = {name: build(lab, args.size) for name, build in builders.items()}
-        scenarios = [1, args.size, 4 * args.size]
-        best: dict[tuple[str, int], float] = {}
-        for _ in range(args.rounds):
-            for threads in scenarios:
-                for name, (cycle, _close) in pools.items():
-                    rate = run(cycle, threads, args.seconds)
-                    best[name, threads] = max(best.get((name, threads), 0.0), rate)
-        for _cycle, close in pools.values():
-            close()
-    finally:
-        lab.down()
-
-    print(
-        f"borrow+return cycles per second, {args.size} connections per pool, "
-        f"best of {args.rounds} x {args.seconds:g}s"
-    )
-    print(f"{'threads':>7} {'HostPool':>10} {'psycopg_pool':>13} {'QueuePool':>10}", end="")
-    print(f" {'vs psycopg_pool':>16} {'vs QueuePool':>13}")
-    for threads in scenarios:
-        mine = best["HostPool", threads]
-        theirs = best["psycopg_pool", threads]
-        queue = best["QueuePool", threads]
-        print(
-            f"{threads:>7} {mine:>10.0f} {theirs:>13.0f} {queue:>10.0f}"
-            f" {mine / theirs:>15.2f}x {mine / queue:>12.2f}x"
-        )
+    print(markdown(run(args.seconds, args.rounds, args.size)))
 
 
 if __name__ == "__main__":
