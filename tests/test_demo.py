@@ -42,7 +42,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def own_tmpdir() -> Iterator[Path]:
     """A temporary directory of the test's own for the demo's lab (so the residue check sees
     only it); servers running as another account must be able to enter it."""
-    path = Path(tempfile.mkdtemp(prefix="asd-demo-test-"))
+    # Directly under /tmp: a lab's Unix socket paths must stay short (the suite's own TMPDIR
+    # is already a level deep).
+    path = Path(tempfile.mkdtemp(prefix="asd-demo-", dir="/tmp"))
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 import uuid
 
 import pytest
 
-from aurora_smartdriver.lab import Lab
+from aurora_smartdriver.lab import Lab, LabError
 from tests import plain
 
 
@@ -222,3 +224,13 @@ def test_two_labs_run_side_by_side_without_clashing(aurora_lab_factory: object) 
     for lab in (first, second):
         conn = plain.connect(lab, lab.writer.id)
         conn.close()
+
+
+def test_a_temporary_directory_too_deep_for_unix_sockets_is_refused_up_front(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deep = "/tmp/" + "d" * 80
+    monkeypatch.setattr(tempfile, "tempdir", deep)
+    with pytest.raises(LabError, match=r"too deep for the lab's Unix sockets.*TMPDIR"):
+        Lab.start("postgresql", replicas=1)
+    assert not os.path.exists(deep)  # nothing was created

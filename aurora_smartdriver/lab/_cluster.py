@@ -204,6 +204,7 @@ class Lab:
                     f"a TLS lab needs the cryptography package ({exc}); "
                     "install it with `pip install 'aurora-smartdriver[lab]'`"
                 ) from exc
+        _check_socket_room(tempfile.gettempdir(), f"{name}-instance-{replicas + 1}")
         claim = _net.claim(
             replicas + 1,
             port or impl.default_port,
@@ -852,6 +853,23 @@ def teardown(state_path: Path, *, keep_supervisor: int | None = None) -> None:
         if not state_path.parent.exists():
             break
         time.sleep(0.05)
+
+
+_SOCKET_PATH_MAX = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
+
+
+def _check_socket_room(tmpdir: str, longest_node: str) -> None:
+    """Refuse a temporary directory too deep for the nodes' Unix sockets, before starting.
+
+    The servers' local sockets live in each node's directory (PostgreSQL's
+    ``run/.s.PGSQL.<port>`` is the longest), and a socket path has a hard limit.
+    """
+    longest = os.path.join(tmpdir, f"{LAB_DIR_PREFIX}xxxxxxxx", longest_node, "run/.s.PGSQL.65535")
+    if len(longest.encode()) > _SOCKET_PATH_MAX:
+        raise LabError(
+            f"the temporary directory {tmpdir!r} is too deep for the lab's Unix sockets "
+            f"({len(longest.encode())} > {_SOCKET_PATH_MAX} bytes); set TMPDIR to a shorter one"
+        )
 
 
 def lab_dirs() -> list[Path]:
