@@ -4,15 +4,18 @@
 
 Starts a one-node lab per engine, opens a bare driver connection and a library connection to the
 same node, and times them side by side in alternating rounds (so drift on a shared machine hits
-both alike). When aws-advanced-python-wrapper is installed, a wrapper connection (its default
-plugins) joins the rounds on PostgreSQL. Prints microseconds per statement (median of rounds)
-and the ratio. Goal: at most 3 % slower. Nothing is asserted.
+both alike), with this process and the server pinned to different CPUs so that every
+connection's round trips cost alike. When aws-advanced-python-wrapper is installed, a wrapper
+connection (its default plugins) joins the rounds on PostgreSQL. Prints microseconds per
+statement (median of rounds) and the ratio. Goal: at most 3 % slower. Nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -24,7 +27,7 @@ import psycopg
 import pymysql
 
 import aurora_smartdriver as asd
-from aurora_smartdriver.lab import Lab
+from aurora_smartdriver.lab import Lab, _procs
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,28 @@ def _bare(lab: Lab) -> Any:
     return pymysql.connect(**kwargs, autocommit=True)
 
 
+def _pin(lab: Lab) -> Callable[[], None]:
+    """Put this process on one CPU and the server (every backend) on another.
+
+    A round trip costs very different times depending on whether the server process answering
+    it runs on the client's CPU or not, and the scheduler decides that per connection, for the
+    connection's life: unpinned, one contender could be lucky for a whole run (seen: the same
+    code measured -15 % and +35 % against the bare driver). Pinned, every connection is alike.
+    Returns the undo.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return lambda: None
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpus[0]})
+    for pid in _procs.tree(lab.writer.pid or 0):
+        # Every thread: MariaDB serves each connection on a thread of its one process.
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(task), {cpus[1]})
+    return lambda: os.sched_setaffinity(0, mine)
+
+
 def measure(engine: str, rounds: int, per_round: int, wrapper: bool = False) -> dict[str, float]:
     """Median seconds per ``SELECT 1`` of each contender, timed in alternating rounds."""
     with Lab.start(engine, replicas=0) as lab:
@@ -86,12 +111,14 @@ def measure(engine: str, rounds: int, per_round: int, wrapper: bool = False) -> 
             contenders: list[tuple[str, Callable[[int], float]]] = [
                 (name, functools.partial(_timed, conn)) for name, conn in conns.items()
             ]
+            unpin = _pin(lab)  # after every connection exists: their backends too
             for _name, run_one in contenders:
                 run_one(per_round // 4)  # warm up
             for i in range(rounds):
                 order = contenders if i % 2 == 0 else contenders[::-1]
                 for name, run_one in order:
                     runs[name].append(run_one(per_round))
+            unpin()
             for conn in conns.values():
                 conn.close()
         if wrapper:
@@ -130,7 +157,9 @@ def run(
 def markdown(result: OverheadResult) -> str:
     lines = [
         f"`SELECT 1` on an open connection, median of {result.rounds} rounds of "
-        f"{result.per_round}, contenders alternating. AWS wrapper: {result.wrapper}.",
+        f"{result.per_round}, contenders alternating, the client on one CPU and the server on "
+        f"another (unpinned, which CPU answers a connection's round trips is luck that lasts "
+        f"for the connection's life and swamps the difference). AWS wrapper: {result.wrapper}.",
         "",
         "| driver | bare µs | library µs | library overhead | AWS wrapper µs | wrapper overhead |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
