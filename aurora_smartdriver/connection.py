@@ -481,6 +481,27 @@ class PyMySQLConnection(Connection):
     def get_autocommit(self) -> bool:
         return bool(self._raw.get_autocommit())
 
+    def ping(self, reconnect: bool = True) -> None:
+        """PyMySQL's ``ping``, failing over where PyMySQL would reconnect to the same address.
+
+        PyMySQL's own ``reconnect=True`` reopens a socket to the address the connection was
+        on: after a failover, the dead or demoted writer. Here a lost node starts the failover
+        procedure and the ping returns on the right node, unless a transaction was open:
+        then ``FailoverSucceeded(transaction_rolled_back=True)``, since its work is gone. With
+        ``reconnect=False`` the driver's error is raised, as PyMySQL does.
+        """
+        self._check_open()
+        raw = self._raw
+        in_transaction = self._adapter.in_transaction(raw)
+        try:
+            raw.ping(reconnect=False)
+        except self._error as exc:
+            if not reconnect or not self._is_failover_error(exc):
+                raise
+            if in_transaction:
+                self._recover(exc, None)  # raises FailoverSucceeded(transaction_rolled_back)
+            self._fail_over(exc)
+
     @property
     def read_only(self) -> bool:
         """Route to a reader when True (PyMySQL has no switch of its own; this is the library's)."""

@@ -436,3 +436,35 @@ def test_a_partitioned_writer_is_left_behind_within_bounded_time(aurora_lab: Lab
         for timer in timers:
             timer.join()
         conn.close()
+
+
+def test_pymysql_ping_fails_over_instead_of_reconnecting_to_the_dead_address(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    lab = aurora_lab_mariadb
+    conn = _connect(lab, autocommit=True)
+    try:
+        _table(conn)
+        old = conn.instance_id
+        report = lab.failover(dns_lag=30.0)
+        conn.ping()  # PyMySQL alone would reopen a socket to the dead writer's address and fail
+        assert conn.instance_id == report.new_writer != old
+        _query(conn, "INSERT INTO fo_rows VALUES (%s)", (uuid.uuid4().hex,))
+    finally:
+        conn.close()
+
+
+def test_pymysql_ping_after_losing_an_open_transaction_says_so(aurora_lab_mariadb: Lab) -> None:
+    lab = aurora_lab_mariadb
+    conn = _connect(lab)  # autocommit off, as PyMySQL's default
+    try:
+        _table(conn)
+        _query(conn, "INSERT INTO fo_rows VALUES (%s)", (uuid.uuid4().hex,))  # opens a transaction
+        lab.failover()
+        with pytest.raises(asd.FailoverSucceeded) as caught:
+            conn.ping()
+        assert caught.value.transaction_rolled_back
+        conn.ping()  # now on the new writer, nothing open
+        assert conn.instance_id == lab.writer.id
+    finally:
+        conn.close()
