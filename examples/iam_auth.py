@@ -83,22 +83,21 @@ def iam(cluster: lab.Lab) -> None:
         spec = dsn.parse(cluster.instance_dsn(writer), auth="iam")
         text = dataclasses.replace(spec, user=user, password=None).to_dsn()
         print("IAM DSN:", text.split("?")[0], "?auth=iam&sslmode=verify-full&sslrootcert=...")
-        # The cluster's runtime (what asd.Cluster(text) uses too), to see the token it makes.
-        runtime = _runtime.acquire(dsn.parse(text))
-        try:
-            provider = runtime.credentials
-            assert isinstance(provider, auth.IamTokenCredentials)
-            token = provider.get(writer.host, writer.port).password or ""
-            print("token for the instance host:", token.split("&X-Amz-Signature=")[0] + "&...")
-            # Stand-in for RDS checking the signature: the token becomes the lab password.
-            cluster.execute(writer, f"ALTER ROLE {user} PASSWORD '{token}'")
-            with asd.Cluster(text) as db, db.writer() as conn:
-                row = conn.execute(
-                    "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
-                ).fetchone()
-                print("logged in with the token over verified TLS:", row)
-        finally:
-            _runtime.release(runtime, linger=0)
+        # The provider auth=iam makes, made here so that the token can become the lab
+        # password *before* the cluster's first login (its monitor logs in at once, and a
+        # refused token is replaced by a new one, signed a second later: a different token).
+        region = auth.region_for(spec.settings.region, spec.hosts[0][0])
+        provider = auth.IamTokenCredentials(user, region=region)
+        token = provider.get(writer.host, writer.port).password or ""
+        print("token for the instance host:", token.split("&X-Amz-Signature=")[0] + "&...")
+        # Stand-in for RDS checking the signature: the token becomes the lab password.
+        cluster.execute(writer, f"ALTER ROLE {user} PASSWORD '{token}'")
+        with asd.Cluster(text, credentials=provider) as db, db.writer() as conn:
+            row = conn.execute(
+                "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+            ).fetchone()
+            print("logged in with the token over verified TLS:", row)
+        assert provider.generated == 1, "the cluster used the token it was given"
         # Without TLS verification IAM is refused before any connection is made.
         try:
             asd.connect(text.replace("sslmode=verify-full", "sslmode=require"))
