@@ -163,27 +163,48 @@ def tree(pid: int) -> list[int]:
     return found
 
 
-def _stop_parent(pid: int, timeout: float = 5.0) -> None:
+_STOPPED = (None, "T", "t", "Z", "X")  # stopped, or gone
+
+
+def _wait_stopped(pids: list[int], timeout: float = 5.0) -> None:
+    """Wait until every one of ``pids`` is stopped or gone.
+
+    ``kill`` returns before SIGSTOP takes effect: a process running on another CPU, or in an
+    uninterruptible wait, stops a moment later.
+    """
+    deadline = time.monotonic() + timeout
+    waiting = list(pids)
+    while waiting and time.monotonic() < deadline:
+        waiting = [p for p in waiting if state(p) not in _STOPPED]
+        if waiting:
+            time.sleep(0.001)
+
+
+def _stop_parent(pid: int) -> None:
     """SIGSTOP ``pid`` and wait until it is stopped, so it cannot be in the middle of a fork.
 
-    ``kill`` returns before the signal takes effect: a parent inside ``fork`` finishes it first,
-    and its new child, created after the caller listed the tree, would escape the signal.
+    A parent inside ``fork`` finishes it before it stops, and its new child, created after
+    the caller listed the tree, would escape the signal.
     """
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGSTOP)
-    deadline = time.monotonic() + timeout
-    while state(pid) not in (None, "T", "t", "Z", "X") and time.monotonic() < deadline:
-        time.sleep(0.001)
+    _wait_stopped([pid])
 
 
 def signal_tree(pid: int, sig: signal.Signals) -> None:
-    """Send ``sig`` to a server and every process it started (stopping the parent first)."""
+    """Send ``sig`` to a server and every process it started (stopping the parent first).
+
+    For SIGSTOP, returns once all of them are stopped: a hung node answers nothing from then on.
+    """
     if sig == signal.SIGSTOP:
         # Only a stopped parent cannot add children while they are being stopped.
         _stop_parent(pid)
-    for member in tree(pid):
+    members = tree(pid)
+    for member in members:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(member, sig)
+    if sig == signal.SIGSTOP:
+        _wait_stopped(members)
 
 
 def kill_tree(pid: int, timeout: float = 10.0) -> None:
