@@ -238,24 +238,20 @@ class Connection:
         if self._adapter.in_transaction(self._raw):
             self.__dict__["_pending_move"] = True
         else:
-            try:
-                self._move()
-            except BaseException:
-                self.__dict__["_read_only"] = not value  # still where it was: say so
-                raise
+            self._move()
 
     def _boundary(self) -> None:
         if self._pending_move:
             self.__dict__["_pending_move"] = False
-            try:
-                self._move()
-            except BaseException:
-                self.__dict__["_read_only"] = not self._read_only
-                raise
+            self._move()
 
     def _move(self) -> None:
         """Continue on a node of the role now asked for, with the same session state."""
-        lease = self._runtime.lease(self.role, pooled=self._lease.pooled)
+        try:
+            lease = self._runtime.lease(self.role, pooled=self._lease.pooled)
+        except BaseException:
+            self.__dict__["_read_only"] = not self._read_only  # still where it was: say so
+            raise
         old = self._lease
         self.__dict__["_lease"] = lease
         self.__dict__["_raw"] = lease.raw
@@ -265,6 +261,7 @@ class Connection:
             lease.give_back(broken=True)
             self.__dict__["_lease"] = old
             self.__dict__["_raw"] = old.raw
+            self.__dict__["_read_only"] = not self._read_only
             raise
         for cur in list(self._cursors):
             try:
