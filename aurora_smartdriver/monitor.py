@@ -505,20 +505,7 @@ class ClusterMonitor:
             entry = None
         try:
             if entry is None:
-                address = (
-                    self._resolver.resolve(host.host).addresses[0]
-                    if self.spec.settings.resolve
-                    else None
-                )
-                conn = auth.connect(
-                    self._adapter,
-                    self._credentials,
-                    self.spec,
-                    host.host,
-                    host.port,
-                    address=address,
-                    timeout=bound,
-                )
+                conn = self._connect_to(host.host, host.port, bound)
                 conns[host.instance_id] = (host.endpoint, conn)
             else:
                 conn = entry[1]
