@@ -297,7 +297,8 @@ class Runtime:
         is false (the failover procedure, which does its own waiting).
         """
         tried: set[str] = set(exclude)
-        waiting = _WriterWait(self) if wait and self.spec.settings.failover else None
+        may_wait = role == "writer" and wait and self.spec.settings.failover
+        waiting: _WriterWait | None = None  # made on the first failure: borrows stay lean
         while True:
             choice = self.choose(role, frozenset(tried))
             target = choice.target
@@ -310,7 +311,8 @@ class Runtime:
                 if exc.auth:  # a login refused moments ago: the same error, not a retry
                     raise self.auth_failed(str(exc), host=target.host, port=target.port) from exc
                 log.info("%s is down (%s); trying elsewhere", target.instance_id, exc)
-                if role == "writer" and waiting is not None:
+                if may_wait:
+                    waiting = waiting or _WriterWait(self)
                     waiting.wait(target, "disconnect", exc)
                     continue
                 tried.add(target.instance_id)
@@ -318,7 +320,8 @@ class Runtime:
                 continue  # the topology just dropped that host's pool: choose again
             except self.adapter.Error as exc:
                 kind = self.adapter.error_kind(exc)
-                if role == "writer" and waiting is not None and kind in _WRITER_GONE:
+                if may_wait and kind in _WRITER_GONE:
+                    waiting = waiting or _WriterWait(self)
                     waiting.wait(target, kind, exc)
                     continue
                 if kind == "auth" or role == "writer":
