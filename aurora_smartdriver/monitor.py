@@ -438,7 +438,8 @@ class ClusterMonitor:
 
     def _connect_to(self, host: str, port: int, timeout: float) -> Any:
         address = self._resolver.resolve(host).addresses[0] if self.spec.settings.resolve else None
-        self._connects += 1
+        with self._cond:  # the refresh thread and the response timer both connect
+            self._connects += 1
         return auth.connect(
             self._adapter,
             self._credentials,
