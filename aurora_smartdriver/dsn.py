@@ -43,8 +43,9 @@ from aurora_smartdriver.settings import (
 
 __all__ = ["ConnectionSpec", "DriverValue", "parse"]
 
-DriverValue = str | int | float | bool
-"""A driver parameter's value: text for libpq, typed for PyMySQL (e.g. ssl_verify_cert=True)."""
+DriverValue = object
+"""A driver parameter's value: text for libpq, typed for PyMySQL (e.g. ssl_verify_cert=True), or
+a Python object given as a keyword argument (``cursorclass=DictCursor``, ``row_factory=...``)."""
 
 _SCHEMES: Mapping[str, tuple[Engine, bool]] = {
     "postgresql": ("postgresql", False),
@@ -54,7 +55,11 @@ _SCHEMES: Mapping[str, tuple[Engine, bool]] = {
 }
 _DEFAULT_PORTS: Mapping[Engine, int] = {"postgresql": 5432, "mysql": 3306}
 _IDENTITY = ("host", "port", "user", "password", "database")
-_ALIASES = {"dbname": "database"}
+_ALIASES: Mapping[Engine, Mapping[str, str]] = {
+    "postgresql": {"dbname": "database"},
+    "mysql": {"dbname": "database", "db": "database", "passwd": "password"},
+}
+"""Other names of identity fields: libpq's dbname; PyMySQL's deprecated db and passwd."""
 _TAKEN_OVER: Mapping[Engine, Mapping[str, str]] = {
     "postgresql": {
         "hostaddr": "the library resolves host names itself; list addresses as hosts instead",
@@ -65,9 +70,6 @@ _TAKEN_OVER: Mapping[Engine, Mapping[str, str]] = {
     },
     "mysql": {
         "unix_socket": "the library connects to each instance over TCP",
-        "defer_connect": "the library decides when to connect",
-        "db": "use database",
-        "passwd": "use password",
     },
 }
 _URL_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
@@ -128,15 +130,23 @@ class ConnectionSpec:
         params = list(self.settings.query_params(mask_secrets=mask_password).items())
         for name, value in self.driver_params.items():
             parameter = DRIVER_PARAMETERS[self.engine][name]
-            masked = mask_password and parameter.secret
-            params.append((name, _MASK if masked else parameter.render(value)))
+            if mask_password and parameter.secret:
+                params.append((name, _MASK))
+            elif mask_password and parameter.keyword_only:
+                params.append((name, _object_label(value)))
+            else:
+                params.append((name, parameter.render(value)))  # ConfigError if keyword-only
         password = _MASK if mask_password and self.password is not None else self.password
         if style == "keywords":
             return self._render_keywords(password, params)
         return self._render_url(password, params)
 
     def to_dsn(self, *, style: Literal["url", "keywords"] = "url") -> str:
-        """The DSN with its real password and secrets, such that `parse` gives this spec back."""
+        """The DSN with its real password and secrets, such that `parse` gives this spec back.
+
+        A `ConfigError` when a driver parameter holds a Python object (``cursorclass``,
+        ``row_factory``, ...), which no DSN can express.
+        """
         return self.render(mask_password=False, style=style)
 
     def with_overrides(self, **overrides: object) -> ConnectionSpec:
@@ -160,7 +170,10 @@ class ConnectionSpec:
             userinfo += "@"
         hosts = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.hosts)
         path = "" if self.database is None else "/" + quote(self.database, safe="")
-        query = "&".join(f"{name}={quote(text, safe=_QUERY_SAFE)}" for name, text in params)
+        query = "&".join(
+            f"{name}={quote(text, safe=_QUERY_SAFE + '<>' if _is_label(text) else _QUERY_SAFE)}"
+            for name, text in params
+        )
         scheme = "mariadb" if self.mariadb else self.engine
         return f"{scheme}://{userinfo}{hosts}{path}{'?' if query else ''}{query}"
 
@@ -196,10 +209,33 @@ class ConnectionSpec:
                 self.password,
                 self.database,
                 self.settings,
-                frozenset(self.driver_params.items()),
+                frozenset((name, _hashable(v)) for name, v in self.driver_params.items()),
                 self.mariadb,
             )
         )
+
+
+def _object_label(value: object) -> str:
+    """How a keyword-only driver value shows in a printed DSN: ``<DictCursor>``, ``<dict>``."""
+    name = (
+        getattr(value, "__qualname__", None) if isinstance(value, type) or callable(value) else None
+    )
+    return f"<{name or type(value).__name__}>"
+
+
+def _is_label(text: str) -> bool:
+    return text.startswith("<") and text.endswith(">")
+
+
+def _hashable(value: object) -> object:
+    """`value` itself when hashable, else a hashable stand-in equal for equal contents."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((repr(key), _hashable(item)) for key, item in value.items()))
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
 
 
 def parse(dsn: str, /, **overrides: object) -> ConnectionSpec:
@@ -392,7 +428,7 @@ def _put_text(
     engine: Engine, values: dict[str, object], name: str, text: str, *, ports: bool
 ) -> None:
     """Record `name` = `text` as read from a DSN, parsing host and port lists."""
-    canonical = _ALIASES.get(name, name)
+    canonical = _ALIASES[engine].get(name, name)
     if canonical == "host":
         _put(engine, values, name, _parse_hosts(text, ports=ports) if text else [])
     elif canonical == "port":
@@ -403,7 +439,7 @@ def _put_text(
 
 def _put(engine: Engine, values: dict[str, object], name: str, value: object) -> None:
     """Record `name` = `value`, refusing a second, different value for the same name."""
-    canonical = _ALIASES.get(name, name)
+    canonical = _ALIASES[engine].get(name, name)
     if canonical in values and values[canonical] != value:
         first, second = (_shown(engine, canonical, v) for v in (values[canonical], value))
         raise ConfigError(
@@ -436,7 +472,7 @@ def _merged(
     """`values` with `overrides` applied; a port override replaces the hosts' own ports."""
     given: dict[str, object] = {}
     for name, value in overrides.items():
-        canonical = _ALIASES.get(name, name)
+        canonical = _ALIASES[engine].get(name, name)
         if value is None:
             continue
         if canonical == "host":
@@ -565,7 +601,7 @@ def _unexpected_parameter(engine: Engine, name: str) -> ConfigError:
                 f"parameter {name!r} belongs to the {other} driver; this is a {engine} DSN",
                 parameter=name,
             )
-    identity = dict.fromkeys([*_IDENTITY, *_ALIASES])
+    identity = dict.fromkeys([*_IDENTITY, *_ALIASES[engine]])
     return _unknown_parameter(name, PARAMETERS, DRIVER_PARAMETERS[engine], identity)
 
 
@@ -618,7 +654,7 @@ def _checked_driver_params(
     for name, value in params.items():
         if name not in known:
             raise _unexpected_parameter(engine, name)
-        checked[name] = cast(DriverValue, known[name].parse(value))
+        checked[name] = known[name].parse(value)
     return MappingProxyType(checked)
 
 

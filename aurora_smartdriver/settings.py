@@ -17,7 +17,8 @@ import difflib
 import ipaddress
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+import ssl
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from types import MappingProxyType
@@ -347,6 +348,71 @@ class _Nameservers:
     def render(self, value: object) -> str:
         servers = cast(tuple[tuple[str, int], ...], value)
         return ",".join(f"[{a}]:{p}" if ":" in a else f"{a}:{p}" for a, p in servers)
+
+
+@dataclass(frozen=True, slots=True)
+class _Off:
+    """A switch the driver accepts only when off (PyMySQL's `compress` raises otherwise)."""
+
+    why: str
+    unit: str = ""
+
+    @property
+    def expected(self) -> str:
+        return f"off ({self.why})"
+
+    def parse(self, value: object) -> bool:
+        try:
+            on = _Flag().parse(value)
+        except _Invalid:
+            raise _Invalid(self.expected) from None
+        if on:
+            raise _Invalid(self.expected)
+        return on
+
+    def render(self, value: object) -> str:
+        return "off"
+
+
+def _is_class(value: object) -> bool:
+    return isinstance(value, type)
+
+
+def _is_mapping(value: object) -> bool:
+    return isinstance(value, Mapping)
+
+
+def _is_tls_options(value: object) -> bool:
+    return isinstance(value, Mapping | ssl.SSLContext)
+
+
+def _is_adapt_context(value: object) -> bool:
+    return hasattr(value, "adapters") and not isinstance(value, str)
+
+
+@dataclass(frozen=True, slots=True)
+class _PyValue:
+    """A Python object handed to the driver as is (a class, a dict, a function).
+
+    Such values cannot be written in a DSN: they are keyword arguments only, and a spec holding
+    one has no DSN text (`ConnectionSpec.to_dsn` refuses it).
+    """
+
+    what: str
+    check: Callable[[object], bool] = field(compare=False)
+    unit: str = ""
+
+    @property
+    def expected(self) -> str:
+        return f"{self.what}, given as a keyword argument (it cannot be written in a DSN)"
+
+    def parse(self, value: object) -> object:
+        if isinstance(value, str) or not self.check(value):
+            raise _Invalid(self.expected)
+        return value
+
+    def render(self, value: object) -> str:
+        raise _Invalid(self.expected)
 
 
 # -- host helpers, shared with the DSN parser ---------------------------------------------------
@@ -825,8 +891,20 @@ class Parameter:
             ) from None
 
     def render(self, value: object) -> str:
-        """The typed `value` as written in a DSN."""
-        return self.kind.render(value)
+        """The typed `value` as written in a DSN; `ConfigError` for a keyword-only value."""
+        try:
+            return self.kind.render(value)
+        except _Invalid as invalid:
+            raise ConfigError(
+                f"parameter {self.name!r} holds a Python object, which a DSN cannot express: "
+                f"expected {invalid.expected}",
+                parameter=self.name,
+            ) from None
+
+    @property
+    def keyword_only(self) -> bool:
+        """Whether values are Python objects given as keyword arguments, never DSN text."""
+        return isinstance(self.kind, _PyValue)
 
     def shown(self, value: object) -> str:
         """`value` as it may appear in messages: masked when secret, shortened when long."""
@@ -908,12 +986,17 @@ _LIBPQ_TEXT = (
 )
 
 _PYMYSQL_KINDS: Mapping[str, _Kind] = {
+    "auth_plugin_map": _PyValue("a dict of authentication plugin names to classes", _is_mapping),
     "autocommit": _Flag(),
     "binary_prefix": _Flag(),
     "bind_address": _Text(),
     "charset": _Text(),
     "client_flag": _Count(0),
     "collation": _Text(),
+    "compress": _Off("PyMySQL does not support compression"),
+    "conv": _PyValue("a dict of converters, as pymysql.converters.conversions", _is_mapping),
+    "cursorclass": _PyValue("a cursor class such as pymysql.cursors.DictCursor", _is_class),
+    "defer_connect": _Flag(),
     "init_command": _Text(),
     "local_infile": _Flag(),
     "max_allowed_packet": _Count(1),
@@ -922,6 +1005,9 @@ _PYMYSQL_KINDS: Mapping[str, _Kind] = {
     "read_default_group": _Text(),
     "read_timeout": _Seconds(),
     "sql_mode": _Text(),
+    "ssl": _PyValue(
+        "a dict of TLS options (ca, cert, key, ...) or an ssl.SSLContext", _is_tls_options
+    ),
     "ssl_ca": _Text(),
     "ssl_cert": _Text(),
     "ssl_disabled": _Flag(),
@@ -936,7 +1022,12 @@ _PYMYSQL_KINDS: Mapping[str, _Kind] = {
 _PSYCOPG_KINDS: Mapping[str, _Kind] = {
     **{name: _Text(numbers=True) for name in _LIBPQ_TEXT},
     "autocommit": _Flag(),
+    "context": _PyValue(
+        "an adaptation context (a connection or psycopg.adapt.AdaptersMap)", _is_adapt_context
+    ),
+    "cursor_factory": _PyValue("a cursor class such as psycopg.ClientCursor", _is_class),
     "prepare_threshold": _Count(0),
+    "row_factory": _PyValue("a row factory such as psycopg.rows.dict_row", callable),
 }
 
 DRIVER_PARAMETERS: Mapping[Engine, Mapping[str, Parameter]] = MappingProxyType(
@@ -953,7 +1044,7 @@ DRIVER_PARAMETERS: Mapping[Engine, Mapping[str, Parameter]] = MappingProxyType(
             "MySQL driver (PyMySQL)",
             "Passed to pymysql.connect.",
             _PYMYSQL_KINDS,
-            frozenset({"ssl_key_password"}),
+            frozenset({"ssl", "ssl_key_password"}),
         ),
     }
 )
@@ -962,14 +1053,32 @@ DRIVER_PARAMETERS: Mapping[Engine, Mapping[str, Parameter]] = MappingProxyType(
 Parameters the library takes over are absent on purpose: connect_timeout is the library's own;
 host, port, user, password and the database name are the connection's identity; and routing,
 name resolution and reconnection (libpq's hostaddr, service, target_session_attrs,
-load_balance_hosts; PyMySQL's unix_socket, defer_connect) are the library's job.
+load_balance_hosts; PyMySQL's unix_socket) are the library's job. Python objects (PyMySQL's
+cursorclass, conv, ssl as a dict, auth_plugin_map; psycopg's row_factory, cursor_factory,
+context) are keyword arguments only. PyMySQL's deprecated db and passwd are read as database
+and password.
 """
 
 
+_MEANT: Mapping[str, str] = MappingProxyType(
+    {
+        "pool_size": "pool_max_size",  # SQLAlchemy: the connections kept open, i.e. the cap here
+        "max_size": "pool_max_size",  # psycopg_pool
+        "min_size": "pool_min_size",  # psycopg_pool
+        "pool_timeout": "borrow_timeout",  # SQLAlchemy
+        "pool_recycle": "max_lifetime",  # SQLAlchemy
+    }
+)
+"""Other libraries' names for the library's parameters, which spelling alone would not find."""
+
+
 def _unknown_parameter(name: str, *known: Mapping[str, object]) -> ConfigError:
-    """The error for a parameter name found in none of `known`, with the closest as suggestion."""
+    """The error for a parameter name found in none of `known`, with the closest as suggestion:
+    the parameter another library's name means (`_MEANT`), else the closest spelling."""
     candidates = [candidate for names in known for candidate in names]
-    close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.75)
+    meant = _MEANT.get(name)
+    close = [meant] if meant in candidates else []
+    close = close or difflib.get_close_matches(name, candidates, n=1, cutoff=0.75)
     return ConfigError(
         f"unknown parameter {name!r}",
         parameter=name,
@@ -1017,11 +1126,17 @@ def parameter_reference_markdown() -> str:
         "",
         "## Driver parameters",
         "",
-        "These pass through to the driver unchanged; any other name is an error.",
+        "These pass through to the driver unchanged; any other name is an error. Those marked"
+        " keyword only take Python objects (a class, a dict, a function) and are given as"
+        " keyword arguments, never in a DSN. PyMySQL's deprecated `db` and `passwd` are read"
+        " as `database` and `password`.",
     ]
     for driver_parameters in DRIVER_PARAMETERS.values():
         section = next(iter(driver_parameters.values())).section
-        names = ", ".join(f"`{name}`" for name in driver_parameters)
+        names = ", ".join(
+            f"`{name}` (keyword only)" if parameter.keyword_only else f"`{name}`"
+            for name, parameter in driver_parameters.items()
+        )
         lines += ["", f"{section}: {names}."]
     return "\n".join(lines) + "\n"
 

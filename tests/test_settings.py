@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aurora_smartdriver.dsn import parse
 from aurora_smartdriver.errors import AuroraSmartDriverError, ConfigError
 from aurora_smartdriver.settings import (
     DRIVER_PARAMETERS,
@@ -374,6 +375,24 @@ def test_unknown_parameter_suggests_the_close_match() -> None:
     error = config_error(pool_max_sise=3)
     assert str(error) == "unknown parameter 'pool_max_sise'; did you mean 'pool_max_size'?"
     assert error.parameter == "pool_max_sise"
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("pool_size", "pool_max_size"),  # SQLAlchemy's create_engine
+        ("max_size", "pool_max_size"),  # psycopg_pool
+        ("min_size", "pool_min_size"),  # psycopg_pool
+        ("pool_timeout", "borrow_timeout"),  # SQLAlchemy
+        ("pool_recycle", "max_lifetime"),  # SQLAlchemy
+    ],
+)
+def test_another_librarys_pool_name_suggests_the_parameter_it_means(name: str, meant: str) -> None:
+    error = config_error(**{name: 3})
+    assert error.suggestion == f"did you mean {meant!r}?"
+    with pytest.raises(ConfigError) as caught:
+        parse("postgresql://app@db.example.test/app", **{name: 3})
+    assert caught.value.suggestion == f"did you mean {meant!r}?"
 
 
 def test_unknown_parameter_without_a_close_match_has_no_suggestion() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import selectors
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import pq
+from psycopg.adapt import AdaptersMap
 from psycopg.rows import tuple_row
 
 from aurora_smartdriver.drivers import QueryResult
@@ -62,7 +64,9 @@ class PsycopgAdapter:
     ) -> psycopg.Connection[Any]:
         """Connect with `host=<name> hostaddr=<address>`: libpq goes to the address and checks
         TLS (sslmode=verify-full) against the name. `timeout` becomes libpq's
-        `connect_timeout` (see `libpq_connect_timeout`)."""
+        `connect_timeout` (see `libpq_connect_timeout`). psycopg's own keywords among the
+        driver parameters (`row_factory`, `cursor_factory`, `context`, `prepare_threshold`)
+        reach `psycopg.Connection.connect` as they are."""
         params: dict[str, Any] = {
             "user": spec.user,
             "password": spec.password,
@@ -79,7 +83,15 @@ class PsycopgAdapter:
         return psycopg.Connection.connect(autocommit=autocommit, **given)
 
     def query(self, conn: Any, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
-        with conn.cursor(row_factory=tuple_row) as cur:
+        """With a plain cursor and psycopg's default adapters, whatever `cursor_factory`,
+        `row_factory` and `context` the application gave its connections."""
+        own = conn._adapters
+        conn._adapters = _default_adapters()  # a cursor copies its connection's adapters
+        try:
+            cur = psycopg.Cursor(conn, row_factory=tuple_row)
+        finally:
+            conn._adapters = own
+        with cur:
             cur.execute(sql, params)
             if cur.description is None:
                 return QueryResult((), ())
@@ -151,6 +163,12 @@ class PsycopgAdapter:
                 dup.shutdown(socket.SHUT_RDWR)
             finally:
                 dup.close()
+
+
+@functools.cache
+def _default_adapters() -> AdaptersMap:
+    """psycopg's global adapters, as a connection made without `context` starts with."""
+    return AdaptersMap(psycopg.adapters)
 
 
 def _wait_socket(fileno: int, events: int, deadline: float, timeout: float) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import pymysql
+from pymysql import converters
 from pymysql.connections import Connection
 from pymysql.constants import CR
 from pymysql.constants.SERVER_STATUS import SERVER_STATUS_IN_TRANS
@@ -42,9 +43,20 @@ if TYPE_CHECKING:
 
 __all__ = ["PyMySQLAdapter"]
 
-_TLS_REQUESTING = ("ssl_ca", "ssl_cert", "ssl_key", "ssl_verify_cert", "ssl_verify_identity")
-"""Driver parameters any of which, when true or set, make PyMySQL require TLS."""
+_TLS_REQUESTING = (
+    "ssl",
+    "ssl_ca",
+    "ssl_cert",
+    "ssl_key",
+    "ssl_verify_cert",
+    "ssl_verify_identity",
+)
+"""Driver parameters any of which, when true or set, make PyMySQL require TLS (``ssl`` is
+PyMySQL's dict of TLS options, or an ``ssl.SSLContext``)."""
 _TLS_PARAMETERS = (*_TLS_REQUESTING, "ssl_key_password")
+_ENCODERS = {k: v for k, v in converters.conversions.items() if type(k) is not int}
+_DECODERS = {k: v for k, v in converters.conversions.items() if type(k) is int}
+"""PyMySQL's default converters, split as its `Connection` splits `conv`."""
 _MIN_STEP = 0.001
 """Smallest handshake timeout given, when the TCP connect used up (nearly) all of the deadline."""
 
@@ -92,6 +104,7 @@ class PyMySQLAdapter:
             **driver_overrides,
         }
         params.pop("autocommit", None)
+        params.pop("defer_connect", None)  # the library connects now, to the node it chose
         read_timeout = params.pop("read_timeout", None)
         write_timeout = params.pop("write_timeout", None)
         tls, preferred = self._tls(params)
@@ -138,7 +151,10 @@ class PyMySQLAdapter:
             return {"ssl_disabled": True}, False
         if not any(tls.get(name) for name in _TLS_REQUESTING):
             return {"ssl_disabled": True}, True
-        key = tuple(sorted(tls.items()))
+        given = tls.get("ssl")
+        if isinstance(given, ssl.SSLContext) and not any(tls.get(n) for n in _TLS_REQUESTING[1:]):
+            return {"ssl": given}, False  # the application's own context, used as PyMySQL does
+        key = tuple(sorted((name, _key(value)) for name, value in tls.items()))
         with self._lock:
             context = self._contexts.get(key)
         if context is None:
@@ -202,6 +218,13 @@ class PyMySQLAdapter:
     def abort(self, conn: Any) -> None:
         with contextlib.suppress(Exception):
             conn._sock.shutdown(_socket.SHUT_RDWR)
+
+
+def _key(value: object) -> object:
+    """A hashable stand-in for a TLS parameter's value (``ssl`` is a dict)."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(name), repr(item)) for name, item in value.items()))
+    return value
 
 
 def _open(host: str, address: str, port: int, timeout: float) -> socket.socket:
