@@ -166,12 +166,19 @@ class PyMySQLAdapter:
         return {"ssl": context}, False
 
     def query(self, conn: Any, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
-        with conn.cursor(Cursor) as cur:
-            cur.execute(sql, params)
-            if cur.description is None:
-                return QueryResult((), ())
-            columns = tuple(str(column[0]) for column in cur.description)
-            return QueryResult(columns, tuple(cur.fetchall()))
+        """With PyMySQL's default cursor and converters, whatever `cursorclass` and `conv` the
+        application gave its connections."""
+        own = conn.encoders, conn.decoders
+        conn.encoders, conn.decoders = _ENCODERS, _DECODERS
+        try:
+            with conn.cursor(Cursor) as cur:
+                cur.execute(sql, params)
+                if cur.description is None:
+                    return QueryResult((), ())
+                columns = tuple(str(column[0]) for column in cur.description)
+                return QueryResult(columns, tuple(cur.fetchall()))
+        finally:
+            conn.encoders, conn.decoders = own
 
     def error_kind(self, exc: BaseException) -> ErrorKind:
         if isinstance(exc, AuthenticationFailed):
