@@ -14,13 +14,22 @@ from aurora_smartdriver import __version__
 
 
 def _print_nodes(nodes: Sequence[dict[str, Any]]) -> None:
-    print(f"  {'id':<22} {'role':<7} {'status':<8} {'address':<16} host")
-    for node in nodes:
-        flag = " (partitioned)" if node.get("partitioned") else ""
-        print(
-            f"  {node['id']:<22} {node['role']:<7} {node['status']:<8} "
-            f"{node['address'] + ':' + str(node['port']):<16} {node['host']}{flag}"
-        )
+    """The nodes as a table whose columns are as wide as their widest value, two blanks apart."""
+    rows = [
+        [
+            str(node["id"]),
+            str(node["role"]),
+            str(node["status"]),
+            f"{node['address']}:{node['port']}",
+            str(node["host"]) + (" (partitioned)" if node.get("partitioned") else ""),
+        ]
+        for node in nodes
+    ]
+    header = ["id", "role", "status", "address", "host"]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  " + "  ".join([*cells, row[-1]]))
 
 
 def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str | None = None) -> None:
@@ -83,7 +92,7 @@ def _lab_command(args: argparse.Namespace) -> int:
             args,
             doc,
             f"failover {report.old_writer} -> {report.new_writer} ({report.how}) "
-            f"in {report.duration:.2f}s",
+            f"in {report.duration_s:.2f}s",
         )
     elif args.lab_cmd == "add-replica":
         node = cluster.add_replica()
@@ -316,21 +325,75 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print JSON")
         return p
 
-    up = lab_sub.add_parser("up", help="start a cluster and leave it running")
-    up.add_argument("--engine", choices=["postgresql", "mariadb"], default="postgresql")
-    up.add_argument("--replicas", type=int, default=2)
-    up.add_argument("--name", default="lab")
-    up.add_argument("--dns-ttl", type=int, default=5)
-    up.add_argument("--dns-lag", type=float, default=0.0)
-    up.add_argument("--port", type=int, default=None)
+    up = lab_sub.add_parser(
+        "up",
+        help="start a cluster and leave it running",
+    )
+    up.add_argument(
+        "--engine",
+        choices=["postgresql", "mariadb"],
+        default="postgresql",
+        help="database engine (default: %(default)s)",
+    )
+    up.add_argument(
+        "--replicas",
+        type=int,
+        default=2,
+        metavar="N",
+        help="readers besides the writer (default: %(default)s)",
+    )
+    up.add_argument(
+        "--name",
+        default="lab",
+        help="the lab's name, in its host names and directory (default: %(default)s)",
+    )
+    up.add_argument(
+        "--dns-ttl",
+        type=int,
+        default=5,
+        metavar="SECONDS",
+        help="seconds the lab's DNS answers may be cached (default: %(default)s)",
+    )
+    up.add_argument(
+        "--dns-lag",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds after a failover before the cluster endpoint names the new writer "
+        "(default: %(default)s)",
+    )
+    up.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="the port every node listens on, each at its own loopback address "
+        "(default: the engine's, 5432 or 3306)",
+    )
     up.add_argument("--tls", action="store_true", help="serve TLS; the DSN verifies it")
     up.add_argument("--json", action="store_true", help="print JSON")
 
     with_state(lab_sub.add_parser("status", help="the nodes as they are now"))
     fo = with_state(lab_sub.add_parser("failover", help="replace the writer"))
-    fo.add_argument("--to", default=None, help="the replica to promote (default: most advanced)")
-    fo.add_argument("--how", choices=["crash", "stop"], default="crash")
-    fo.add_argument("--dns-lag", type=float, default=None)
+    fo.add_argument(
+        "--to",
+        default=None,
+        metavar="NODE",
+        help="the replica to promote (default: the most advanced one)",
+    )
+    fo.add_argument(
+        "--how",
+        choices=["crash", "stop"],
+        default="crash",
+        help="crash: kill -9 the writer; stop: shut it down cleanly (default: %(default)s)",
+    )
+    fo.add_argument(
+        "--dns-lag",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="seconds before the cluster endpoint names the new writer "
+        "(default: the lab's, from lab up --dns-lag)",
+    )
     for fault, text in [
         ("crash", "kill -9 a node"),
         ("hang", "SIGSTOP a node (connects complete, nothing answers)"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -12,7 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from aurora_smartdriver.cli import _print_nodes, build_parser
 from aurora_smartdriver.lab import Lab
+from aurora_smartdriver.lab._cluster import FailoverReport
 
 
 def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -70,6 +73,9 @@ def test_unknown_node_is_a_clear_error() -> None:
         done = _cli("crash", "--state", up["state"], "no-such-node", check=False)
         assert done.returncode == 1
         assert "no node 'no-such-node'" in done.stderr
+        # The message as written, not a KeyError's repr in quotes.
+        assert done.stderr.startswith("aurora-smartdriver: error: no node 'no-such-node' in lab")
+        assert done.stderr.rstrip().endswith(")")
     finally:
         _cli("down", "--state", up["state"])
 
@@ -119,3 +125,82 @@ def test_no_lab_residue_after_tear_down() -> None:
 
     assert not [line for line in residue() if directory in line]
     assert os.path.exists(directory) is False
+
+
+def _options(*path: str) -> list[argparse.Action]:
+    parser: argparse.ArgumentParser = build_parser()
+    for name in path:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[name]
+    return [a for a in parser._actions if a.option_strings and a.dest not in ("help", "json")]
+
+
+@pytest.mark.parametrize("command", ["up", "failover"])
+def test_lab_options_say_what_they_do_their_default_and_unit(command: str) -> None:
+    for action in _options("lab", command):
+        name = action.option_strings[0]
+        assert action.help, f"{name} has no help text"
+        if action.default not in (None, False) or action.dest in ("dns_lag", "to"):
+            assert "default" in action.help, f"{name} does not say its default"
+        if action.dest in ("dns_ttl", "dns_lag"):
+            assert "seconds" in action.help, f"{name} does not say its unit"
+
+
+def test_lab_help_shows_the_defaults() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "aurora_smartdriver", "lab", "up", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    text = " ".join(done.stdout.split())
+    assert "(default: 2)" in text  # --replicas
+    assert "(default: 5)" in text  # --dns-ttl
+
+
+def test_lab_status_columns_stay_apart_with_long_values(capsys: pytest.CaptureFixture[str]) -> None:
+    nodes = [
+        {
+            "id": "orders-production-instance-1",
+            "role": "writer",
+            "status": "running",
+            "address": "127.0.0.111",
+            "port": 15432,
+            "host": "orders-production-instance-1.abc.lab.aurora.test",
+        },
+        {
+            "id": "r2",
+            "role": "reader",
+            "status": "partitioned-long",
+            "address": "127.0.0.12",
+            "port": 5432,
+            "host": "r2.abc.lab.aurora.test",
+            "partitioned": True,
+        },
+    ]
+    _print_nodes(nodes)
+    lines = capsys.readouterr().out.splitlines()
+    header, rows = lines[0], lines[1:]
+    assert header.split() == ["id", "role", "status", "address", "host"]
+    starts = [header.index(word) for word in ("role", "status", "address", "host")]
+    for row, node in zip(rows, nodes, strict=True):
+        fields = row.split()
+        assert fields[:5] == [
+            node["id"],
+            node["role"],
+            node["status"],
+            f"{node['address']}:{node['port']}",
+            node["host"],
+        ]
+        for start in starts:  # every column starts where its heading does, after a blank
+            assert row[start - 1] == " " and row[start] != " "
+
+
+def test_failover_report_json_keys_are_its_attribute_names() -> None:
+    report = FailoverReport("a", "b", "crash", 100.0, 101.0, 101.5, 102.25, 103.0)
+    doc = report.to_json()
+    for key, value in doc.items():
+        assert getattr(report, key) == pytest.approx(value), key
+    assert doc["duration_s"] == pytest.approx(2.25)
+    assert report.duration == report.duration_s  # the older name still works

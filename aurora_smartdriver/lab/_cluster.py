@@ -89,8 +89,14 @@ class FailoverReport:
     dns_flip_at: float  # when the cluster endpoint starts answering with the new writer
 
     @property
-    def duration(self) -> float:
+    def duration_s(self) -> float:
+        """Seconds from the start of the failover to its completion (`completed_at`)."""
         return self.completed_at - self.started_at
+
+    @property
+    def duration(self) -> float:
+        """The same as `duration_s`, the name it had first (kept for compatibility)."""
+        return self.duration_s
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,7 +108,7 @@ class FailoverReport:
             "writable_at": self.writable_at,
             "completed_at": self.completed_at,
             "dns_flip_at": self.dns_flip_at,
-            "duration_s": round(self.duration, 3),
+            "duration_s": round(self.duration_s, 3),
         }
 
 

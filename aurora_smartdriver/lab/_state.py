@@ -20,6 +20,13 @@ DOMAIN = "aurora.test"  # RFC 2606 reserves .test; nothing here can leak to real
 REGION = "lab"
 
 
+class UnknownNode(KeyError):
+    """No node of that id in the lab. A `KeyError` whose message reads as written."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 @dataclass(slots=True)
 class NodeState:
     """One database node: an instance in Aurora's terms."""
@@ -105,7 +112,7 @@ class LabState:
             if node.id == node_id:
                 return node
         known = ", ".join(n.id for n in self.nodes)
-        raise KeyError(f"no node {node_id!r} in lab {self.name!r} (nodes: {known})")
+        raise UnknownNode(f"no node {node_id!r} in lab {self.name!r} (nodes: {known})")
 
     @property
     def writer(self) -> NodeState | None:
