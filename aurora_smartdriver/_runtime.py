@@ -136,7 +136,9 @@ class Runtime:
         )
         self._pools: PoolSet | None = None
         self._pools_lock = threading.Lock()
-        self._turns = itertools.count()
+        # Round robin per request kind: one shared counter would send every read to the
+        # same reader whenever writer and reader borrows alternate.
+        self._turns = {role: itertools.count() for role in ("writer", "reader", "any")}
         self._rng = random.Random()
         self._requests = {
             role: routing.request_from_settings(settings, role)
@@ -205,13 +207,23 @@ class Runtime:
         pools = self._pools
         if role == "writer":
             stats = _NO_STATS
-        elif pools is not None:
-            stats = routing.HostStats(
-                in_use=pools.in_use(), down=pools.down(), response_ms=self.monitor.response_ms
-            )
         else:
-            stats = routing.HostStats(response_ms=self.monitor.response_ms)
-        decision = routing.choose(topo, request, stats, turn=next(self._turns), rng=self._rng)
+            # Connections in use: borrowed from the pools, and connect()'s own, still open.
+            in_use = (
+                routing.connections_in_use(
+                    pools.in_use() if pools is not None else {},
+                    self.metrics.opened.snapshot(),
+                    self.metrics.closed.snapshot(),
+                )
+                if request.strategy == "least_connections"
+                else {}
+            )
+            stats = routing.HostStats(
+                in_use=in_use,
+                down=pools.down() if pools is not None else frozenset(),
+                response_ms=self.monitor.response_ms,
+            )
+        decision = routing.choose(topo, request, stats, turn=next(self._turns[role]), rng=self._rng)
         if isinstance(decision, routing.NoHost):
             self.metrics.no_host.add(role)
             refused = self.monitor.auth_error if topo is None else None
@@ -219,8 +231,11 @@ class Runtime:
                 raise self.auth_failed(
                     str(refused), user=refused.user, host=refused.host, port=refused.port
                 ) from refused
-            last = self.monitor.stats().last_error
-            detail = f" (monitor: {last})" if topo is None and last else ""
+            wrong = self.monitor.config_error if topo is None else None
+            if wrong is not None:  # the DSN itself is wrong (database, driver parameter)
+                raise type(wrong)(str(wrong), parameter=wrong.parameter, value=wrong.value)
+            trouble = self.monitor.trouble() if topo is None else None
+            detail = f" (monitor: {trouble})" if trouble else ""
             raise self.no_host(f"no host for a {role} connection: {decision.reason}{detail}")
         self.metrics.routed.add((role, decision.host.instance_id))
         if decision.fell_back:

@@ -4,14 +4,22 @@ A background daemon thread asks the cluster for its topology every ``refresh_int
 (``fast_refresh_interval`` while a failover is suspected, until a node answers as the writer);
 every connection, pool and engine of the process reads the snapshot it holds. Reading is an
 attribute load, no lock; all refreshes happen on the monitor's thread, so any number of callers of
-:meth:`ClusterMonitor.refresh_now` cause one query between them.
+:meth:`ClusterMonitor.refresh_now` cause one query between them, and two refreshes never start
+less than ``fast_refresh_interval`` apart, however many callers ask.
+
+A writer is believed once it says so itself, whatever the source: the node that answered the
+topology query said it is the writer (Aurora, RDS Multi-AZ), or probe asked it, or (static,
+rds-api, and the metadata sources answered by a reader) the monitor asks the named writer for
+its role. Fast mode ends then.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -25,7 +33,7 @@ from aurora_smartdriver.discovery import Answer, Source, SourceContext
 from aurora_smartdriver.drivers import DriverAdapter, adapter_for
 from aurora_smartdriver.dsn import ConnectionSpec
 from aurora_smartdriver.endpoints import EndpointKind, classify, parse_rds_host
-from aurora_smartdriver.errors import AuthenticationFailed
+from aurora_smartdriver.errors import AuthenticationFailed, ConfigError
 from aurora_smartdriver.pool._errors import mask_secrets
 from aurora_smartdriver.resolver import Resolver
 from aurora_smartdriver.topology import Host, Rejected, Role, Topology, TopologyDiff, accept, diff
@@ -54,6 +62,9 @@ class MonitorStats:
     version: int = 0  # of the current topology, 0 before the first
     fast_mode: bool = False
 
+
+_CLOSE_WAIT = 0.5
+"""Seconds `ClusterMonitor.close` waits for its threads before leaving them to end alone."""
 
 _EWMA = 0.5
 """Weight of a new response-time sample in the moving average (`ClusterMonitor.response_ms`)."""
@@ -97,6 +108,9 @@ class ClusterMonitor:
         self._credentials = credentials if credentials is not None else auth.provider_for(spec)
         #: The refused login that kept the last connection attempt from succeeding, if any.
         self.auth_error: AuthenticationFailed | None = None
+        #: A connection attempt failed because of the DSN itself (a database that does not
+        #: exist, a malformed driver parameter): retrying elsewhere cannot help.
+        self.config_error: ConfigError | None = None
         self._resolver = resolver or Resolver(
             settings.dns_server or None, timeout=settings.dns_timeout, ttl_cap=settings.dns_ttl_cap
         )
@@ -119,6 +133,11 @@ class ClusterMonitor:
         self._refreshes = self._changes = self._rejected = self._errors = 0
         self._connects = self._fast_entries = 0
         self._last_error: str | None = None
+        self._attempt: tuple[str, float] | None = None  # what the thread waits on, since when
+        self._last_start = -math.inf  # monotonic time the last refresh started
+        self._deadline = _Deadline(
+            self._adapter.abort, f"aurora-smartdriver-deadline {spec.hosts[0][0]}"
+        )
         self._refresh_times = Histogram()
         #: Round-trip time in ms per instance id, a moving average of pings on connections of
         #: the monitor's own (only with ``reader_strategy=fastest_response``, which reads it;
@@ -225,17 +244,38 @@ class ClusterMonitor:
             fast_mode=self._fast,
         )
 
+    def trouble(self) -> str | None:
+        """Why there is no answer yet, for an error message: what the monitor is waiting on
+        and for how long, and the last failure (secrets masked); None when all is well."""
+        parts = []
+        attempt = self._attempt
+        if attempt is not None:
+            what, since = attempt
+            parts.append(f"{what}: no answer after {time.monotonic() - since:.1f}s")
+        if self._last_error:
+            parts.append(("before that: " if parts else "") + self._last_error)
+        return mask_secrets("; ".join(parts)) if parts else None
+
     def close(self) -> None:
-        """Stop the thread and close the monitor's connection (idempotent)."""
+        """Stop the thread and close the monitor's connection (idempotent).
+
+        Does not wait out a connection attempt in progress (a hung host holds one for
+        ``connect_timeout``): the daemon thread closes what it gets and ends on its own.
+        """
         self._closed.set()
         self._wake.set()
         with self._cond:
             self._cond.notify_all()
+        conn = self._conn
+        if conn is not None:
+            self._adapter.abort(conn)  # a query waiting on a hung node ends now
         for thread in (self._thread, self._timer):
             alive = thread is not None and thread.is_alive()
             if alive and thread is not None and threading.current_thread() is not thread:
-                thread.join(timeout=self.spec.settings.connect_timeout + 5.0)
-        self._drop_connection()
+                thread.join(timeout=_CLOSE_WAIT)
+        if not self._thread.is_alive():
+            self._drop_connection()
+        self._deadline.close()
 
     def __repr__(self) -> str:
         topo = self.topology
@@ -247,23 +287,35 @@ class ClusterMonitor:
 
     # -- the thread --------------------------------------------------------------------------
     def _run(self) -> None:
-        while not self._closed.is_set():
-            with self._cond:
-                self._started_gen += 1
-                gen = self._started_gen
-                self._wake.clear()
-            started = time.perf_counter()
-            try:
-                ok = self._refresh()
-            except Exception as exc:  # never let the thread die
-                log.exception("topology refresh failed unexpectedly")
-                self._note_error(f"unexpected: {exc!r}")
-                ok = False
-            self._refresh_times.observe(time.perf_counter() - started)
-            with self._cond:
-                self._completed_gen = gen
-                self._cond.notify_all()
-            self._wake.wait(self._next_wait(ok))
+        ok = True
+        try:
+            while not self._closed.is_set():
+                # However many callers ask (refresh_now, failing borrowers), two refreshes
+                # start at least fast_refresh_interval apart.
+                gap = self._last_start + self.spec.settings.fast_refresh_interval
+                if self._closed.wait(max(0.0, gap - time.monotonic())):
+                    break
+                with self._cond:
+                    self._started_gen += 1
+                    gen = self._started_gen
+                    self._wake.clear()
+                self._last_start = time.monotonic()
+                started = time.perf_counter()
+                try:
+                    ok = self._refresh()
+                except Exception as exc:  # never let the thread die
+                    log.exception("topology refresh failed unexpectedly")
+                    self._note_error(f"unexpected: {exc!r}")
+                    ok = False
+                self._refresh_times.observe(time.perf_counter() - started)
+                with self._cond:
+                    self._completed_gen = gen
+                    self._cond.notify_all()
+                self._wake.wait(self._next_wait(ok))
+        finally:
+            self._deadline.close()
+            if self._closed.is_set():
+                self._drop_connection()  # close() may have given up waiting for this thread
 
     def _next_wait(self, ok: bool) -> float:
         settings = self.spec.settings
@@ -277,25 +329,61 @@ class ClusterMonitor:
         return min(interval, random.uniform(0, ceiling)) if self._fast else interval
 
     def _refresh(self) -> bool:
-        conn = self._connection()
-        if conn is None:
-            return False
+        """One topology query; False when it failed (no answer, or an answer not believed)."""
+        conn: Any = None
+        source = self._source
+        if source is None and self.spec.settings.topology_source != "auto":
+            try:
+                source = self._source = discovery.source_for(
+                    self.spec.settings.topology_source, self.spec.engine
+                )
+            except ConfigError as exc:
+                self.config_error = exc
+                self._note_error(str(exc))
+                return False
+        if source is None or source.uses_connection:
+            conn = self._connection()
+            if conn is None:
+                self._failed()
+                return False
         try:
-            if self._source is None:
-                self._source = self._choose_source(conn)
-            answer = self._fetch(self._source, conn)
+            if source is None:
+                source = self._source = self._choose_source(conn)
+                if not source.uses_connection:
+                    self._drop_connection()  # it served the detection; the source asks elsewhere
+                    conn = None
+            answer = self._fetch(source, conn)
         except Exception as exc:
-            if self._adapter.error_kind(exc) == "other" and not isinstance(exc, OSError):
+            unanswered = isinstance(exc, discovery.Unreachable | OSError)
+            if self._adapter.error_kind(exc) == "other" and not unanswered:
                 self._rejected += 1
-            self._note_error(f"{self._conn_host}: {exc}")
+            where = f"{self._conn_host}: " if conn is not None else ""
+            self._note_error(f"{where}{exc}")
             self._drop_connection()
+            self._failed()
             return False
         self._refreshes += 1
         return self._take(answer)
 
+    def _failed(self) -> None:
+        """A refresh got no answer: the node it asked may be the writer that just died, so
+        look for the writer quickly (once a topology is known; before, there is nothing to
+        fail over from)."""
+        if self.topology is not None and not self._fast:
+            self.enter_fast_mode("a topology refresh failed")
+
     def _take(self, answer: Answer) -> bool:
         previous = self.topology
         source = self._source.name if self._source else "unknown"
+        if (
+            answer.self_reported
+            and answer.rows
+            and not any(h.role is Role.WRITER for h in answer.rows)
+        ):
+            # Every host that answered says it is a reader: between a writer's death and a
+            # promotion that is the truth, not a bad answer. Keep the last topology.
+            self._note_error(f"{source}: no host answered as the writer")
+            return False
         result = accept(
             previous,
             answer.rows,
@@ -333,10 +421,11 @@ class ClusterMonitor:
                 except Exception:
                     log.exception("topology listener %r failed", listener)
         # Confirm the writer after publishing the snapshot it belongs to.
-        if answer.role is Role.WRITER and answer.instance_id is not None:
-            self._confirm(answer.instance_id)
+        confirmed = answer.confirmed_writer
+        if confirmed is not None:
+            self._confirm(confirmed)
         elif self._fast and result.writer is not None and self._conn_host != result.writer.host:
-            self._confirm_by_probe(result)
+            self._confirm_by_asking(result)
         return True
 
     def _confirm(self, instance_id: str) -> None:
@@ -351,41 +440,54 @@ class ClusterMonitor:
                 log.info("writer %s confirmed; fast mode off", instance_id)
             self._cond.notify_all()
 
-    def _confirm_by_probe(self, topo: Topology) -> None:
-        """In fast mode, ask the writer the metadata names whether it really is the writer."""
+    def _confirm_by_asking(self, topo: Topology) -> None:
+        """In fast mode, ask the writer the answer names whether it really is the writer.
+
+        Through the source itself when its answer says who answered (the metadata sources);
+        otherwise (static, rds-api) by asking the node its role (`discovery.role_of`).
+        """
         writer = topo.writer
-        assert writer is not None
+        source = self._source
+        assert writer is not None and source is not None
         try:
             conn = self._connect_to(writer.host, writer.port, self.spec.settings.connect_timeout)
         except Exception as exc:
-            log.debug("writer %s not reachable yet: %s", writer.instance_id, exc)
+            self._note_error(f"writer {writer.instance_id} not reachable yet: {exc}")
             return
+        says: Role | None = None
         try:
-            answer = self._fetch(self._source, conn) if self._source else None
+            if source.uses_connection:
+                answer = self._fetch(source, conn)
+                says = answer.role if answer.instance_id in (None, writer.instance_id) else None
+            else:
+                with self._deadline.bound(conn, self.spec.settings.connect_timeout):
+                    says = discovery.role_of(conn, self._ctx)
         except Exception as exc:
-            log.debug("writer %s did not answer: %s", writer.instance_id, exc)
-            answer = None
+            self._note_error(f"writer {writer.instance_id} did not answer: {exc}")
         finally:
-            with contextlib.suppress(Exception):
-                conn.close()
-        if answer is not None and answer.role is Role.WRITER:
+            _close_quietly(conn)
+        if says is Role.WRITER:
             self._confirm(writer.instance_id)
-        elif self._conn_host is not None:
-            # The node we ask may be behind (its metadata names a writer that is not one):
-            # ask another node next time.
-            self._suspects.add(self._conn_host)
-            self._drop_connection()
+        elif says is not None:
+            self._note_error(f"{writer.instance_id} says it is not the writer ({says.value})")
+            if source.uses_connection and self._conn_host is not None:
+                # The node we ask may be behind (its metadata names a writer that is not
+                # one): ask another node next time.
+                self._suspects.add(self._conn_host)
+                self._drop_connection()
 
     def _fetch(self, source: Source, conn: Any) -> Answer:
         """One topology query, cut off after ``connect_timeout``: a node that stops answering
         (hung, cut off) must not stall the monitor, which everyone waits on in a failover."""
-        timer = threading.Timer(self.spec.settings.connect_timeout, self._adapter.abort, (conn,))
-        timer.daemon = True
-        timer.start()
-        try:
+        if conn is None:  # the source bounds its own waits (probe's deadline, boto3's timeouts)
+            hosts = ", ".join(f"{h}:{p}" for h, p in self.spec.hosts)
+            self._attempt = (f"{source.name} asking {hosts}", time.monotonic())
+            try:
+                return source.fetch(conn, self._ctx)
+            finally:
+                self._attempt = None
+        with self._deadline.bound(conn, self.spec.settings.connect_timeout):
             return source.fetch(conn, self._ctx)
-        finally:
-            timer.cancel()
 
     def _choose_source(self, conn: Any) -> Source:
         name = self.spec.settings.topology_source
@@ -421,34 +523,59 @@ class ClusterMonitor:
             if self._closed.is_set():
                 return None
             try:
-                self._conn = self._connect_to(host, port, self.spec.settings.connect_timeout)
+                conn = self._connect_to(host, port, self.spec.settings.connect_timeout)
             except AuthenticationFailed as exc:
                 # The same credentials would be refused by the next node too: stop here.
                 self.auth_error = exc
                 errors.append(str(exc))
                 break
             except Exception as exc:
-                errors.append(f"{host}:{port}: {exc}")
+                problem = config_problem(exc)
+                if problem is not None:
+                    # The DSN itself is wrong: every node would say the same.
+                    self.config_error = ConfigError(
+                        mask_secrets(f"{host}:{port} refused the connection: {problem[1]}"),
+                        parameter=problem[0],
+                        suggestion="check the DSN",
+                    )
+                    errors.append(f"{host}:{port}: {problem[1]}")
+                    break
+                errors.append(f"{host}:{port}: {_one_line(exc)}")
                 continue
-            self._conn_host = host
-            self.auth_error = None
+            if self._closed.is_set():  # close() did not wait for this attempt
+                _close_quietly(conn)
+                return None
+            self._conn, self._conn_host = conn, host
+            self.auth_error = self.config_error = None
             return self._conn
         self._note_error("no node reachable: " + "; ".join(errors))
         return None
 
     def _connect_to(self, host: str, port: int, timeout: float) -> Any:
-        address = self._resolver.resolve(host).addresses[0] if self.spec.settings.resolve else None
-        with self._cond:  # the refresh thread and the response timer both connect
-            self._connects += 1
-        return auth.connect(
-            self._adapter,
-            self._credentials,
-            self.spec,
-            host,
-            port,
-            address=address,
-            timeout=timeout,
-        )
+        on_thread = threading.current_thread() is self._thread
+        if on_thread:
+            self._attempt = (
+                f"connecting to {host}:{port} (connect_timeout={timeout:g}s)",
+                time.monotonic(),
+            )
+        try:
+            address = (
+                self._resolver.resolve(host).addresses[0] if self.spec.settings.resolve else None
+            )
+            with self._cond:  # the refresh thread and the response timer both connect
+                self._connects += 1
+            return auth.connect(
+                self._adapter,
+                self._credentials,
+                self.spec,
+                host,
+                port,
+                address=address,
+                timeout=timeout,
+            )
+        finally:
+            if on_thread:
+                self._attempt = None
 
     def _drop_connection(self) -> None:
         conn, self._conn, self._conn_host = self._conn, None, None
@@ -530,3 +657,95 @@ class ClusterMonitor:
 def _close_quietly(conn: Any) -> None:
     with contextlib.suppress(Exception):
         conn.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+_PG_CONFIG_MESSAGES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r'database "[^"]*" does not exist'), "database"),
+    (re.compile(r'invalid (\w+) value: "[^"]*"'), ""),  # the option's name is the parameter
+    (re.compile(r'invalid connection option "([^"]*)"'), ""),
+    (re.compile(r"invalid integer value \"[^\"]*\" for connection option \"(\w+)\""), ""),
+)
+_MYSQL_CONFIG_CODES = {1049: "database"}  # ER_BAD_DB_ERROR: Unknown database
+
+
+def config_problem(exc: BaseException) -> tuple[str, str] | None:
+    """``(parameter, what)`` when a failed connection attempt says the DSN itself is wrong (a
+    database that does not exist, a malformed driver parameter), else None.
+
+    Such an attempt fails alike on every node and on every retry: it is a `ConfigError` for
+    the caller, not a host to give up on.
+    """
+    args = getattr(exc, "args", ())
+    if args and isinstance(args[0], int) and not isinstance(args[0], bool):
+        parameter = _MYSQL_CONFIG_CODES.get(args[0])
+        if parameter is not None:
+            return parameter, f"{args[0]}: {args[1] if len(args) > 1 else ''}".strip()
+        return None
+    text = " ".join(str(exc).split())
+    for pattern, parameter in _PG_CONFIG_MESSAGES:
+        found = pattern.search(text)
+        if found is not None:
+            name = parameter or (found.group(1) if found.groups() else "")
+            return name, found.group(0)
+    return None
+
+
+class _Deadline:
+    """Cuts a query off when it overruns: one thread per monitor, armed for each query.
+
+    The monitor's queries run one at a time on its own thread, so one deadline at a time is
+    enough; a thread started per query (``threading.Timer``) would cost one thread start per
+    refresh, ten a second in fast mode.
+    """
+
+    def __init__(self, abort: Callable[[Any], None], name: str) -> None:
+        self._abort = abort
+        self._name = name
+        self._cond = threading.Condition()
+        self._armed: tuple[Any, float] | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def bound(self, conn: Any, seconds: float) -> Iterator[None]:
+        """Abort ``conn`` (the driver's ``abort``) if the block lasts over ``seconds``."""
+        with self._cond:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+            self._armed = (conn, time.monotonic() + seconds)
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._armed = None
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._armed = None
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                armed = self._armed
+                if armed is None:
+                    self._cond.wait()
+                    continue
+                conn, deadline = armed
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                self._armed = None
+            self._abort(conn)  # outside the lock: the query's thread may be disarming

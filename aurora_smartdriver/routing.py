@@ -55,6 +55,7 @@ __all__ = [
     "NoHost",
     "Request",
     "choose",
+    "connections_in_use",
     "request_from_settings",
 ]
 
@@ -193,6 +194,23 @@ def choose(
     host = _pick(candidates, request.strategy, stats, turn, rng)
     kind = "writer" if host.role is Role.WRITER else "reader"
     return Decision(host, f"{kind} {host.instance_id} by {request.strategy}")
+
+
+def connections_in_use(
+    pooled: Mapping[str, int], opened: Mapping[str, int], closed: Mapping[str, int]
+) -> Mapping[str, int]:
+    """Connections in use per instance id, for `HostStats.in_use`: those lent by the pools
+    (`pooled`) plus the connections of their own still open (`opened - closed`, counters over
+    the process's life), never below zero; instances with none are left out.
+
+    Counting only the pools' would make every `connect()` look idle to least_connections.
+    """
+    total: dict[str, int] = {}
+    for key in pooled.keys() | opened.keys():
+        count = max(0, pooled.get(key, 0)) + max(0, opened.get(key, 0) - closed.get(key, 0))
+        if count > 0:
+            total[key] = count
+    return MappingProxyType(total)
 
 
 def request_from_settings(settings: Settings, role: TargetRole | None = None) -> Request:

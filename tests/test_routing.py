@@ -19,6 +19,7 @@ from aurora_smartdriver.routing import (
     NoHost,
     Request,
     choose,
+    connections_in_use,
     request_from_settings,
 )
 from aurora_smartdriver.settings import ReaderStrategy, Settings
@@ -671,3 +672,104 @@ def test_request_exclude_accepts_any_set() -> None:
     request = Request(exclude={"a"})  # type: ignore[arg-type]
     assert request.exclude == frozenset({"a"})
     assert isinstance(request.exclude, frozenset)
+
+
+# -- fairness over a mixed stream of requests -----------------------------------------------------
+
+KINDS = ("writer", "reader", "any")
+
+
+def per_kind_turns(kinds: Sequence[str]) -> list[int]:
+    """The turn each request gets when every request kind counts its own turns (as the
+    runtime does): the n-th request of a kind has turn n."""
+    seen: Counter[str] = Counter()
+    turns_given = []
+    for kind in kinds:
+        turns_given.append(seen[kind])
+        seen[kind] += 1
+    return turns_given
+
+
+@moderate
+@given(
+    st.integers(min_value=2, max_value=5),
+    st.integers(min_value=1, max_value=4),
+    st.lists(st.sampled_from(["writer", "any"]), max_size=60),
+    st.data(),
+)
+def test_round_robin_reads_are_fair_whatever_other_requests_interleave(
+    readers_count: int, k: int, others: list[str], data: st.DataObject
+) -> None:
+    """k rounds of reader requests, with any writer/any requests between them: each reader
+    serves exactly k of them (a counter shared across kinds fails this: when writer and
+    reader requests alternate, every read gets an even turn and goes to one reader)."""
+    topology = cluster(*(reader(f"r{i}") for i in range(readers_count)))
+    reads = ["reader"] * (k * readers_count)
+    positions = sorted(
+        data.draw(st.lists(st.integers(0, len(reads)), min_size=len(others), max_size=len(others)))
+    )
+    stream: list[str] = []
+    cursor = 0
+    for position, other in zip(positions, others, strict=True):
+        stream += [*reads[cursor:position], other]
+        cursor = max(cursor, position)
+    stream += reads[cursor:]
+    requests = {kind: Request(role=kind, strategy="round_robin") for kind in KINDS}  # type: ignore[arg-type]
+    served: Counter[str] = Counter()
+    for kind, turn in zip(stream, per_kind_turns(stream), strict=True):
+        decision = decided(topology, requests[kind], turn=turn)
+        if kind == "reader":
+            served[decision.host.instance_id] += 1
+    assert served == {f"r{i}": k for i in range(readers_count)}
+
+
+@moderate
+@given(
+    st.integers(min_value=2, max_value=5),
+    st.lists(st.tuples(st.booleans(), st.integers(0, 1000)), max_size=80),
+)
+def test_least_connections_keeps_connections_in_use_balanced(
+    readers_count: int, steps: list[tuple[bool, int]]
+) -> None:
+    """Borrow (True) or give back a connection (False, the n-th one held, if any): counting
+    the connections in use, the readers' counts never differ by more than one after a
+    borrow that found them balanced, and each borrow goes to a least-used reader."""
+    topology = cluster(*(reader(f"r{i}") for i in range(readers_count)))
+    request = Request(role="reader", strategy="least_connections")
+    held: list[str] = []
+    for turn, (borrow, which) in enumerate(steps):
+        in_use = Counter(held)
+        if borrow or not held:
+            stats = HostStats(in_use=dict(in_use))
+            chosen = decided(topology, request, stats, turn=turn).host.instance_id
+            figures = [in_use.get(f"r{i}", 0) for i in range(readers_count)]
+            assert in_use.get(chosen, 0) == min(figures)
+            balanced = max(figures) - min(figures) <= 1
+            held.append(chosen)
+            after = Counter(held)
+            if balanced:
+                counts = [after.get(f"r{i}", 0) for i in range(readers_count)]
+                assert max(counts) - min(counts) <= 1
+        else:
+            held.pop(which % len(held))
+
+
+figures_by_id = st.dictionaries(
+    st.sampled_from(["r0", "r1", "r2", "w"]), st.integers(min_value=0, max_value=50), max_size=4
+)
+
+
+@moderate
+@given(figures_by_id, figures_by_id, figures_by_id)
+def test_connections_in_use_adds_lent_and_own_open_connections(
+    pooled: dict[str, int], opened: dict[str, int], closed: dict[str, int]
+) -> None:
+    counted = connections_in_use(pooled, opened, closed)
+    for key in pooled.keys() | opened.keys() | closed.keys():
+        expected = max(0, pooled.get(key, 0)) + max(0, opened.get(key, 0) - closed.get(key, 0))
+        assert counted.get(key, 0) == expected
+    assert all(value > 0 for value in counted.values())
+
+
+def test_connections_in_use_counts_a_connect_that_is_still_open() -> None:
+    assert connections_in_use({"r1": 1}, {"r1": 3, "r2": 2}, {"r1": 1, "r2": 2}) == {"r1": 3}

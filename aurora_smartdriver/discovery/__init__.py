@@ -27,11 +27,12 @@ from aurora_smartdriver.discovery._base import (
     DiscoveryError,
     Source,
     SourceContext,
+    Unreachable,
     instance_pattern,
 )
 from aurora_smartdriver.discovery.aurora_mysql import AuroraMySQL
 from aurora_smartdriver.discovery.aurora_postgresql import AuroraPostgreSQL
-from aurora_smartdriver.discovery.probe import Probe
+from aurora_smartdriver.discovery.probe import Probe, role_of
 from aurora_smartdriver.discovery.rds_api import RdsApi
 from aurora_smartdriver.discovery.rds_multi_az import RdsMultiAz
 from aurora_smartdriver.discovery.static import Static
@@ -45,8 +46,10 @@ __all__ = [
     "DiscoveryError",
     "Source",
     "SourceContext",
+    "Unreachable",
     "detect",
     "instance_pattern",
+    "role_of",
     "source_for",
 ]
 

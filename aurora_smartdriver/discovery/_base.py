@@ -20,6 +20,7 @@ __all__ = [
     "DiscoveryError",
     "Source",
     "SourceContext",
+    "Unreachable",
     "instance_pattern",
 ]
 
@@ -35,6 +36,13 @@ class DiscoveryError(AuroraSmartDriverError):
     """
 
 
+class Unreachable(DiscoveryError):
+    """No instance a source asks answered it (each one's failure is in the message).
+
+    Not a wrong answer, so the monitor counts it as an error and not as a rejected answer.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """What one topology source said, through one connection.
@@ -44,12 +52,31 @@ class Answer:
     timestamps, so that clock skew between client and server is not taken for staleness (the
     context's clock otherwise). `instance_id` and `role` describe the instance that answered,
     as it describes itself, when the source learns it (None and UNKNOWN otherwise).
+    `self_reported` is True when every row's role is what that instance said of itself
+    (probe asks each host), so the writer row needs no further check.
     """
 
     rows: tuple[Host, ...]
     now: float
     instance_id: str | None = None
     role: Role = Role.UNKNOWN
+    self_reported: bool = False
+
+    @property
+    def confirmed_writer(self) -> str | None:
+        """The instance id of the writer this answer has from the writer's own word, or None.
+
+        A writer is confirmed by what a node says of itself, never by metadata alone: the
+        instance that answered said it is the writer, or (self-reported rows) exactly one
+        instance said so of itself.
+        """
+        if self.role is Role.WRITER and self.instance_id is not None:
+            return self.instance_id
+        if self.self_reported:
+            writers = [h.instance_id for h in self.rows if h.role is Role.WRITER]
+            if len(writers) == 1:
+                return writers[0]
+        return None
 
 
 class Source(Protocol):
@@ -58,6 +85,15 @@ class Source(Protocol):
     @property
     def name(self) -> str:
         """The source's name as the setting `topology_source` spells it."""
+        ...
+
+    @property
+    def uses_connection(self) -> bool:
+        """Whether `fetch` asks through the connection it is given (and its answer says which
+        instance answered). False for the sources that ask elsewhere or nothing (probe,
+        static, rds-api): the monitor then keeps no connection of its own for them, and
+        confirms their writer by asking it for its role (`role_of`) unless the answer's rows
+        are self-reported."""
         ...
 
     def fetch(self, conn: Any, ctx: SourceContext) -> Answer:

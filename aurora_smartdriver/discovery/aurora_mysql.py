@@ -63,6 +63,7 @@ class AuroraMySQL:
     """The `aurora-mysql` topology source."""
 
     name = NAME
+    uses_connection = True
 
     def fetch(self, conn: Any, ctx: SourceContext) -> Answer:
         schema = ctx.settings.replica_status_schema

@@ -60,6 +60,7 @@ class AuroraPostgreSQL:
     """The `aurora-postgresql` topology source."""
 
     name = NAME
+    uses_connection = True
 
     def fetch(self, conn: Any, ctx: SourceContext) -> Answer:
         parsed = parse_rows(NAME, run(ctx, conn, NAME, _TOPOLOGY_SQL), len(_Row._fields), _parse)

@@ -23,11 +23,17 @@ import threading
 import time
 from typing import Any
 
-from aurora_smartdriver.discovery._base import Answer, Connector, DiscoveryError, SourceContext
+from aurora_smartdriver.discovery._base import (
+    Answer,
+    Connector,
+    DiscoveryError,
+    SourceContext,
+    Unreachable,
+)
 from aurora_smartdriver.discovery._values import BadValue, flag, instance_ids, number
 from aurora_smartdriver.topology import Host, Role
 
-__all__ = ["Probe"]
+__all__ = ["Probe", "role_of"]
 
 NAME = "probe"
 _log = logging.getLogger("aurora_smartdriver.discovery")
@@ -47,6 +53,7 @@ class Probe:
     """The `probe` topology source. The connection given to `fetch` is not used."""
 
     name = NAME
+    uses_connection = False
 
     def fetch(self, conn: Any, ctx: SourceContext) -> Answer:
         connect = ctx.connect
@@ -56,6 +63,7 @@ class Probe:
         ids = instance_ids(hosts)
         deadline = time.monotonic() + ctx.settings.connect_timeout
         answers: dict[int, Host] = {}
+        failures: dict[int, str] = {}
         lock = threading.Lock()
         closed = False
 
@@ -70,6 +78,8 @@ class Probe:
                     else logging.WARNING
                 )
                 _log.log(level, "probe: %s:%s left out: %s", host, port, exc)
+                with lock:
+                    failures[index] = _one_line(exc)
                 return
             with lock:
                 if not closed:
@@ -88,7 +98,34 @@ class Probe:
         with lock:
             closed = True  # a host answering after the deadline is not counted
             rows = tuple(answers[i] for i in sorted(answers))
-        return Answer(rows, ctx.now())
+            failed = dict(failures)
+        if not rows:
+            timeout = ctx.settings.connect_timeout
+            said = [
+                f"{host}:{port}: " + failed.get(i, f"no answer within connect_timeout={timeout:g}s")
+                for i, (host, port) in enumerate(hosts)
+            ]
+            raise Unreachable(f"{NAME}: no host answered: " + "; ".join(said))
+        return Answer(rows, ctx.now(), self_reported=True)
+
+
+def role_of(conn: Any, ctx: SourceContext) -> Role:
+    """What the instance behind `conn` says of itself: writer or reader.
+
+    The check every source's writer passes before the monitor believes it (see
+    `Answer.confirmed_writer`): PostgreSQL `pg_is_in_recovery()`, MySQL `@@read_only OR
+    @@innodb_read_only`.
+    """
+    if ctx.spec.engine == "postgresql":
+        [(in_recovery,)] = ctx.adapter.query(conn, "SELECT pg_is_in_recovery()").rows
+        return Role.READER if flag(in_recovery, "pg_is_in_recovery()") else Role.WRITER
+    [(read_only,)] = ctx.adapter.query(conn, _MY_ROLE_SQL).rows
+    return Role.READER if flag(read_only, "read-only") else Role.WRITER
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _ask(

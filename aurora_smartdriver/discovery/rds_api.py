@@ -8,6 +8,11 @@ The region is the setting `region`, else the one in the DSN's RDS endpoint; the 
 identifier is the setting `cluster_id`, else the name of the DSN's cluster or reader
 endpoint. AWS credentials are boto3's usual chain. Needs boto3 (the `aws` extra); lag is
 unknown. The connection given to `fetch` is not used and may be None.
+
+The client waits at most `connect_timeout` to connect and to read, and tries each call at most
+`MAX_ATTEMPTS` times (boto3's defaults, 60 s each and more retries, would stall the monitor
+that everyone waits on in a failover). The members' roles are the control plane's word, not
+the instances': the monitor confirms the writer by asking it (`role_of`).
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ from aurora_smartdriver.topology import Host, Role
 if TYPE_CHECKING:
     from mypy_boto3_rds import RDSClient
 
-__all__ = ["RdsApi", "cluster_identifier", "region"]
+__all__ = ["MAX_ATTEMPTS", "RdsApi", "client_config", "cluster_identifier", "region"]
 
 NAME = "rds-api"
+MAX_ATTEMPTS = 2
+"""Attempts per RDS API call, the first one included (botocore's ``standard`` retry mode)."""
 _CLUSTER_KINDS = (EndpointKind.RDS_CLUSTER, EndpointKind.RDS_READER)
 
 
@@ -34,6 +41,7 @@ class RdsApi:
     """The `rds-api` topology source; keeps one boto3 RDS client per region."""
 
     name = NAME
+    uses_connection = False
 
     def __init__(self) -> None:
         self._clients: dict[str, RDSClient] = {}
@@ -42,7 +50,7 @@ class RdsApi:
     def fetch(self, conn: Any, ctx: SourceContext) -> Answer:
         where = region(ctx.spec)
         cluster = cluster_identifier(ctx.spec)
-        client = self._client(where)
+        client = self._client(where, ctx.settings.connect_timeout)
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -70,7 +78,7 @@ class RdsApi:
             rows.append(Host(instance_id, host, port, role))
         return Answer(tuple(rows), ctx.now())
 
-    def _client(self, where: str) -> RDSClient:
+    def _client(self, where: str, timeout: float) -> RDSClient:
         with self._lock:
             client = self._clients.get(where)
         if client is not None:
@@ -83,9 +91,23 @@ class RdsApi:
                 "`pip install 'aurora-smartdriver[aws]'`"
             ) from exc
         # A session of its own: boto3's default session is not safe to share between threads.
-        client = boto3.session.Session().client("rds", region_name=where)
+        client = boto3.session.Session().client(
+            "rds", region_name=where, config=client_config(timeout)
+        )
         with self._lock:
             return self._clients.setdefault(where, client)
+
+
+def client_config(timeout: float) -> Any:
+    """The botocore `Config` of the source's client: `timeout` seconds to connect and to read,
+    at most `MAX_ATTEMPTS` attempts per call."""
+    from botocore.config import Config
+
+    return Config(
+        connect_timeout=timeout,
+        read_timeout=timeout,
+        retries={"max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+    )
 
 
 def region(spec: ConnectionSpec) -> str:

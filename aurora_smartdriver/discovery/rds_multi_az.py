@@ -62,6 +62,7 @@ class RdsMultiAz:
     """The `rds-multi-az` topology source, for both engines."""
 
     name = NAME
+    uses_connection = True
 
     def fetch(self, conn: Any, ctx: SourceContext) -> Answer:
         if ctx.spec.engine == "postgresql":

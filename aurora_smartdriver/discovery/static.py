@@ -23,6 +23,7 @@ class Static:
     """The `static` topology source. The connection given to `fetch` is not used."""
 
     name = NAME
+    uses_connection = False
 
     def fetch(self, conn: Any, ctx: SourceContext) -> Answer:
         hosts = ctx.spec.hosts

@@ -1,0 +1,115 @@
+"""The monitor never makes an outage worse: forced refreshes are rate limited, it starts no
+thread per query, and a failed refresh looks for the writer quickly. Against the lab."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+from aurora_smartdriver import dsn
+from aurora_smartdriver.lab import Lab
+from aurora_smartdriver.monitor import ClusterMonitor
+
+
+def _monitor(lab: Lab, **overrides: Any) -> ClusterMonitor:
+    overrides.setdefault("cluster_id", uuid.uuid4().hex)
+    return ClusterMonitor(dsn.parse(lab.dsn, **overrides))
+
+
+def _wait(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def test_many_callers_forcing_refreshes_cause_at_most_one_per_fast_interval(
+    aurora_lab: Lab,
+) -> None:
+    """Twenty failing borrowers asking for a refresh back to back: one query per interval."""
+    monitor = _monitor(aurora_lab, refresh_interval="5s", fast_refresh_interval="0.5s")
+    try:
+        assert monitor.refresh_now() is not None
+        stop = threading.Event()
+
+        def hammer() -> None:
+            while not stop.is_set():
+                monitor.refresh_now(timeout=0)
+                time.sleep(0.001)
+
+        threads = [threading.Thread(target=hammer, daemon=True) for _ in range(20)]
+        before = monitor.stats().refreshes
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        time.sleep(3.0)
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+        seconds = time.monotonic() - started
+        refreshes = monitor.stats().refreshes - before
+        print(f"\n{refreshes} refreshes in {seconds:.1f}s with 20 callers forcing them")
+        # One per 0.5 s, plus slack for the refresh under way and the start.
+        assert refreshes <= seconds / 0.5 + 3
+    finally:
+        monitor.close()
+
+
+def test_refreshes_start_no_thread_each(aurora_lab: Lab) -> None:
+    """A deadline per query is one long-lived thread's job, not a threading.Timer each (ten
+    thread starts a second in fast mode)."""
+    monitor = _monitor(aurora_lab, refresh_interval="5s", fast_refresh_interval="0.05s")
+    started_threads: list[str] = []
+
+    def count(frame: Any, event: str, arg: Any) -> None:
+        started_threads.append(threading.current_thread().name)
+        return None
+
+    try:
+        assert monitor.refresh_now() is not None
+        before = monitor.stats().refreshes
+        threading.settrace(count)  # called once in every thread started from now on
+        try:
+            for _ in range(20):
+                monitor.refresh_now()
+        finally:
+            threading.settrace(None)
+        refreshes = monitor.stats().refreshes - before
+        assert refreshes >= 20
+        assert len(started_threads) <= 2, started_threads
+    finally:
+        monitor.close()
+
+
+def test_failed_refresh_puts_the_monitor_in_fast_mode(aurora_lab: Lab) -> None:
+    """With no traffic at all, the monitor's own node dying is reason enough to look for
+    the writer quickly: the new writer shows up long before the next normal refresh."""
+    writer = aurora_lab.writer
+    monitor = ClusterMonitor(
+        dsn.parse(
+            aurora_lab.instance_dsn(writer),
+            refresh_interval="2s",
+            fast_refresh_interval="0.1s",
+            cluster_id=uuid.uuid4().hex,
+        )
+    )
+    try:
+        assert monitor.refresh_now() is not None
+        assert monitor._conn_host == writer.host  # the monitor asks the writer itself
+        report = aurora_lab.failover()
+        assert _wait(
+            lambda: (
+                monitor.topology is not None
+                and monitor.topology.writer is not None
+                and monitor.topology.writer.instance_id == report.new_writer
+            ),
+            15,
+        ), monitor.stats()
+        assert monitor.stats().fast_mode_entries >= 1
+        assert _wait(lambda: not monitor.fast_mode, 10)
+    finally:
+        monitor.close()

@@ -1,0 +1,132 @@
+"""Every topology source confirms a writer by what the node says of itself, against the lab.
+
+The sources without metadata (probe, static) learn the writer from the DSN's host list; a
+failover must still end with a writer borrow on the new writer well within
+``failover_timeout``, and the monitor must leave fast mode once the writer answers as one.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+import aurora_smartdriver as asd
+from aurora_smartdriver import _runtime
+from aurora_smartdriver.lab import Lab
+
+# Generous: the fix lands within about a second; before it, a borrow waits the whole
+# failover_timeout and raises NoWriterAvailable.
+FAILOVER_TIMEOUT = 20.0
+BOUND = 10.0
+
+
+def _query(conn: Any, sql: str) -> list[Any]:
+    cur = conn.cursor()
+    cur.execute(sql)
+    return list(cur.fetchall()) if cur.description else []
+
+
+def address_dsn(lab: Lab, source: str, *, hosts: list[str] | None = None, **params: Any) -> str:
+    """A DSN whose host list is the lab's node addresses (a self-managed cluster's view)."""
+    state = lab.state()
+    scheme = "postgresql" if state.engine == "postgresql" else "mariadb"
+    listed = hosts if hosts is not None else [f"{n.address}:{n.port}" for n in lab.nodes]
+    query = {
+        "topology_source": source,
+        "cluster_id": uuid.uuid4().hex,  # a runtime of its own: its settings are this test's
+        "failover_timeout": f"{FAILOVER_TIMEOUT:g}s",
+        "connect_timeout": "2s",
+        **params,
+    }
+    return (
+        f"{scheme}://{state.user}:{state.password}@{','.join(listed)}/{state.database}?"
+        + "&".join(f"{k}={v}" for k, v in query.items())
+    )
+
+
+def _prepare(cluster: asd.Cluster) -> None:
+    with cluster.writer() as conn:
+        _query(conn, "CREATE TABLE IF NOT EXISTS src_rows (id VARCHAR(64) PRIMARY KEY)")
+
+
+def _first_write(cluster: asd.Cluster, lab: Lab) -> tuple[float, str]:
+    """Seconds until a write commits after the failover, and the node it committed on.
+
+    A pooled connection that was on the dead writer reports `FailoverSucceeded` (nothing
+    committed): the work is run again, as the library asks.
+    """
+    started = time.monotonic()
+    while True:
+        try:
+            with cluster.writer() as conn:
+                _query(conn, f"INSERT INTO src_rows VALUES ('{uuid.uuid4().hex}')")
+                node = _server_id(lab, conn)
+            return time.monotonic() - started, node
+        except asd.FailoverSucceeded:
+            assert time.monotonic() - started < BOUND
+
+
+@pytest.fixture(autouse=True)
+def _close_runtimes() -> Any:
+    yield
+    _runtime.close_all()
+
+
+def test_probe_writer_borrow_reaches_the_new_writer_soon_after_a_failover(aurora_lab: Lab) -> None:
+    cluster = asd.Cluster(address_dsn(aurora_lab, "probe"))
+    try:
+        _prepare(cluster)
+        report = aurora_lab.failover()
+        took, node = _first_write(cluster, aurora_lab)
+        print(f"\nprobe: first write after failover took {took * 1000:.0f} ms")
+        assert node == report.new_writer
+        assert took < BOUND
+        monitor = cluster._runtime.monitor
+        deadline = time.monotonic() + BOUND
+        while monitor.fast_mode and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not monitor.fast_mode  # the new writer answered as the writer: fast mode ends
+    finally:
+        cluster.close()
+
+
+def test_static_writer_is_confirmed_by_asking_it(aurora_lab: Lab) -> None:
+    """static's writer is the first host; a role check on it ends fast mode and the wait."""
+    state = aurora_lab.state()
+    # The first host is the cluster endpoint (a name that follows the writer), then readers.
+    hosts = [f"{state.cluster_endpoint}:{state.port}"] + [
+        f"{n.address}:{n.port}" for n in aurora_lab.readers
+    ]
+    dsn_text = address_dsn(
+        aurora_lab,
+        "static",
+        hosts=hosts,
+        dns_server=f"{state.dns.address}:{state.dns.port}",
+        dns_ttl_cap="0s",
+    )
+    cluster = asd.Cluster(dsn_text)
+    try:
+        _prepare(cluster)
+        report = aurora_lab.failover(dns_lag=0.0)
+        took, node = _first_write(cluster, aurora_lab)
+        print(f"\nstatic: first write after failover took {took * 1000:.0f} ms")
+        assert node == report.new_writer
+        assert took < BOUND
+        monitor = cluster._runtime.monitor
+        deadline = time.monotonic() + BOUND
+        while monitor.fast_mode and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not monitor.fast_mode
+    finally:
+        cluster.close()
+
+
+def _server_id(lab: Lab, conn: Any) -> str:
+    if lab.state().engine == "postgresql":
+        [(node_id,)] = _query(conn, "SELECT aurora_db_instance_identifier()")
+    else:
+        [(node_id,)] = _query(conn, "SELECT aurora_lab.aurora_server_id()")
+    return str(node_id)
