@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -194,9 +195,10 @@ def _watch_command(args: argparse.Namespace) -> int:
     """Topology changes as they happen and, every ``--interval``, the library's counters.
 
     On a terminal the counters are redrawn in place; otherwise (a pipe, a file) every line is
-    appended, so the output is a log. ``--probe`` runs a ``SELECT 1`` on the writer and on a
-    reader each interval through pooled connections, so routing, pool and failover counters
-    move as an application's would.
+    appended, so the output is a log. A topology line is printed only when something it shows
+    changed (the writer, the readers, their endpoints), not for every new lag or CPU figure.
+    ``--probe`` runs a ``SELECT 1`` on the writer and on a reader each interval through pooled
+    connections, so routing, pool and failover counters move as an application's would.
     """
     import threading
 
@@ -207,14 +209,18 @@ def _watch_command(args: argparse.Namespace) -> int:
     monitor = cluster._runtime.monitor
     tty = sys.stdout.isatty() and not args.json
     lock = threading.Lock()
-    shown = [0]  # the last topology version printed
+    shown: list[Any] = [0, None]  # the last version seen, what the last line showed
     changes: list[str] = []
 
     def show(change: Any, topo: Any) -> None:
         with lock:
             if topo.version <= shown[0]:
-                return
+                return  # an older snapshot, arriving late
             shown[0] = topo.version
+            visible = _visible(topo)
+            if visible == shown[1]:
+                return
+            shown[1] = visible
             doc = _topology_doc(topo, monitor.source)
             if args.json:
                 print(json.dumps({"at": time.time(), **doc}), flush=True)
@@ -264,6 +270,39 @@ def _watch_command(args: argparse.Namespace) -> int:
         cluster.close()
 
 
+def _visible(topo: Any) -> tuple[Any, ...]:
+    """What a topology line shows: the writer and the readers, with their endpoints."""
+    writer = topo.writer
+    return (
+        None if writer is None else (writer.instance_id, writer.host, writer.port),
+        tuple((r.instance_id, r.host, r.port) for r in topo.readers),
+    )
+
+
+def _seconds(text: str) -> float:
+    """``--interval``: a finite number of seconds above zero (0 would busy-loop)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds above 0 (e.g. 2 or 0.5), got {text!r}"
+        )
+    return value
+
+
+def _count(text: str) -> int:
+    """``--count``: a whole number of reports, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
 def _demo_command(args: argparse.Namespace) -> int:
     from aurora_smartdriver._demo import run_demo
 
@@ -310,9 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(func=func)
         if name == "watch":
             cmd.add_argument(
-                "--interval", type=float, default=2.0, help="seconds between counter reports"
+                "--interval",
+                type=_seconds,
+                default=2.0,
+                help="seconds between counter reports (above 0)",
             )
-            cmd.add_argument("--count", type=int, default=None, help="stop after this many reports")
+            cmd.add_argument(
+                "--count", type=_count, default=None, help="stop after this many reports"
+            )
             cmd.add_argument(
                 "--probe", action="store_true", help="SELECT 1 on the writer and a reader each time"
             )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
+
+import pytest
 
 from aurora_smartdriver.lab import Lab
 
@@ -76,3 +79,38 @@ def test_watch_prints_the_failover(aurora_lab: Lab) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("interval", ["0", "-1", "nan", "soon"])
+def test_watch_refuses_an_interval_that_is_not_above_zero(interval: str) -> None:
+    done = _run("watch", "postgresql://app@127.0.0.1:1/app", "--interval", interval)
+    assert done.returncode == 2
+    assert "--interval" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "seconds" in done.stderr
+
+
+def test_watch_refuses_a_count_below_one() -> None:
+    done = _run("watch", "postgresql://app@127.0.0.1:1/app", "--count", "0")
+    assert done.returncode == 2
+    assert "--count" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+TOPOLOGY_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} v\d+ writer ", re.MULTILINE)
+
+
+def test_watch_prints_a_topology_line_only_when_what_it_shows_changes(aurora_lab: Lab) -> None:
+    """The lab's lag and CPU figures move every second, making new topology versions; the
+    writer and readers do not change, so one line is printed, not one per version."""
+    done = _run(
+        "watch",
+        aurora_lab.dsn + "&refresh_interval=0.3s",
+        "--interval",
+        "4",
+        "--count",
+        "1",
+    )
+    assert done.returncode == 0, done.stderr
+    lines = TOPOLOGY_LINE.findall(done.stdout)
+    assert len(lines) == 1, done.stdout
