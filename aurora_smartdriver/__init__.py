@@ -21,6 +21,7 @@ from aurora_smartdriver.errors import (
     NoWriterAvailable,
     TransactionOutcomeUnknown,
 )
+from aurora_smartdriver.pool._errors import PoolClosed, PoolTimeout
 
 if TYPE_CHECKING:
     from aurora_smartdriver.cluster import Cluster, connect
@@ -37,6 +38,8 @@ __all__ = [
     "FailoverSucceeded",
     "NoHostAvailable",
     "NoWriterAvailable",
+    "PoolClosed",
+    "PoolTimeout",
     "TransactionOutcomeUnknown",
     "__version__",
     "connect",

@@ -14,7 +14,8 @@ from aurora_smartdriver.drivers._errors import (
 
 _MEANING = {
     "disconnect": "the connection or node is gone: failover",
-    "read_only": "the node is read-only now (a demoted writer): failover",
+    "read_only": "refused as read-only: failover on a writer connection whose node is now "
+    "read-only (a demoted writer); otherwise the application's error",
     "auth": "credentials refused: no failover, no retry storm",
 }
 
@@ -58,6 +59,8 @@ def error_table_markdown() -> str:
     for number, mysql_kind in sorted(MYSQL_CODES.items()):
         lines.append(f"| {number} | {mysql_kind} | {_MEANING[mysql_kind]} |")
     lines += [
+        "| `InterfaceError(0, '')` | disconnect | PyMySQL's error for a socket it closed "
+        "itself after an earlier error |",
         "",
         "Every other code or SQLSTATE: `other`, the application's error (never a failover).",
         "",

@@ -35,7 +35,15 @@ from aurora_smartdriver.errors import (
 )
 from aurora_smartdriver.events import Events
 from aurora_smartdriver.monitor import ClusterMonitor, cluster_key
-from aurora_smartdriver.pool import HostDown, HostPool, PoolClosed, Pooled, PoolSet, Target
+from aurora_smartdriver.pool import (
+    HostDown,
+    HostPool,
+    PoolClosed,
+    Pooled,
+    PoolSet,
+    PoolTimeout,
+    Target,
+)
 from aurora_smartdriver.resolver import Resolver
 from aurora_smartdriver.topology import Host, Topology
 from aurora_smartdriver.watchdog import Watchdog
@@ -54,6 +62,8 @@ class Lease(Protocol):
     raw: Any
     target: Target
     pooled: bool
+    as_writer: bool
+    """Lent as the writer: the node was the writer when the connection was lent."""
 
     def mark_broken(self) -> None: ...
 
@@ -63,14 +73,21 @@ class Lease(Protocol):
 class _DirectLease:
     """A connection of its own (``connect()``): giving it back closes it."""
 
-    __slots__ = ("_broken", "_metrics", "_watchdog", "pooled", "raw", "target")
+    __slots__ = ("_broken", "_metrics", "_watchdog", "as_writer", "pooled", "raw", "target")
 
     def __init__(
-        self, raw: Any, target: Target, watchdog: Watchdog, counts: metrics.Metrics
+        self,
+        raw: Any,
+        target: Target,
+        watchdog: Watchdog,
+        counts: metrics.Metrics,
+        *,
+        as_writer: bool = False,
     ) -> None:
         self.raw = raw
         self.target = target
         self.pooled = False
+        self.as_writer = as_writer
         self._broken = False
         self._watchdog = watchdog
         self._metrics = counts
@@ -89,14 +106,17 @@ class _DirectLease:
 class _PooledLease:
     """A connection borrowed from its host's pool: giving it back returns it."""
 
-    __slots__ = ("_pool", "_pooled", "_watchdog", "pooled", "raw", "target")
+    __slots__ = ("_pool", "_pooled", "_watchdog", "as_writer", "pooled", "raw", "target")
 
-    def __init__(self, pool: HostPool, pooled: Pooled, watchdog: Watchdog) -> None:
+    def __init__(
+        self, pool: HostPool, pooled: Pooled, watchdog: Watchdog, *, as_writer: bool = False
+    ) -> None:
         self._pool = pool
         self._pooled = pooled
         self.raw = pooled.raw
         self.target = pooled.target
         self.pooled = True
+        self.as_writer = as_writer
         self._watchdog = watchdog
         watchdog.watch(self.target, self.raw)
 
@@ -148,6 +168,8 @@ class Runtime:
         self.no_writer = error_class(spec.engine, NoWriterAvailable)
         self.failover_succeeded = error_class(spec.engine, FailoverSucceeded)
         self.outcome_unknown = error_class(spec.engine, TransactionOutcomeUnknown)
+        self.pool_timeout = error_class(spec.engine, PoolTimeout)
+        self.pool_closed = error_class(spec.engine, PoolClosed)
         self.auth_failed = cast(
             type[AuthenticationFailed], error_class(spec.engine, AuthenticationFailed)
         )
@@ -320,8 +342,10 @@ class Runtime:
             try:
                 if not pooled:
                     raw = self._open_counted(target)
-                    return _DirectLease(raw, target, self.watchdog, self.metrics)
-                return self._borrow(target)
+                    return _DirectLease(
+                        raw, target, self.watchdog, self.metrics, as_writer=role == "writer"
+                    )
+                return self._borrow(target, as_writer=role == "writer")
             except HostDown as exc:
                 if exc.auth:  # a login refused moments ago: the same error, not a retry
                     raise self.auth_failed(str(exc), host=target.host, port=target.port) from exc
@@ -331,8 +355,12 @@ class Runtime:
                     waiting.wait(target, "disconnect", exc)
                     continue
                 tried.add(target.instance_id)
-            except PoolClosed:
+            except PoolClosed as exc:
+                if self.pools.closed:
+                    raise self.pool_closed(f"{exc}: the cluster was closed") from exc
                 continue  # the topology just dropped that host's pool: choose again
+            except PoolTimeout as exc:
+                raise self.pool_timeout(str(exc)) from exc
             except self.adapter.Error as exc:
                 kind = self.adapter.error_kind(exc)
                 if may_wait and kind in _WRITER_GONE:
@@ -357,9 +385,11 @@ class Runtime:
         self.metrics.connected(target.instance_id, time.perf_counter() - started)
         return raw
 
-    def _borrow(self, target: Target) -> Lease:
+    def _borrow(self, target: Target, *, as_writer: bool = False) -> Lease:
         pool = self.pools.pool(target)
-        return _PooledLease(pool, pool.borrow(wait_if_down=False), self.watchdog)
+        return _PooledLease(
+            pool, pool.borrow(wait_if_down=False), self.watchdog, as_writer=as_writer
+        )
 
     def fail_over(
         self, role: str, old: Target, kind: str, *, pooled: bool, cause: BaseException

@@ -142,7 +142,8 @@ class Cluster:
     ) -> T:
         """Run ``fn(conn)`` in a transaction, committed when it returns; re-run after a failover.
 
-        ``fn`` is re-run, on a fresh connection, when the attempt ended in ``FailoverSucceeded``
+        ``fn`` runs in one transaction, also on an ``autocommit=on`` DSN. It is re-run, on a
+        fresh connection, when the attempt ended in ``FailoverSucceeded``
         (the server rolled the transaction back), up to ``retries`` times. After
         ``TransactionOutcomeUnknown`` (the connection died during COMMIT) it is re-run only when
         ``idempotent=True``, since the first attempt may have committed.
@@ -151,6 +152,10 @@ class Cluster:
         while True:
             try:
                 with self.connection(role) as conn:
+                    # An explicit transaction whatever the DSN's autocommit: with autocommit
+                    # each statement of fn would commit on its own, and a failover in the
+                    # second would re-run the first.
+                    conn._switch_autocommit(False)
                     return fn(conn)
             except FailoverSucceeded:
                 if attempt >= retries:

@@ -15,45 +15,114 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from aurora_smartdriver import outcome
+from aurora_smartdriver._dbapi import error_class
 from aurora_smartdriver._runtime import Lease, Runtime
+from aurora_smartdriver.errors import AuroraSmartDriverError
+from aurora_smartdriver.outcome import Call, Transaction, is_read
 
 __all__ = ["Connection", "Cursor", "PsycopgConnection", "PyMySQLConnection", "is_read"]
 
-_READ_PREFIXES = ("select", "show", "with", "values", "table", "explain", "describe", "desc ")
-_PUNCTUATION = str.maketrans("(),;", "    ")  # so "(DELETE" is seen as the word DELETE
+_IDLE, _ACTIVE, _INTRANS, _INERROR, _UNKNOWN = 0, 1, 2, 3, 4
+"""libpq's PQtransactionStatus values (psycopg's ``pq.TransactionStatus``), without the import."""
+_MYSQL_IN_TRANS, _MYSQL_AUTOCOMMIT = 1, 2
+"""PyMySQL ``server_status`` flags (``SERVER_STATUS_IN_TRANS``, ``SERVER_STATUS_AUTOCOMMIT``)."""
 
 
-def is_read(query: Any) -> bool:
-    """Whether a statement only reads (worth re-running after a failover with retry_reads).
-
-    Conservative: SELECT/SHOW/VALUES/TABLE/EXPLAIN/DESCRIBE and WITH ... SELECT, without a
-    locking clause or INTO; anything else (or anything not text) counts as a write.
-    """
-    if isinstance(query, bytes):
-        query = query.decode(errors="replace")
-    if not isinstance(query, str):
-        return False
-    text = query.lstrip(" \t\r\n(").lower()
-    if not text.startswith(_READ_PREFIXES):
-        return False
-    padded = f" {' '.join(text.translate(_PUNCTUATION).split())} "
-    writes = (
-        " for update",
-        " for share",
-        " for no key update",
-        " lock in share mode",
-        " into ",
-        " insert ",
-        " update ",
-        " delete ",
-        " merge ",
-    )
-    return not any(w in padded for w in writes)
+class Detached(AuroraSmartDriverError):
+    """The connection is on no node just now (it was lost and not yet replaced): the next
+    statement reconnects; results of statements run before are gone with the old node."""
 
 
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _what(call: Call) -> str:
+    if call == "commit":
+        return "during COMMIT"
+    return "while a statement that may have committed was running"
+
+
+class _DetachedStatus:
+    __slots__ = ()
+    transaction_status = _IDLE
+
+
+class _DetachedCursor:
+    """Stands in for a driver cursor while its connection is on no node."""
+
+    def __init__(self, error: type[Exception], why: str) -> None:
+        self._error_cls = error
+        self._why = why
+        self.connection = _DetachedRaw(error, why)
+        self.description = None
+        self.rowcount = -1
+
+    def _fail(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._error_cls(self._why)
+
+    execute = executemany = callproc = fetchone = fetchmany = fetchall = nextset = _fail
+
+    def close(self) -> None:
+        return None
+
+    def __iter__(self) -> Iterator[Any]:
+        raise self._error_cls(self._why)
+
+    def __enter__(self) -> _DetachedCursor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+class _DetachedRaw:
+    """Stands in for the driver connection while the proxy is on no node.
+
+    Every statement through it raises ``Detached`` (a driver ``OperationalError``), which the
+    proxy takes as "nothing was sent": it connects to the right node and runs the statement.
+    That keeps the hot path free of checks for this rare state.
+    """
+
+    pgconn = _DetachedStatus()
+    server_status = _MYSQL_AUTOCOMMIT
+    _result = None
+    closed = False
+    open = True
+
+    def __init__(self, error: type[Exception], why: str) -> None:
+        self._error_cls = error
+        self._why = why
+
+    def cursor(self, *args: Any, **kwargs: Any) -> _DetachedCursor:
+        return _DetachedCursor(self._error_cls, self._why)
+
+    def close(self) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        raise self._error_cls(self._why)
+
+
+class _DetachedLease:
+    """The lease of a connection on no node: nothing to give back."""
+
+    __slots__ = ("pooled", "raw", "target")
+    as_writer = False
+    detached = True
+
+    def __init__(self, raw: _DetachedRaw, target: Any, pooled: bool) -> None:
+        self.raw = raw
+        self.target = target
+        self.pooled = pooled
+
+    def mark_broken(self) -> None:
+        return None
+
+    def give_back(self, *, broken: bool = False) -> None:
+        return None
 
 
 class Cursor:
@@ -73,7 +142,7 @@ class Cursor:
         self.fetchall = raw.fetchall
 
     def _rebind(self, raw_conn: Any) -> None:
-        """Continue on a new driver connection after a failover (a fresh driver cursor)."""
+        """Continue on a new driver connection (a fresh driver cursor)."""
         args, kwargs = self._made_with
         self._bind(raw_conn.cursor(*args, **kwargs))
 
@@ -82,27 +151,35 @@ class Cursor:
         try:
             result = raw.execute(query, params, **kwargs) if kwargs else raw.execute(query, params)
         except self._error as exc:
-            # Raises what the application must see; returns only when the statement is a read
-            # that may be re-run on the new node (retry_reads).
-            self._conn._recover(exc, query)
-            raw = self._raw
-            result = raw.execute(query, params, **kwargs)
+            return self._again(exc, query, params, kwargs, None)
         return self if result is raw else result
 
+    def _again(
+        self, exc: BaseException, query: Any, params: Any, kwargs: dict[str, Any], before: Any
+    ) -> Any:
+        """After a failed ``execute``: what the application must see, or the statement run
+        again on the new node when it never ran or is a read that may be re-run."""
+        for _ in range(3):
+            self._conn._recover(exc, "statement", query, before)  # returns only to re-run
+            raw = self._raw
+            before = self._conn._before(self._conn._raw)
+            try:
+                result = raw.execute(query, params, **kwargs)
+            except self._error as again:
+                exc = again
+                continue
+            return self if result is raw else result
+        raise exc
+
     def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        before = self._conn._before(self._conn._raw)
         try:
             result = self._raw.executemany(query, *args, **kwargs)
         except self._error as exc:
-            self._conn._recover(exc, None)
-            raise  # not reached: a batch is never re-run
+            # Re-run only when nothing was sent; a batch is never re-run as a read.
+            self._conn._recover(exc, "statement", query, before, retry_reads=False)
+            result = self._raw.executemany(query, *args, **kwargs)
         return self if result is self._raw else result
-
-    def callproc(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return self._raw.callproc(*args, **kwargs)
-        except self._error as exc:
-            self._conn._recover(exc, None)
-            raise
 
     @property
     def connection(self) -> Connection:
@@ -134,14 +211,46 @@ class Cursor:
         return f"<aurora_smartdriver cursor over {self._raw!r}>"
 
 
+class PsycopgCursor(Cursor):
+    """A psycopg cursor: notes the transaction status before each statement (one attribute
+    read), since a lost connection no longer knows whether a transaction was open."""
+
+    def _bind(self, raw: Any) -> None:
+        super()._bind(raw)
+        self._pgconn = raw.connection.pgconn
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        raw = self._raw
+        before = self._pgconn.transaction_status
+        try:
+            result = raw.execute(query, params, **kwargs) if kwargs else raw.execute(query, params)
+        except self._error as exc:
+            return self._again(exc, query, params, kwargs, before)
+        return self if result is raw else result
+
+
+class PyMySQLCursor(Cursor):
+    """A PyMySQL cursor (the server's status flags survive a lost connection)."""
+
+    def callproc(self, procname: str, args: Any = ()) -> Any:
+        try:
+            return self._raw.callproc(procname, args)
+        except self._error as exc:
+            self._conn._recover(exc, "statement", f"CALL {procname}", None, retry_reads=False)
+            return self._raw.callproc(procname, args)
+
+
 class Connection:
     """What both drivers' proxies share; use ``aurora_smartdriver.connect`` to get one."""
+
+    _cursor_class: type[Cursor] = Cursor
 
     def __init__(self, runtime: Runtime, role: str, lease: Lease, *, autocommit: bool) -> None:
         d = self.__dict__
         d["_runtime"] = runtime
         d["_adapter"] = runtime.adapter
         d["_error"] = runtime.adapter.Error
+        d["_detached_error"] = error_class(runtime.spec.engine, Detached)
         d["_base_role"] = role
         d["_lease"] = lease
         d["_raw"] = lease.raw
@@ -160,7 +269,7 @@ class Connection:
     # -- the library's view --------------------------------------------------------------
     @property
     def instance_id(self) -> str:
-        """The instance this connection is on now."""
+        """The instance this connection is on now (the last one, while it is on none)."""
         return str(self._lease.target.instance_id)
 
     @property
@@ -173,33 +282,37 @@ class Connection:
         """Whether the connection is closed (by the application, or under it)."""
         return bool(self._closed or getattr(self._raw, "closed", False))
 
+    @property
+    def _detached(self) -> bool:
+        return getattr(self._lease, "detached", False) is True
+
     # -- PEP 249 -------------------------------------------------------------------------
     def cursor(self, *args: Any, **kwargs: Any) -> Cursor:
         self._check_open()
-        cur = Cursor(self, self._raw.cursor(*args, **kwargs), (args, kwargs))
+        cur = self._cursor_class(self, self._raw.cursor(*args, **kwargs), (args, kwargs))
         self._cursors.add(cur)
         return cur
 
     def commit(self) -> None:
         self._check_open()
+        raw = self._raw
+        before = self._before(raw)
         try:
-            self._raw.commit()
+            raw.commit()
         except self._error as exc:
-            self._recover(exc, None, during_commit=True)
-            raise
+            self._recover(exc, "commit", None, before)  # returns when nothing was lost
         self._boundary()
 
     def rollback(self) -> None:
         self._check_open()
+        raw = self._raw
+        before = self._before(raw)
         try:
-            self._raw.rollback()
+            raw.rollback()
         except self._error as exc:
-            if self._is_failover_error(exc):
-                # The server lost the transaction with the connection: that is a rollback.
-                self._fail_over(exc)
-                self._boundary()
-                return
-            raise
+            # The server lost the transaction with the connection: that is a rollback. The
+            # next statement finds the new node; nothing waits for it here.
+            self._recover(exc, "rollback", None, before)
         self._boundary()
 
     def close(self) -> None:
@@ -212,18 +325,22 @@ class Connection:
                 cur._raw.close()
             except Exception:  # noqa: S112 - a cursor of a dead connection may fail to close
                 continue
+        self._give_back(self._lease)
+        for callback in self._closers:
+            callback()
+
+    def _give_back(self, lease: Lease, *, read_only: bool | None = None) -> None:
+        """Return ``lease`` to its pool reset to the defaults (or close it)."""
         broken = False
-        if self._lease.pooled:
-            raw = self._raw
+        if lease.pooled and not getattr(lease, "detached", False):
+            raw = lease.raw
             try:
                 if self._adapter.in_transaction(raw):
                     raw.rollback()
-                self._restore_defaults(raw)
+                self._restore_defaults(raw, read_only=read_only)
             except Exception:
                 broken = True  # a connection that cannot be reset is not handed out again
-        self._lease.give_back(broken=broken)
-        for callback in self._closers:
-            callback()
+        lease.give_back(broken=broken)
 
     # -- session state -------------------------------------------------------------------
     def _set_read_only(self, value: bool) -> None:
@@ -231,19 +348,44 @@ class Connection:
         value = bool(value)
         if value == self._read_only:
             return
-        self.__dict__["_read_only"] = value
+        if self._detached:
+            self.__dict__["_read_only"] = value  # the next statement connects to that role
+            return
         if self._base_role != "writer":
+            self.__dict__["_read_only"] = value
             self._apply_read_only(self._raw)
             return
         if self._adapter.in_transaction(self._raw):
+            self.__dict__["_read_only"] = value
             self.__dict__["_pending_move"] = True
         else:
+            self.__dict__["_read_only"] = value
             self._move()
+
+    def _route_lazily(self, read_only: bool) -> None:
+        """Ask for the writer (or a reader) without connecting now: the driver connection goes
+        back to its pool and the next statement borrows one of the role asked for.
+
+        For a connection parked between uses (SQLAlchemy's pool): putting it back on the
+        writer must not wait for a writer, least of all while the writer is down.
+        """
+        if self._closed:
+            return
+        self.__dict__["_read_only"] = bool(read_only)
+        self.__dict__["_pending_move"] = False
+        if not self._detached:
+            self._detach(f"asked for a {self.role}", give_back=True)
 
     def _boundary(self) -> None:
         if self._pending_move:
             self.__dict__["_pending_move"] = False
-            self._move()
+            wanted = self._read_only
+            try:
+                self._move()
+            except Exception as exc:
+                # The transaction ended fine; the move is for the next one. Try again then.
+                self.__dict__["_read_only"] = wanted
+                self._detach(f"moving to a {self.role} failed ({_short(exc)})", give_back=True)
 
     def _move(self) -> None:
         """Continue on a node of the role now asked for, with the same session state."""
@@ -268,15 +410,9 @@ class Connection:
                 cur._raw.close()
             except Exception:  # noqa: S112
                 continue
-        broken = False
-        if old.pooled:
-            # Back to its pool clean: the session state this connection set (read-only above
-            # all) must not follow the driver connection to its next borrower.
-            try:
-                self._restore_defaults(old.raw, read_only=not self._read_only)
-            except Exception:
-                broken = True
-        old.give_back(broken=broken)
+        # Back to its pool clean: the session state this connection set (read-only above
+        # all) must not follow the driver connection to its next borrower.
+        self._give_back(old, read_only=not self._read_only)
 
     def _replay(self, raw: Any) -> None:
         """Apply the session state set through the API to a new driver connection."""
@@ -297,76 +433,212 @@ class Connection:
         """
         raise NotImplementedError
 
+    def _switch_autocommit(self, value: bool) -> None:
+        """Set autocommit as the driver spells it."""
+        raise NotImplementedError
+
     # -- failures ------------------------------------------------------------------------
+    def _before(self, raw: Any) -> Any:
+        """What the driver knows of the transaction before a call, when a lost connection
+        would forget it (psycopg); None where it survives (PyMySQL's status flags)."""
+        return None
+
+    def _facts(self, exc: BaseException, before: Any) -> tuple[Transaction, bool]:
+        """The transaction as the driver knew it before the failed call, and whether the call
+        may have reached the server."""
+        raise NotImplementedError
+
+    def _session_read_only(self) -> bool:
+        return bool(self._read_only)
+
     def _is_failover_error(self, exc: BaseException) -> bool:
-        return self._adapter.error_kind(exc) in ("disconnect", "read_only") and bool(
-            self._runtime.spec.settings.failover
+        if isinstance(exc, self._detached_error):
+            return True
+        return outcome.is_failover_signal(
+            self._adapter.error_kind(exc),
+            failover=bool(self._runtime.spec.settings.failover),
+            asked_writer=self.role == "writer",
+            session_read_only=self._session_read_only(),
+            lent_as_writer=bool(getattr(self._lease, "as_writer", False)),
         )
 
-    def _recover(self, exc: BaseException, query: Any, *, during_commit: bool = False) -> None:
+    def _still_writer(self) -> bool:
+        """Whether the node this connection is on still says it is the writer, asked on a
+        connection of its own: then a read-only error is the session's doing (PostgreSQL's
+        ``SET default_transaction_read_only``, say), not a demotion."""
+        runtime = self._runtime
+        # A fresh session sees what every session sees: a replica, or a node made read-only
+        # for all (a demoted writer), but not a read-only setting of this session alone.
+        sql = (
+            "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'"
+            if runtime.spec.engine == "postgresql"
+            else "SELECT @@global.read_only"
+        )
+        try:
+            raw = runtime.open(self._lease.target)
+        except Exception:
+            return False  # cannot ask: treat it as gone
+        try:
+            rows = runtime.adapter.query(raw, sql).rows
+        except Exception:
+            return False
+        finally:
+            runtime.adapter.close(raw)
+        return bool(rows) and not rows[0][0]
+
+    def _recover(
+        self,
+        exc: BaseException,
+        call: Call,
+        query: Any = None,
+        before: Any = None,
+        *,
+        retry_reads: bool | None = None,
+    ) -> None:
         """Turn a driver error into what the application must see (see docs/failover.md).
 
-        Application errors are re-raised as they are. A lost or demoted node triggers the
-        failover procedure, then: ``TransactionOutcomeUnknown`` when COMMIT was interrupted;
-        a transparent re-run (by returning) for a read in autocommit mode with
-        ``retry_reads``; otherwise ``FailoverSucceeded``. The library never re-sends a COMMIT
-        or a write.
+        Application errors are re-raised as they are. A lost or demoted node: `outcome.decide`
+        says what the application is told, from what was in flight and the transaction state
+        the driver knew. Returns only when the call is to be run again (it never ran, or it
+        is a read re-run with ``retry_reads``) or when nothing of it was lost (``rollback``).
+        The library never re-sends a COMMIT or a write.
         """
+        if self._closed:
+            raise exc  # the application closed it: not a failover, and nothing to reopen
         if not self._is_failover_error(exc):
             raise exc
-        in_transaction = not self._autocommit or during_commit
-        lost = self.instance_id
-        started = time.monotonic()
-        self._fail_over(exc)
+        detached = isinstance(exc, self._detached_error)
+        kind = "disconnect" if detached else self._adapter.error_kind(exc)
+        if kind == "read_only" and self._still_writer():
+            raise exc
+        settings = self._runtime.spec.settings
+        facts: tuple[Transaction, bool] = ("none", False)
+        if not detached:
+            facts = self._facts(exc, before)
+        transaction, sent = facts
+        effect: outcome.Effect = (
+            outcome.classify(query, self._runtime.spec.engine) if call == "statement" else "write"
+        )
+        decided = outcome.decide(
+            outcome.Situation(
+                call,
+                transaction,
+                sent,
+                effect,
+                settings.retry_reads if retry_reads is None else retry_reads,
+                refused=kind == "read_only",
+                engine=self._runtime.spec.engine,
+            )
+        )
         runtime = self._runtime
+        lost = self.instance_id
+        if not decided.fail_over_now:
+            if not detached:
+                self._detach(f"the connection to {lost} was lost ({_short(exc)})")
+            return
+        started = time.monotonic()
+        try:
+            if detached:
+                self._attach()
+            else:
+                self._fail_over(exc, kind)
+        except BaseException as failure:
+            if not self._detached:
+                self._detach(f"the connection to {lost} was lost ({_short(exc)})")
+            if decided.outcome_unknown:
+                self._unknown_event(lost, started)
+                raise runtime.outcome_unknown(
+                    f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "
+                    "it may or may not have been committed; and no new node could be "
+                    f"reached ({_short(failure)}): the connection reconnects at its next "
+                    "statement"
+                ) from failure
+            raise
         after = round(time.monotonic() - started, 3)
-        if during_commit:
-            runtime.events.emit("outcome_unknown", old=lost, new=self.instance_id, after_s=after)
+        if decided.outcome_unknown:
+            self._unknown_event(lost, started)
             raise runtime.outcome_unknown(
-                f"the connection to {lost} was lost during COMMIT: the transaction "
-                "may or may not have been committed; the connection is now on "
+                f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "
+                "it may or may not have been committed; the connection is now on "
                 f"{self.instance_id}"
             ) from exc
-        if (
-            query is not None
-            and not in_transaction
-            and runtime.spec.settings.retry_reads
-            and is_read(query)
-        ):
-            runtime.events.emit("read_retried", instance=self.instance_id, after_s=after)
+        if decided.rerun:
+            if decided.verdict == "retry_read":
+                runtime.events.emit("read_retried", instance=self.instance_id, after_s=after)
             return
-        if in_transaction:
+        rolled_back = decided.transaction_rolled_back
+        if rolled_back:
             runtime.events.emit(
                 "transaction_rolled_back", old=lost, new=self.instance_id, after_s=after
             )
         raise runtime.failover_succeeded(
             f"the connection to {lost} was lost ({_short(exc)}); reconnected to {self.instance_id}"
-            + ("; the open transaction was rolled back" if in_transaction else "")
+            + ("; the open transaction was rolled back" if rolled_back else "")
             + ": run the work again",
-            transaction_rolled_back=in_transaction,
+            transaction_rolled_back=rolled_back,
         ) from exc
 
-    def _fail_over(self, exc: BaseException) -> None:
+    def _unknown_event(self, lost: str, started: float) -> None:
+        self._runtime.events.emit(
+            "outcome_unknown",
+            old=lost,
+            new=self.instance_id,
+            after_s=round(time.monotonic() - started, 3),
+        )
+
+    def _fail_over(self, exc: BaseException, kind: str) -> None:
         """Replace the dead driver connection by one on the right node, same session state."""
         old = self._lease
         old.mark_broken()
-        kind = self._adapter.error_kind(exc)
-        lease = self._runtime.fail_over(self.role, old.target, kind, pooled=old.pooled, cause=exc)
-        self.__dict__["_lease"] = lease
-        self.__dict__["_raw"] = lease.raw
+        try:
+            lease = self._runtime.fail_over(
+                self.role, old.target, kind, pooled=old.pooled, cause=exc
+            )
+            self._take(lease, exc)
+        except BaseException:
+            self._detach(f"the connection to {old.target.instance_id} was lost ({_short(exc)})")
+            raise
+        old.give_back(broken=True)
+        self._runtime.events.emit(
+            "connection_moved", old=old.target.instance_id, new=lease.target.instance_id
+        )
+
+    def _attach(self) -> None:
+        """Put a connection that is on no node on one of the role asked for (waiting for a
+        writer as a new connection does)."""
+        old = self._lease
+        lease = self._runtime.lease(self.role, pooled=old.pooled)
+        self._take(lease, None)
+
+    def _take(self, lease: Lease, cause: BaseException | None) -> None:
         self.__dict__["_pending_move"] = False
         try:
             self._replay(lease.raw)
             for cur in list(self._cursors):
                 cur._rebind(lease.raw)
-        except self._error as replay_error:
+        except BaseException as replay_error:
             lease.give_back(broken=True)
-            raise replay_error from exc
-        finally:
+            if cause is not None:
+                raise replay_error from cause
+            raise
+        self.__dict__["_lease"] = lease
+        self.__dict__["_raw"] = lease.raw
+
+    def _detach(self, why: str, *, give_back: bool = False) -> None:
+        """Let go of the driver connection (back to its pool when ``give_back``, as broken
+        otherwise); statements then reconnect (see `_DetachedRaw`)."""
+        old = self._lease
+        if give_back:
+            self._give_back(old, read_only=not self._read_only)
+        else:
+            old.mark_broken()
             old.give_back(broken=True)
-        self._runtime.events.emit(
-            "connection_moved", old=old.target.instance_id, new=lease.target.instance_id
-        )
+        text = f"{why}: this connection is on no node now; its next statement reconnects"
+        raw = _DetachedRaw(self._detached_error, text)
+        self.__dict__["_lease"] = _DetachedLease(raw, old.target, old.pooled)
+        self.__dict__["_raw"] = raw
+        for cur in list(self._cursors):
+            cur._bind(_DetachedCursor(self._detached_error, text))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -393,12 +665,19 @@ class Connection:
                 self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"on {self._lease.target.instance_id}"
+        if self._closed:
+            state = "closed"
+        elif self._detached:
+            state = f"on no node (was {self._lease.target.instance_id})"
+        else:
+            state = f"on {self._lease.target.instance_id}"
         return f"<aurora_smartdriver {type(self).__name__} role={self.role} {state}>"
 
 
 class PsycopgConnection(Connection):
     """Behaves like ``psycopg.Connection``."""
+
+    _cursor_class = PsycopgCursor
 
     @property
     def autocommit(self) -> bool:
@@ -407,7 +686,11 @@ class PsycopgConnection(Connection):
     @autocommit.setter
     def autocommit(self, value: bool) -> None:
         self._check_open()
-        self._raw.autocommit = value
+        self._switch_autocommit(value)
+
+    def _switch_autocommit(self, value: bool) -> None:
+        if not self._detached:
+            self._raw.autocommit = value
         self.__dict__["_autocommit"] = bool(value)
 
     @property
@@ -417,7 +700,8 @@ class PsycopgConnection(Connection):
     @isolation_level.setter
     def isolation_level(self, value: Any) -> None:
         self._check_open()
-        self._raw.isolation_level = value
+        if not self._detached:
+            self._raw.isolation_level = value
         self.__dict__["_isolation"] = value
 
     @property
@@ -434,6 +718,72 @@ class PsycopgConnection(Connection):
         cur = self.cursor()
         cur.execute(query, *args, **kwargs)
         return cur
+
+    @contextlib.contextmanager
+    def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> Iterator[Any]:
+        """``psycopg.Connection.transaction``, with its BEGIN and COMMIT seen by the library:
+        a connection lost at the COMMIT of the block is ``TransactionOutcomeUnknown``, inside
+        the block ``FailoverSucceeded(transaction_rolled_back=True)``."""
+        self._check_open()
+        raw = self._raw
+        before = self._before(raw)
+        outer = before == _IDLE
+        try:
+            block = raw.transaction(savepoint_name, force_rollback)
+            block.__enter__()
+        except self._error as exc:
+            self._recover(exc, "statement", "BEGIN" if outer else "SAVEPOINT s", before)
+            raw = self._raw
+            block = raw.transaction(savepoint_name, force_rollback)
+            block.__enter__()
+        try:
+            yield block
+        except BaseException as exc:
+            if self._raw is raw:
+                try:
+                    if block.__exit__(type(exc), exc, exc.__traceback__):
+                        return
+                except self._error as exit_error:
+                    if not self._is_failover_error(exit_error):
+                        raise
+                    # The server rolled the block back with its connection; the error that
+                    # ended the block is the one to see.
+                    self._detach(f"the connection to {self.instance_id} was lost")
+            raise
+        if self._raw is not raw:
+            raise self._runtime.failover_succeeded(
+                f"the connection of this transaction block was lost and replaced by one to "
+                f"{self.instance_id}: the block's transaction was rolled back: run it again",
+                transaction_rolled_back=True,
+            )
+        before = self._before(raw)
+        try:
+            block.__exit__(None, None, None)
+        except self._error as exc:
+            if outer:
+                self._recover(exc, "commit", None, before)
+            else:
+                self._recover(exc, "statement", "RELEASE SAVEPOINT s", before)
+
+    def _before(self, raw: Any) -> Any:
+        return raw.pgconn.transaction_status
+
+    def _facts(self, exc: BaseException, before: Any) -> tuple[Transaction, bool]:
+        if before is None or before == _UNKNOWN:
+            # Lost before this call: whatever transaction was open is gone.
+            return "open", False
+        if before == _ACTIVE:
+            return "busy", True
+        if before in (_INTRANS, _INERROR):
+            return "open", True
+        return ("none" if self._raw.autocommit else "implicit"), True
+
+    def _session_read_only(self) -> bool:
+        return bool(self._read_only) or (
+            not self._detached and getattr(self._raw, "read_only", None) is True
+        )
 
     def _apply_session(self, raw: Any) -> None:
         raw.autocommit = self._autocommit
@@ -469,14 +819,31 @@ class PsycopgConnection(Connection):
 class PyMySQLConnection(Connection):
     """Behaves like ``pymysql.connections.Connection``."""
 
+    _cursor_class = PyMySQLCursor
+
     def autocommit(self, value: bool) -> None:
         """``Connection.autocommit(value)``, as PyMySQL spells it."""
         self._check_open()
-        self._raw.autocommit(value)
+        self._switch_autocommit(value)
+
+    def _switch_autocommit(self, value: bool) -> None:
+        if not self._detached:
+            self._raw.autocommit(value)
         self.__dict__["_autocommit"] = bool(value)
 
     def get_autocommit(self) -> bool:
+        if self._detached:
+            return bool(self._autocommit)
         return bool(self._raw.get_autocommit())
+
+    def begin(self) -> None:
+        """``Connection.begin()``: BEGIN, seen by the library (a lost connection fails over)."""
+        self._check_open()
+        try:
+            self._raw.begin()
+        except self._error as exc:
+            self._recover(exc, "statement", "BEGIN")
+            self._raw.begin()
 
     def ping(self, reconnect: bool = True) -> None:
         """PyMySQL's ``ping``, failing over where PyMySQL would reconnect to the same address.
@@ -488,16 +855,26 @@ class PyMySQLConnection(Connection):
         ``reconnect=False`` the driver's error is raised, as PyMySQL does.
         """
         self._check_open()
-        raw = self._raw
-        in_transaction = self._adapter.in_transaction(raw)
         try:
-            raw.ping(reconnect=False)
+            self._raw.ping(reconnect=False)
         except self._error as exc:
-            if not reconnect or not self._is_failover_error(exc):
+            detached = isinstance(exc, self._detached_error)  # the library let go, not the server
+            if not detached and (not reconnect or not self._is_failover_error(exc)):
                 raise
-            if in_transaction:
-                self._recover(exc, None)  # raises FailoverSucceeded(transaction_rolled_back)
-            self._fail_over(exc)
+            self._recover(exc, "ping")
+            self._raw.ping(reconnect=False)
+
+    def _facts(self, exc: BaseException, before: Any) -> tuple[Transaction, bool]:
+        raw = self._raw
+        # PyMySQL raises InterfaceError(0, '') for a statement on a socket it already closed.
+        sent = not (isinstance(exc, self._runtime.module.InterfaceError) and exc.args[:1] == (0,))
+        status = getattr(raw, "server_status", None) or 0
+        if status & _MYSQL_IN_TRANS:
+            return "open", sent
+        result = getattr(raw, "_result", None)
+        if result is not None and getattr(result, "unbuffered_active", False):
+            return "busy", sent
+        return ("none" if status & _MYSQL_AUTOCOMMIT else "implicit"), sent
 
     @property
     def read_only(self) -> bool:

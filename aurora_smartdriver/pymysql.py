@@ -16,6 +16,8 @@ from aurora_smartdriver._dbapi import driver_module as _driver_module
 from aurora_smartdriver._dbapi import error_class as _error_class
 from aurora_smartdriver.cluster import connect as _connect
 from aurora_smartdriver.connection import Connection
+from aurora_smartdriver.pool import PoolClosed as _PoolClosed
+from aurora_smartdriver.pool import PoolTimeout as _PoolTimeout
 
 _ENGINE = "mysql"
 _driver = _driver_module(_ENGINE)
@@ -40,6 +42,8 @@ NoWriterAvailable: Any = _error_class(_ENGINE, _errors.NoWriterAvailable)
 AuthenticationFailed: Any = _error_class(_ENGINE, _errors.AuthenticationFailed)
 FailoverSucceeded: Any = _error_class(_ENGINE, _errors.FailoverSucceeded)
 TransactionOutcomeUnknown: Any = _error_class(_ENGINE, _errors.TransactionOutcomeUnknown)
+PoolTimeout: Any = _error_class(_ENGINE, _PoolTimeout)
+PoolClosed: Any = _error_class(_ENGINE, _PoolClosed)
 
 STRING: Any = _driver.STRING
 BINARY: Any = _driver.BINARY

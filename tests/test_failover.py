@@ -44,20 +44,35 @@ def _table(conn: Any) -> None:
     conn.commit()
 
 
-def test_autocommit_statement_after_writer_crash_raises_failover_succeeded(aurora_lab: Lab) -> None:
+def test_autocommit_read_after_writer_crash_raises_failover_succeeded(aurora_lab: Lab) -> None:
     conn = _connect(aurora_lab, **_autocommit(aurora_lab))
     try:
-        _table(conn)
         old = conn.instance_id
         report = aurora_lab.failover()
         with pytest.raises(asd.FailoverSucceeded) as caught:
-            _query(conn, "INSERT INTO fo_rows VALUES (%s)", (uuid.uuid4().hex,))
+            _query(conn, "SELECT 1")
         assert isinstance(caught.value, _driver(aurora_lab).OperationalError)
         assert caught.value.transaction_rolled_back is False
         assert conn.instance_id == report.new_writer != old
+        assert _query(conn, "SELECT 1") == [(1,)]  # the caller re-runs it
+    finally:
+        conn.close()
+
+
+def test_autocommit_write_lost_in_flight_is_outcome_unknown(aurora_lab: Lab) -> None:
+    # The statement was its own transaction: the server may have committed it before it died,
+    # so "run it again" could apply it twice.
+    conn = _connect(aurora_lab, **_autocommit(aurora_lab))
+    try:
+        _table(conn)
+        report = aurora_lab.failover()
         key = uuid.uuid4().hex
-        _query(conn, "INSERT INTO fo_rows VALUES (%s)", (key,))  # the caller re-runs it
-        assert _query(conn, "SELECT id FROM fo_rows WHERE id = %s", (key,)) == [(key,)]
+        with pytest.raises(asd.TransactionOutcomeUnknown) as caught:
+            _query(conn, "INSERT INTO fo_rows VALUES (%s)", (key,))
+        assert isinstance(caught.value, _driver(aurora_lab).OperationalError)
+        assert conn.instance_id == report.new_writer
+        # Resolved by reading it back: here it never reached the old writer.
+        assert _query(conn, "SELECT id FROM fo_rows WHERE id = %s", (key,)) == []
     finally:
         conn.close()
 
@@ -120,7 +135,7 @@ def test_retry_reads_never_reruns_a_write(aurora_lab: Lab) -> None:
     try:
         _table(conn)
         aurora_lab.failover()
-        with pytest.raises(asd.FailoverSucceeded):
+        with pytest.raises(asd.TransactionOutcomeUnknown):
             _query(conn, "INSERT INTO fo_rows VALUES (%s)", (uuid.uuid4().hex,))
     finally:
         conn.close()
@@ -139,6 +154,7 @@ def test_write_refused_as_read_only_is_a_failover_signal_not_a_success(aurora_la
         else:
             aurora_lab.execute(old, "SET GLOBAL read_only = 1")
         threading.Timer(1.0, aurora_lab.failover).start()  # then the cluster promotes another
+        # Refused by the server as read-only: it did not write, so nothing of it committed.
         with pytest.raises(asd.FailoverSucceeded):
             _query(conn, "INSERT INTO fo_rows VALUES (%s)", (uuid.uuid4().hex,))
         assert conn.instance_id != old

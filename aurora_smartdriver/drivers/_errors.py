@@ -62,6 +62,9 @@ MYSQL_CODES: Mapping[int, ErrorKind] = MappingProxyType(
         2006: "disconnect",  # CR_SERVER_GONE_ERROR
         2013: "disconnect",  # CR_SERVER_LOST (also a read timeout during the handshake)
         2055: "disconnect",  # CR_SERVER_LOST_EXTENDED
+        1053: "disconnect",  # ER_SERVER_SHUTDOWN (shutdown in progress)
+        1927: "disconnect",  # ER_CONNECTION_KILLED (MariaDB: KILL, or the server going away)
+        4031: "disconnect",  # ER_CLIENT_INTERACTION_TIMEOUT (MySQL 8: idle session closed)
         1290: "read_only",  # ER_OPTION_PREVENTS_STATEMENT (--read-only)
         1836: "read_only",  # ER_READ_ONLY_MODE
         1045: "auth",  # ER_ACCESS_DENIED_ERROR

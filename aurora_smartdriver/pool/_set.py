@@ -54,6 +54,11 @@ class PoolSet:
         self._gone: list[HostPool] = []  # dropped pools whose connections may still come back
         self._past: dict[str, PoolStats] = {}  # the counters of dropped pools, folded
 
+    @property
+    def closed(self) -> bool:
+        """Whether `close` was called: no pool will be lent again."""
+        return self._closed
+
     def pool(self, target: Target) -> HostPool:
         """The pool of `target`, created if there is none; raises `PoolClosed` after `close`.
 

@@ -182,15 +182,16 @@ class AuroraRoleCharacteristic(ConnectionCharacteristic):
 def _back_to_writer(
     dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry, state: PoolResetState
 ) -> None:
-    """Pool ``reset`` event: a connection SQLAlchemy's pool takes back goes to the writer.
+    """Pool ``reset`` event: a connection SQLAlchemy's pool takes back asks for the writer.
 
-    A failure here (no writer) makes SQLAlchemy invalidate the connection, which is right: it
-    cannot be handed out as a writer connection.
+    Lazily: its reader connection goes back to the library's pool now, and the writer is
+    borrowed at its next statement. Moving it now would make every request that read from a
+    replica wait for the writer at checkin, exactly while the writer is down.
     """
     if state.terminate_only or not isinstance(dbapi_connection, Connection):
         return
-    if dbapi_connection._read_only and not dbapi_connection.closed:
-        dbapi_connection._set_read_only(False)  # at the rollback that follows, if in a transaction
+    if dbapi_connection._read_only and not dbapi_connection._closed:
+        dbapi_connection._route_lazily(read_only=False)
 
 
 # -- the shared part of the dialects ------------------------------------------------------------
@@ -269,10 +270,10 @@ class _AuroraDialect(DefaultDialect):
                 raise
             # A driver-level ping (PyMySQL's COM_PING) bypasses the library: let it see the error.
             try:
-                dbapi_connection._recover(exc, None)
+                dbapi_connection._recover(exc, "ping")
             except (FailoverSucceeded, TransactionOutcomeUnknown):
                 return True
-            raise
+        return True
         return True
 
 
