@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -107,3 +110,32 @@ def test_other_mysql_failures_are_not_configuration_errors(code: int, text: str)
 def test_other_postgresql_failures_are_not_configuration_errors(text: str) -> None:
     error: Any = Exception(text)
     assert config_problem(error) is None
+
+
+EXIT_SCRIPT = """
+import sys, time
+import aurora_smartdriver as asd
+try:
+    asd.connect(sys.argv[1])
+except asd.NoHostAvailable:
+    pass
+print(time.monotonic(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "mysql"])
+def test_exit_does_not_wait_for_an_attempt_on_a_hung_host(silent_port: int, scheme: str) -> None:
+    """The monitor's own attempt on a host that never answers is left to end on its own."""
+    dsn_text = f"{scheme}://app:{PASSWORD}@127.0.0.1:{silent_port}/app?connect_timeout=4s"
+    done = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, dsn_text],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    ended = time.monotonic()
+    assert done.returncode == 0, done.stderr
+    gave_up = float(done.stdout.strip().splitlines()[-1])
+    # Interpreter shutdown takes a fraction of a second; a further connect_timeout is 4 s.
+    assert ended - gave_up < 3.0
