@@ -6,7 +6,9 @@ For each scenario a lab cluster is loaded by writer and reader threads through t
 (``Cluster`` with pools) and, side by side in the same run, by bare-driver writers reconnecting
 through the cluster endpoint name (what applications do today). Each insert carries a unique id;
 the clients record which ones the database acknowledged. Printed per scenario (medians over
-the runs): acknowledged writes lost (must be 0), write unavailability (fault to the first
+the runs): acknowledged writes lost (must be 0), the ledger of `aurora_smartdriver.lab._ledger`
+(applied twice and reported-rolled-back-but-present must be 0; unknown outcomes counted), write
+unavailability (fault to the first
 acknowledged write; and from the new writer accepting writes to that write), read errors,
 connections opened and the most concurrent connection attempts to one host. Nothing is asserted.
 """
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 from aurora_smartdriver._demo import LibraryLoad, lost_writes, write_gap
 from aurora_smartdriver.lab import Lab, partition_available
+from aurora_smartdriver.lab._ledger import Ledger
 from aurora_smartdriver.lab._workload import WriteLoad
 
 
@@ -33,6 +36,12 @@ class Row:
     read_errors: int
     opened: int
     peak_connects: int
+    twice: int = 0
+    """Ledger: operations applied twice by writers that re-ran only when told to."""
+    unknown: int = 0
+    """Ledger: operations reported TransactionOutcomeUnknown."""
+    phantom: int = 0
+    """Ledger: operations reported as not committed, yet present."""
 
 
 def _first_after(times: list[float], moment: float) -> float | None:
@@ -100,6 +109,7 @@ SCENARIOS: dict[str, Scenario] = {
 
 def run_once(lab: Lab, scenario: Scenario, settle: float) -> tuple[Row, Row]:
     ours = LibraryLoad(lab).start()
+    ledger = Ledger(lab.dsn, lab.state().engine, fast_refresh_interval="0.05s").start()
     naive = WriteLoad(lab, threads=4).start()
     time.sleep(1.5)
     fault = time.time()
@@ -107,6 +117,7 @@ def run_once(lab: Lab, scenario: Scenario, settle: float) -> tuple[Row, Row]:
     time.sleep(settle)
     end = time.time()
     ours.finish()
+    audit = ledger.stop()
     naive_result = naive.stop()
     opened, peak = ours.pool_figures()
     ours.cluster.close()
@@ -114,12 +125,15 @@ def run_once(lab: Lab, scenario: Scenario, settle: float) -> tuple[Row, Row]:
     naive_times = [e.at for e in naive_result.events if e.ok]
     naive_gap = write_gap(naive_times, fault, end)
     library = Row(
-        lost=lost_writes(lab, ours.out.acked),
+        lost=lost_writes(lab, ours.out.acked) + len(audit.lost),
         gap_s=lib_gap,
         after_writable_s=_first_after(ours.out.write_ok_at, writable),
         read_errors=ours.out.read_errors,
         opened=opened,
         peak_connects=peak,
+        twice=len(audit.twice),
+        unknown=audit.unknown,
+        phantom=len(audit.phantom),
     )
     bare = Row(
         lost=len(naive.lost()),
@@ -177,18 +191,29 @@ def markdown(result: ChaosResult) -> str:
     lines = [
         f"Median of {result.runs} runs, {result.settle:g} s of load after each fault; 4 writers "
         "+ 4 readers through the library, 4 bare-driver writers beside them. *lost* is summed "
-        "over the runs; *max conc.* is the most concurrent connection attempts to one host.",
+        "over the runs; *max conc.* is the most concurrent connection attempts to one host. "
+        "Beside them, a ledger (6 writers through connect(), Cluster and SQLAlchemy, in "
+        "autocommit and in transactions, re-running only on FailoverSucceeded): *twice* is "
+        "operations applied twice, *unknown* those reported TransactionOutcomeUnknown, "
+        "*phantom* those reported not committed yet present (all summed over the runs; twice "
+        "and phantom must be 0).",
         "",
-        "| engine | scenario | client | lost | write unavailability | new writer -> 1st write "
-        "| read errors | opened | max conc. |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| engine | scenario | client | lost | twice | unknown | phantom | write unavailability "
+        "| new writer -> 1st write | read errors | opened | max conc. |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for engine, name, measured in result.rows:
         for label, pick in (("library", 0), ("bare", 1)):
             picked = [r[pick] for r in measured]
             lines.append(
                 f"| {engine} | {name} | {label} | {sum(r.lost for r in picked)} | "
-                f"{_med([r.gap_s for r in picked])} | "
+                + (
+                    f"{sum(r.twice for r in picked)} | {sum(r.unknown for r in picked)} | "
+                    f"{sum(r.phantom for r in picked)} | "
+                    if pick == 0
+                    else "- | - | - | "
+                )
+                + f"{_med([r.gap_s for r in picked])} | "
                 f"{_med([r.after_writable_s for r in picked])} | "
                 f"{int(statistics.median(r.read_errors for r in picked)) if pick == 0 else '-'} | "
                 f"{int(statistics.median(r.opened for r in picked))} | "
