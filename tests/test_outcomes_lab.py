@@ -366,3 +366,28 @@ def test_pool_errors_are_the_drivers_operational_errors(aurora_lab: Lab) -> None
         assert isinstance(caught.value, _driver(aurora_lab).OperationalError)
     finally:
         cluster.close()
+
+
+def test_a_write_committed_before_the_connection_died_is_never_said_to_be_rerunnable(
+    aurora_lab_postgresql: Lab,
+) -> None:
+    # The statement commits its insert, then keeps the connection busy: the writer dies after
+    # the commit (synchronously replicated), before the reply. "Run it again" would apply it
+    # twice; only "unknown" is true.
+    lab = aurora_lab_postgresql
+    _table(lab)
+    conn = _connect(lab, autocommit="on")
+    op = uuid.uuid4().hex
+    try:
+        sql = f"INSERT INTO outcome_ops VALUES ('{op}'); COMMIT; SELECT pg_sleep(5)"
+        worker, result = _in_thread(lambda: _query(conn, sql))
+        deadline = time.monotonic() + 5
+        while _count(lab, op) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        lab.failover()
+        worker.join(30)
+        assert len(result) == 1
+        assert isinstance(result[0], asd.TransactionOutcomeUnknown), result
+        assert _count(lab, op) == 1  # committed: an obedient application reads it back
+    finally:
+        conn.close()
