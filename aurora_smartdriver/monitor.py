@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import re
 import threading
 import time
@@ -291,8 +290,8 @@ class ClusterMonitor:
         try:
             while not self._closed.is_set():
                 # However many callers ask (refresh_now, failing borrowers), two refreshes
-                # start at least fast_refresh_interval apart.
-                gap = self._last_start + self.spec.settings.fast_refresh_interval
+                # start at least fast_refresh_interval apart (more after failures).
+                gap = self._last_start + self._min_gap()
                 if self._closed.wait(max(0.0, gap - time.monotonic())):
                     break
                 with self._cond:
@@ -318,15 +317,28 @@ class ClusterMonitor:
                 self._drop_connection()  # close() may have given up waiting for this thread
 
     def _next_wait(self, ok: bool) -> float:
+        """How long to wait for the next refresh unless woken (and `_min_gap` allows it)."""
         settings = self.spec.settings
-        interval = settings.fast_refresh_interval if self._fast else settings.refresh_interval
         if ok:
             self._failures = 0
-            return interval
-        # Failed: back off with full jitter, but never slower than the normal interval.
+            return settings.fast_refresh_interval if self._fast else settings.refresh_interval
         self._failures += 1
-        ceiling = min(settings.backoff_max, settings.backoff_initial * 2 ** min(self._failures, 30))
-        return min(interval, random.uniform(0, ceiling)) if self._fast else interval
+        if not self._fast:
+            return settings.refresh_interval
+        return self._min_gap()
+
+    def _min_gap(self) -> float:
+        """The least time between the starts of two refreshes, however many callers ask.
+
+        ``fast_refresh_interval`` while refreshes succeed; after failures in a row it doubles
+        up to ``backoff_max``, so that a cluster that is down entirely is asked ever less often
+        (during a failover some node answers, and the gap stays short).
+        """
+        settings = self.spec.settings
+        fast = settings.fast_refresh_interval
+        if self._failures == 0:
+            return fast
+        return max(fast, min(settings.backoff_max, fast * 2.0 ** min(self._failures - 1, 30)))
 
     def _refresh(self) -> bool:
         """One topology query; False when it failed (no answer, or an answer not believed)."""
@@ -381,9 +393,10 @@ class ClusterMonitor:
             and not any(h.role is Role.WRITER for h in answer.rows)
         ):
             # Every host that answered says it is a reader: between a writer's death and a
-            # promotion that is the truth, not a bad answer. Keep the last topology.
+            # promotion that is the truth, not a bad answer. Keep the last topology, and
+            # keep asking at the fast pace (nodes answered: this is no outage to back off from).
             self._note_error(f"{source}: no host answered as the writer")
-            return False
+            return True
         result = accept(
             previous,
             answer.rows,

@@ -31,7 +31,7 @@ from aurora_smartdriver.drivers._psycopg import libpq_connect_timeout
 from aurora_smartdriver.errors import ConfigError
 from aurora_smartdriver.lab import Lab, NodeInfo
 from aurora_smartdriver.resolver import Resolver
-from aurora_smartdriver.topology import Rejected, Role, Topology, build_topology
+from aurora_smartdriver.topology import Host, Rejected, Role, Topology, build_topology
 
 T = TypeVar("T")
 
@@ -624,3 +624,46 @@ def test_rds_api_needs_a_region_and_a_cluster_id(rds: Any) -> None:
     with pytest.raises(ConfigError, match="cluster identifier") as caught:
         _rds_api_rows(dsn.parse("postgresql://app@10.1.2.3/app?region=us-east-1"))
     assert caught.value.parameter == "cluster_id"
+
+
+# -- which writer an answer confirms (pure) -------------------------------------------------------
+
+_roles = st.sampled_from([Role.WRITER, Role.READER])
+_answer_rows = st.lists(_roles, max_size=5).map(
+    lambda roles: tuple(
+        Host(f"i{index}", f"10.0.0.{index + 1}", 5432, role) for index, role in enumerate(roles)
+    )
+)
+
+
+@given(
+    _answer_rows,
+    st.one_of(st.none(), st.sampled_from(["i0", "i1", "x"])),
+    st.sampled_from(list(Role)),
+    st.booleans(),
+)
+def test_an_answer_confirms_only_a_writer_that_said_so_itself(
+    rows: tuple[Host, ...], answerer: str | None, role: Role, self_reported: bool
+) -> None:
+    answer = Answer(rows, 0.0, answerer, role, self_reported=self_reported)
+    confirmed = answer.confirmed_writer
+    writers = [h.instance_id for h in rows if h.role is Role.WRITER]
+    if role is Role.WRITER and answerer is not None:
+        assert confirmed == answerer  # the instance that answered says it is the writer
+    elif self_reported and len(writers) == 1:
+        assert confirmed == writers[0]  # it told the probe so itself
+    else:
+        assert confirmed is None  # metadata alone, or no single writer: not confirmed
+
+
+def test_static_and_rds_api_rows_confirm_no_writer_and_probe_needs_no_monitor_connection() -> None:
+    spec = dsn.parse("postgresql://app@10.0.0.1,10.0.0.2/app?topology_source=static")
+    answer = source_for("static").fetch(None, SourceContext.for_spec(spec))
+    assert answer.rows[0].role is Role.WRITER
+    assert answer.confirmed_writer is None  # the DSN's word, not the node's: ask it
+    assert [source_for(n).uses_connection for n in ("probe", "static", "rds-api")] == [
+        False,
+        False,
+        False,
+    ]
+    assert all(source_for(n).uses_connection for n in ("aurora-postgresql", "rds-multi-az"))

@@ -113,3 +113,39 @@ def test_failed_refresh_puts_the_monitor_in_fast_mode(aurora_lab: Lab) -> None:
         assert _wait(lambda: not monitor.fast_mode, 10)
     finally:
         monitor.close()
+
+
+def test_callers_of_a_cluster_that_is_down_do_not_make_the_monitor_hammer_it() -> None:
+    """Nothing listens: each attempt is refused at once. Twenty callers asking for refreshes
+    in a loop get attempts further and further apart (up to backoff_max), not thousands."""
+    monitor = ClusterMonitor(
+        dsn.parse(
+            "postgresql://app:pw@127.0.0.1:1/app?fast_refresh_interval=0.1s&backoff_max=1s"
+            f"&cluster_id={uuid.uuid4().hex}"
+        )
+    )
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            monitor.refresh_now(timeout=0)
+            time.sleep(0.001)
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(20)]
+    try:
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        time.sleep(4.0)
+        stop.set()
+        for thread in threads:
+            thread.join(5)
+        seconds = time.monotonic() - started
+        attempts = monitor.stats().connects
+        print(f"\n{attempts} connection attempts in {seconds:.1f}s to a cluster that is down")
+        # Gaps of 0.1, 0.2, 0.4, 0.8, then 1 s: about 8 in 4 s; generous bound.
+        assert attempts <= 15
+        assert monitor.topology is None
+        assert "127.0.0.1:1" in (monitor.trouble() or "")
+    finally:
+        monitor.close()
