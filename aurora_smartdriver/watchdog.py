@@ -2,12 +2,19 @@
 
 A node that accepts TCP but never answers (a stopped process, a cut network) leaves a statement
 waiting for the operating system's TCP timeouts, which are minutes long. While connections to an
-instance are in use, a probe thread asks that instance, every ``failure_detection_time / 3``,
-to answer a ping on a connection of its own, with the same bound. When no probe has succeeded
-for ``failure_detection_time``, the instance is declared dead and the sockets of every connection
-in use on it are cut: the waiting statements fail as lost connections, and the failover
-procedure takes over. The cost: one extra connection per instance in use, and one ping per
-interval on it.
+instance are in use, a probe thread keeps a connection of its own to that instance and pings it
+every ``failure_detection_time / 3``. When a ping sent on that connected probe gets no answer
+at all and ``failure_detection_time`` has passed since the instance last answered, the instance
+is declared dead and the sockets of every connection in use on it are cut: the waiting
+statements fail as lost connections, and the failover procedure takes over. The cost: one extra
+connection per instance in use, and one ping per interval on it.
+
+Only silence on a connected probe is evidence. Failing to *open* the probe (a DNS failure,
+``max_connections`` reached, a refused login, a ``session_init`` error, a connect timeout) says
+nothing about the connections already open, and a ping answered with an error (the probe's
+session was killed, the server closed it) is an answer: neither ever cuts a connection in use.
+A long statement on a connection in use is never judged either: the probe is a separate
+connection, so a healthy server busy with a slow query still answers the probe's pings.
 """
 
 from __future__ import annotations
@@ -28,6 +35,10 @@ log = logging.getLogger("aurora_smartdriver.watchdog")
 
 _LINGER = 30.0
 """Seconds a watch (its thread and probe connection) outlives the last connection in use."""
+_OPEN_RETRY_MAX = 5.0
+"""Longest wait between two attempts to open the probe, when opening keeps failing."""
+_TIMER_SLACK = 0.02
+"""A ping that failed this close to its bound (seconds) timed out: it heard nothing."""
 
 
 class HostWatch:
@@ -52,13 +63,22 @@ class HostWatch:
         # the watch busy for ever; adding one twice counts it once.
         self._users: weakref.WeakSet[Any] = weakref.WeakSet()
         self._wake = threading.Event()
+        self._closed = False
         self._thread: threading.Thread | None = None
+        self._probing = False
         self.verdicts = 0
+        self.open_failures = 0
+
+    @property
+    def probing(self) -> bool:
+        """Whether the probe is connected: only from then on can silence be noticed."""
+        return self._probing
 
     def add(self, raw: Any) -> None:
+        """``raw`` is in use on the instance from now on."""
         with self._lock:
             self._users.add(raw)
-            if self._thread is None:
+            if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
                     target=self._run,
                     name=f"aurora-smartdriver-watch {self.target.instance_id}",
@@ -67,8 +87,15 @@ class HostWatch:
                 self._thread.start()
 
     def discard(self, raw: Any) -> None:
+        """``raw`` is no longer in use (waits for a verdict cutting it to finish)."""
         with self._lock:
             self._users.discard(raw)
+
+    def close(self) -> None:
+        """Stop probing now and close the probe connection (the thread ends on its own)."""
+        with self._lock:
+            self._closed = True
+        self._wake.set()
 
     def _busy(self) -> bool:
         with self._lock:
@@ -76,56 +103,92 @@ class HostWatch:
 
     def _run(self) -> None:
         probe: Any = None
-        last_ok = time.monotonic()
+        last_answer = time.monotonic()
         idle_since: float | None = None
+        open_retry = self._interval
         try:
-            while True:
-                started = time.monotonic()
+            while not self._closed:
                 if not self._busy():
                     # Borrow-and-return traffic comes and goes: keep the thread and its probe
                     # connection for a while rather than starting both again on every borrow.
-                    idle_since = started if idle_since is None else idle_since
-                    if started - idle_since >= _LINGER:
+                    now = time.monotonic()
+                    idle_since = now if idle_since is None else idle_since
+                    if now - idle_since >= _LINGER:
                         with self._lock:
                             if not self._users:
                                 self._thread = None
                                 return
                     self._wake.wait(self._interval)
-                    last_ok = time.monotonic()  # silence while unused is not a verdict
                     continue
                 idle_since = None
-                try:
+                if probe is None:
+                    probe = self._open_probe()
                     if probe is None:
-                        probe = self._opener(self._interval)
-                    self._adapter.ping(probe, self._interval)
-                    last_ok = time.monotonic()
+                        self._wake.wait(open_retry)
+                        open_retry = min(open_retry * 2, max(_OPEN_RETRY_MAX, self._interval))
+                        continue
+                    open_retry = self._interval
+                    last_answer = time.monotonic()  # the handshake was an answer
+                    self._wake.wait(self._interval)
+                    continue
+                sent = time.monotonic()
+                bound = max(last_answer + self._detection - sent, self._interval)
+                try:
+                    self._adapter.ping(probe, bound)
                 except Exception as exc:
-                    if probe is not None:
-                        self._adapter.abort(probe)
-                        self._adapter.close(probe)
-                        probe = None
-                    silent = time.monotonic() - last_ok
+                    silent = time.monotonic() - last_answer
+                    heard_nothing = time.monotonic() - sent >= bound - _TIMER_SLACK
+                    self._drop(probe)
+                    probe = None
+                    if not heard_nothing:
+                        # An error is an answer (a killed session, a closing server): open a
+                        # new probe; the connections in use will see a real failure themselves.
+                        log.debug("%s: probe failed: %s", self.target.instance_id, exc)
+                        continue
                     log.debug("%s did not answer (%.1fs): %s", self.target.instance_id, silent, exc)
-                    if silent >= self._detection:
+                    if silent >= self._detection and self._busy():
                         self._declare_dead(silent)
-                        last_ok = time.monotonic()
-                self._wake.wait(max(0.0, self._interval - (time.monotonic() - started)))
+                    continue
+                last_answer = time.monotonic()
+                self._wake.wait(max(0.0, self._interval - (last_answer - sent)))
         finally:
+            self._probing = False
             if probe is not None:
                 self._adapter.close(probe)
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _open_probe(self) -> Any:
+        """A new probe connection, or None when it cannot be opened (never a verdict)."""
+        try:
+            probe = self._opener(self._detection)
+        except Exception as exc:
+            self.open_failures += 1
+            log.debug("%s: the probe cannot be opened: %s", self.target.instance_id, exc)
+            return None
+        self._probing = True
+        return probe
+
+    def _drop(self, probe: Any) -> None:
+        self._probing = False
+        self._adapter.abort(probe)
+        self._adapter.close(probe)
 
     def _declare_dead(self, silent: float) -> None:
+        self.verdicts += 1
+        # Cut under the lock: a connection given back meanwhile (discard comes before its
+        # close) is either no longer listed or closed only after its cut, never a reused fd.
         with self._lock:
             users = list(self._users)
-        self.verdicts += 1
-        log.warning(
-            "%s has not answered for %.1fs: cutting %d connection(s)",
-            self.target.instance_id,
-            silent,
-            len(users),
-        )
-        for raw in users:
-            self._adapter.abort(raw)
+            log.warning(
+                "%s has not answered for %.1fs: cutting %d connection(s)",
+                self.target.instance_id,
+                silent,
+                len(users),
+            )
+            for raw in users:
+                self._adapter.abort(raw)
         self._on_dead(self.target, silent)
 
 
@@ -151,6 +214,8 @@ class Watchdog:
         with self._lock:
             watch = self._watches.get(target.instance_id)
             if watch is None or watch.target != target:
+                if watch is not None:
+                    watch.close()
                 watch = HostWatch(
                     target, self._opener_for(target), self._adapter, self._detection, self._on_dead
                 )
@@ -164,6 +229,20 @@ class Watchdog:
         if watch is not None:
             watch.discard(raw)
 
+    def probing(self, instance_id: str) -> bool:
+        """Whether ``instance_id``'s probe is connected (hung-host detection is armed)."""
+        with self._lock:
+            watch = self._watches.get(instance_id)
+        return watch is not None and watch.probing
+
     def verdicts(self) -> int:
         with self._lock:
             return sum(w.verdicts for w in self._watches.values())
+
+    def close(self) -> None:
+        """Stop every watch (their threads end and their probes close shortly after)."""
+        with self._lock:
+            watches = list(self._watches.values())
+            self._watches.clear()
+        for watch in watches:
+            watch.close()

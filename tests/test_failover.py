@@ -350,14 +350,27 @@ def test_run_transaction_does_not_rerun_an_unknown_outcome(aurora_lab: Lab) -> N
         cluster.close()
 
 
+def _wait_until_probing(conn: Any, instance_id: str, timeout: float = 10.0) -> None:
+    """Wait until the hung-host watchdog's probe to ``instance_id`` is connected."""
+    watchdog = conn._runtime.watchdog
+    deadline = time.monotonic() + timeout
+    while not watchdog.probing(instance_id):
+        assert time.monotonic() < deadline, f"no watchdog probe to {instance_id} in {timeout}s"
+        time.sleep(0.01)
+
+
 def test_a_statement_on_a_hung_reader_is_cut_within_the_detection_time(aurora_lab: Lab) -> None:
     seen: list[events.Event] = []
     events.subscribe(seen.append)
     conn = _connect(
         aurora_lab, role="reader", failure_detection_time="1.5s", **_autocommit(aurora_lab)
     )
+    worker: threading.Thread | None = None
     try:
         hung = conn.instance_id
+        # Only a probe that was connected and then went silent is evidence: a node that hangs
+        # while the probe is still being opened is never judged. Hang it once the probe is up.
+        _wait_until_probing(conn, hung)
         aurora_lab.hang(hung)
         outcome: list[BaseException | None] = []
 
@@ -380,6 +393,11 @@ def test_a_statement_on_a_hung_reader_is_cut_within_the_detection_time(aurora_la
         assert conn.instance_id != hung
         assert _query(conn, "SELECT 1") == [(1,)]
     finally:
+        if worker is not None and worker.is_alive():
+            # Never close a connection under a thread still in the driver (psycopg crashes the
+            # process): let the node answer, so the statement ends, then close.
+            aurora_lab.resume(hung)
+            worker.join(30)
         conn.close()
         events.unsubscribe(seen.append)
     assert any(e.name == "host_unresponsive" and e.fields["instance"] == hung for e in seen)
