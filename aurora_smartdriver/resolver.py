@@ -26,7 +26,7 @@ import dns.resolver
 
 from aurora_smartdriver._instruments import Histogram
 
-__all__ = ["Resolution", "ResolveError", "Resolver", "open_socket"]
+__all__ = ["Resolution", "ResolveError", "Resolver", "TcpKeepalive", "open_socket"]
 
 _RESOLV_CONF = "/etc/resolv.conf"
 
@@ -204,11 +204,58 @@ class Resolver:
         return Resolution(host, addresses, ttl, source, self._clock() + min(ttl, self._ttl_cap))
 
 
-def open_socket(address: str, port: int, timeout: float) -> socket.socket:
+@dataclass(frozen=True, slots=True)
+class TcpKeepalive:
+    """TCP keepalive and TCP_USER_TIMEOUT for one detection window: a silent peer is given up.
+
+    The kernel sends keepalive probes after `idle` seconds without traffic, then every
+    `interval` seconds, and drops the connection after `count` unanswered ones; where the
+    platform has TCP_USER_TIMEOUT, data (or probes) left unacknowledged for `user_timeout_ms`
+    drops it as well. A healthy server answers both from its kernel even in the middle of a long
+    statement, so they end only connections to a node that is gone or cut off (not one that is
+    hung: its kernel still answers; that is the watchdog's part).
+    """
+
+    idle: int
+    interval: int
+    count: int
+    user_timeout_ms: int
+
+    @classmethod
+    def for_window(cls, seconds: float) -> TcpKeepalive:
+        """Values that give up a silent peer after about `seconds` (whole seconds, at least 1,
+        for the keepalive timers, as the socket options count them)."""
+        idle = max(1, int(seconds // 2))
+        interval = max(1, int((seconds - idle) // 3))
+        count = max(1, int((seconds - idle) // interval))
+        return cls(idle, interval, count, max(1, round(seconds * 1000)))
+
+    def apply(self, sock: socket.socket) -> None:
+        """Set these options on a TCP socket (options the platform lacks are skipped)."""
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return  # a Unix-domain socket has no TCP to keep alive
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", self.idle),
+            ("TCP_KEEPINTVL", self.interval),
+            ("TCP_KEEPCNT", self.count),
+            ("TCP_USER_TIMEOUT", self.user_timeout_ms),
+        ):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def open_socket(
+    address: str, port: int, timeout: float, *, keepalive: TcpKeepalive | None = None
+) -> socket.socket:
     """Open a TCP connection to an IP address, with TCP_NODELAY and SO_KEEPALIVE set.
 
     Takes an address, never a name, so no resolver outside the library's control is consulted.
     `timeout` bounds the connect and stays the socket's timeout; callers set their own after.
+    `keepalive` sets the keepalive timers and TCP_USER_TIMEOUT too (before the connect, so a
+    peer that stops answering during the handshake is given up as well); without it the
+    system's keepalive timers apply (hours, on Linux).
     """
     literal = _ip_literal(address)
     if literal is None:
@@ -217,6 +264,8 @@ def open_socket(address: str, port: int, timeout: float) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
+        if keepalive is not None:
+            keepalive.apply(sock)
         sock.connect((literal, port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)

@@ -20,12 +20,13 @@ from psycopg.rows import tuple_row
 from aurora_smartdriver.drivers import QueryResult
 from aurora_smartdriver.drivers._errors import ErrorKind, postgresql_kind
 from aurora_smartdriver.errors import AuthenticationFailed
+from aurora_smartdriver.resolver import TcpKeepalive
 
 if TYPE_CHECKING:
     from aurora_smartdriver.dsn import ConnectionSpec
     from aurora_smartdriver.settings import Engine
 
-__all__ = ["PsycopgAdapter", "libpq_connect_timeout"]
+__all__ = ["PsycopgAdapter", "libpq_connect_timeout", "libpq_keepalives"]
 
 _LIBPQ_MIN_TIMEOUT = 2
 
@@ -38,6 +39,23 @@ def libpq_connect_timeout(timeout: float) -> int:
     connection never gets less time than asked, and up to a second and a half more.
     """
     return max(_LIBPQ_MIN_TIMEOUT, math.ceil(timeout))
+
+
+def libpq_keepalives(window: float) -> dict[str, int]:
+    """libpq's TCP keepalive and `tcp_user_timeout` parameters for a detection window.
+
+    So that the kernel gives up a peer that went silent (a node cut off, a dead host that sent
+    no reset) after about `window` seconds, as the watchdog would, on every connection: idle
+    pooled ones, the monitor's and the probe's too. See `resolver.TcpKeepalive`.
+    """
+    plan = TcpKeepalive.for_window(window)
+    return {
+        "keepalives": 1,
+        "keepalives_idle": plan.idle,
+        "keepalives_interval": plan.interval,
+        "keepalives_count": plan.count,
+        "tcp_user_timeout": plan.user_timeout_ms,
+    }
 
 
 class PsycopgAdapter:
@@ -66,8 +84,11 @@ class PsycopgAdapter:
         TLS (sslmode=verify-full) against the name. `timeout` becomes libpq's
         `connect_timeout` (see `libpq_connect_timeout`). psycopg's own keywords among the
         driver parameters (`row_factory`, `cursor_factory`, `context`, `prepare_threshold`)
-        reach `psycopg.Connection.connect` as they are."""
+        reach `psycopg.Connection.connect` as they are. TCP keepalives and `tcp_user_timeout`
+        follow `failure_detection_time` (see `libpq_keepalives`) unless the driver parameters
+        set them."""
         params: dict[str, Any] = {
+            **libpq_keepalives(spec.settings.failure_detection_time),
             "user": spec.user,
             "password": spec.password,
             "dbname": spec.database,

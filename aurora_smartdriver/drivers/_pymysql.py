@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import socket as _socket
 import ssl
 import threading
@@ -33,7 +34,7 @@ from pymysql.cursors import Cursor
 from aurora_smartdriver.drivers import QueryResult
 from aurora_smartdriver.drivers._errors import ErrorKind, mysql_kind
 from aurora_smartdriver.errors import AuthenticationFailed
-from aurora_smartdriver.resolver import open_socket
+from aurora_smartdriver.resolver import TcpKeepalive, open_socket
 
 if TYPE_CHECKING:
     import socket
@@ -95,6 +96,10 @@ class PyMySQLAdapter:
         every step just in time could stretch it by a few times that. With `address` None
         PyMySQL resolves and connects itself, within `timeout`, and the handshake gets
         `timeout` on top.
+
+        The socket carries TCP keepalives and TCP_USER_TIMEOUT for `failure_detection_time`
+        (`resolver.TcpKeepalive`): PyMySQL has no parameters for them, and without them a
+        statement on a node cut off waits for the system's timeouts (minutes to hours).
         """
         params: dict[str, Any] = {
             "user": spec.user,
@@ -111,7 +116,8 @@ class PyMySQLAdapter:
         given = {name: value for name, value in params.items() if value is not None}
 
         deadline = time.monotonic() + timeout
-        sock = None if address is None else _open(host, address, port, timeout)
+        keepalive = TcpKeepalive.for_window(spec.settings.failure_detection_time)
+        sock = None if address is None else _open(host, address, port, timeout, keepalive)
         left = max(deadline - time.monotonic(), _MIN_STEP)
         try:
             conn: Connection[Cursor] = Connection(
@@ -134,6 +140,10 @@ class PyMySQLAdapter:
         conn.connect(sock=sock)  # closes the socket itself when the handshake fails
         if address is not None:
             conn.host_info = f"socket {address}:{port}"
+        else:
+            opened: Any = conn  # PyMySQL opened this socket itself; the stubs omit `_sock`
+            with contextlib.suppress(OSError):
+                keepalive.apply(opened._sock)
         _set_timeouts(conn, read_timeout, write_timeout)
         return conn
 
@@ -223,8 +233,22 @@ class PyMySQLAdapter:
                 conn._force_close()
 
     def abort(self, conn: Any) -> None:
+        """Shut the socket down through a duplicate of its descriptor.
+
+        shutdown() acts on the socket itself, so the thread waiting in recv wakes with an end
+        of stream (PyMySQL: 2013, lost connection). Going through a duplicate leaves PyMySQL's
+        socket object alone: `SSLSocket.shutdown` would drop its TLS object under the reading
+        thread, which then fails with an AttributeError instead of a lost connection.
+        """
+        sock = getattr(conn, "_sock", None)
+        if sock is None:
+            return
         with contextlib.suppress(Exception):
-            conn._sock.shutdown(_socket.SHUT_RDWR)
+            dup = _socket.socket(fileno=os.dup(sock.fileno()))
+            try:
+                dup.shutdown(_socket.SHUT_RDWR)
+            finally:
+                dup.close()
 
 
 def _key(value: object) -> object:
@@ -234,10 +258,12 @@ def _key(value: object) -> object:
     return value
 
 
-def _open(host: str, address: str, port: int, timeout: float) -> socket.socket:
+def _open(
+    host: str, address: str, port: int, timeout: float, keepalive: TcpKeepalive
+) -> socket.socket:
     """`open_socket`, its failures reported as PyMySQL reports a failed TCP connect (2003)."""
     try:
-        return open_socket(address, port, timeout)
+        return open_socket(address, port, timeout, keepalive=keepalive)
     except OSError as exc:
         raise pymysql.OperationalError(
             CR.CR_CONN_HOST_ERROR,

@@ -1,0 +1,282 @@
+"""Hung and partitioned nodes against the lab: what the watchdog and TCP may and may not cut.
+
+The watchdog cuts the connections in use on an instance only when its probe, once connected,
+stops answering. Everything else that can go wrong with the probe (it cannot be opened) is no
+evidence against the connections already open. The library's own sockets carry TCP keepalives
+and TCP_USER_TIMEOUT, so a partitioned node is left behind by the kernel even with no probe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import aurora_smartdriver as asd
+from aurora_smartdriver import events
+from aurora_smartdriver._runtime import Runtime
+from aurora_smartdriver.dsn import parse
+from aurora_smartdriver.lab import Lab, partition_available
+from aurora_smartdriver.pool import Target
+from aurora_smartdriver.watchdog import HostWatch
+
+_DETECTION = 0.6
+"""The watchdog's window in these tests: a statement of several windows outlives any verdict."""
+
+
+def _postgresql(lab: Lab) -> bool:
+    return lab.state().engine == "postgresql"
+
+
+def _sleep(lab: Lab, seconds: float) -> str:
+    return f"SELECT pg_sleep({seconds})" if _postgresql(lab) else f"SELECT SLEEP({seconds})"
+
+
+@contextlib.contextmanager
+def _runtime(lab: Lab, **overrides: Any) -> Iterator[Runtime]:
+    """The library's machinery for the lab's cluster, with a cluster of its own."""
+    runtime = Runtime(parse(lab.dsn, cluster_id=uuid.uuid4().hex, **overrides))
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+
+
+def _target(lab: Lab, node: str, *, host: str | None = None) -> Target:
+    info = lab.node(node)
+    return Target(info.id, host or info.host, info.port)
+
+
+def _statement_under_a_watch(
+    runtime: Runtime, raw: Any, target: Target, opener: Callable[[float], Any], sql: str
+) -> tuple[BaseException | None, HostWatch]:
+    """Run ``sql`` on ``raw`` while a watch with ``opener`` as its probe watches it."""
+    watch = HostWatch(
+        target, opener, runtime.adapter, detection_time=_DETECTION, on_dead=lambda t, s: None
+    )
+    watch.add(raw)
+    try:
+        runtime.adapter.query(raw, sql)
+    except Exception as exc:
+        return exc, watch
+    finally:
+        watch.discard(raw)
+    return None, watch
+
+
+def _assert_nothing_cut(outcome: BaseException | None, watch: HostWatch) -> None:
+    assert outcome is None, f"the statement in use was cut: {outcome!r}"
+    assert watch.verdicts == 0
+    assert watch.open_failures > 0  # the watch did try, and failed, to open its probe
+
+
+def test_a_probe_whose_login_is_refused_cuts_no_connection_in_use(aurora_lab: Lab) -> None:
+    node = aurora_lab.writer.id
+    with _runtime(aurora_lab) as good, _runtime(aurora_lab, password="not-the-password") as bad:
+        target = _target(aurora_lab, node)
+        opener = bad._opener_for(target)
+        with pytest.raises(asd.AuthenticationFailed):
+            opener(5.0)
+        raw = good.open(target)
+        try:
+            outcome, watch = _statement_under_a_watch(
+                good, raw, target, opener, _sleep(aurora_lab, 5 * _DETECTION)
+            )
+        finally:
+            good.adapter.close(raw)
+    _assert_nothing_cut(outcome, watch)
+
+
+def test_a_probe_whose_name_does_not_resolve_cuts_no_connection_in_use(aurora_lab: Lab) -> None:
+    node = aurora_lab.writer.id
+    with _runtime(aurora_lab) as runtime:
+        target = _target(aurora_lab, node)
+        # The instance endpoint stops resolving (NXDOMAIN from the lab's DNS) for the probe.
+        unresolvable = _target(aurora_lab, node, host=f"gone-{uuid.uuid4().hex[:8]}.{target.host}")
+        opener = runtime._opener_for(unresolvable)
+        with pytest.raises(OSError):
+            opener(5.0)
+        raw = runtime.open(target)
+        try:
+            outcome, watch = _statement_under_a_watch(
+                runtime, raw, unresolvable, opener, _sleep(aurora_lab, 5 * _DETECTION)
+            )
+        finally:
+            runtime.adapter.close(raw)
+    _assert_nothing_cut(outcome, watch)
+
+
+def test_a_probe_whose_session_init_fails_cuts_no_connection_in_use(aurora_lab: Lab) -> None:
+    node = aurora_lab.writer.id
+    broken = "SELECT no_such_column FROM no_such_table_for_the_probe"
+    with _runtime(aurora_lab) as good, _runtime(aurora_lab, session_init=broken) as bad:
+        target = _target(aurora_lab, node)
+        opener = bad._opener_for(target)
+        with pytest.raises(bad.adapter.Error):
+            opener(5.0)
+        raw = good.open(target)
+        try:
+            outcome, watch = _statement_under_a_watch(
+                good, raw, target, opener, _sleep(aurora_lab, 5 * _DETECTION)
+            )
+        finally:
+            good.adapter.close(raw)
+    _assert_nothing_cut(outcome, watch)
+
+
+@contextlib.contextmanager
+def _connections_filled(lab: Lab, runtime: Runtime, node: str) -> Iterator[None]:
+    """No new connection of the application's user is accepted by ``node`` while inside.
+
+    MariaDB: ``max_connections`` lowered to its minimum and filled with held connections.
+    PostgreSQL (``max_connections`` changes only with a restart): the user's connection limit
+    is the limit reached, refused with the same SQLSTATE 53300.
+    """
+    state = lab.state()
+    held: list[Any] = []
+    target = _target(lab, node)
+    if _postgresql(lab):
+        lab.execute(node, f'ALTER ROLE "{state.user}" CONNECTION LIMIT 0')
+    else:
+        (limit,) = lab.execute(node, "SELECT @@max_connections")[0]
+        lab.execute(node, "SET GLOBAL max_connections = 10")
+    try:
+        if not _postgresql(lab):
+            for _ in range(20):
+                try:
+                    held.append(runtime.open(target))
+                except runtime.adapter.Error as exc:
+                    assert exc.args[0] == 1040, exc  # Too many connections
+                    break
+            else:
+                pytest.fail("max_connections=10 never refused a connection")
+        yield
+    finally:
+        for raw in held:
+            runtime.adapter.close(raw)
+        if _postgresql(lab):
+            lab.execute(node, f'ALTER ROLE "{state.user}" CONNECTION LIMIT -1')
+        else:
+            lab.execute(node, f"SET GLOBAL max_connections = {limit}")
+
+
+def test_a_probe_refused_for_too_many_connections_cuts_no_connection_in_use(
+    aurora_lab: Lab,
+) -> None:
+    node = aurora_lab.writer.id
+    with _runtime(aurora_lab) as runtime:
+        target = _target(aurora_lab, node)
+        opener = runtime._opener_for(target)
+        raw = runtime.open(target)
+        try:
+            with _connections_filled(aurora_lab, runtime, node):
+                with pytest.raises(runtime.adapter.Error, match=r"(?i)too many"):
+                    opener(5.0)
+                outcome, watch = _statement_under_a_watch(
+                    runtime, raw, target, opener, _sleep(aurora_lab, 5 * _DETECTION)
+                )
+        finally:
+            runtime.adapter.close(raw)
+    _assert_nothing_cut(outcome, watch)
+
+
+def test_a_long_statement_on_a_healthy_writer_survives_the_default_detection(
+    aurora_lab: Lab,
+) -> None:
+    seen: list[events.Event] = []
+    events.subscribe(seen.append)
+    autocommit: Any = "on" if _postgresql(aurora_lab) else True
+    conn = asd.connect(aurora_lab.dsn, cluster_id=uuid.uuid4().hex, autocommit=autocommit)
+    try:
+        old = conn.instance_id
+        cur = conn.cursor()
+        cur.execute(_sleep(aurora_lab, 4))  # twice the default failure_detection_time
+        assert len(cur.fetchall()) == 1
+        assert conn.instance_id == old
+    finally:
+        conn.close()
+        events.unsubscribe(seen.append)
+    assert [e for e in seen if e.name in ("host_unresponsive", "failover_started")] == []
+
+
+def _tcp_options(fd: int) -> dict[str, int]:
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        return {
+            "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+            "idle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+            "interval": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+            "count": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+            "user_timeout_ms": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+        }
+    finally:
+        sock.close()
+
+
+def _fd(lab: Lab, raw: Any) -> int:
+    return int(raw.pgconn.socket) if _postgresql(lab) else int(raw._sock.fileno())
+
+
+def test_library_sockets_carry_keepalives_and_a_user_timeout(aurora_lab: Lab) -> None:
+    with _runtime(aurora_lab, failure_detection_time="3s") as runtime:
+        raw = runtime.open(_target(aurora_lab, aurora_lab.writer.id))
+        try:
+            options = _tcp_options(_fd(aurora_lab, raw))
+        finally:
+            runtime.adapter.close(raw)
+    assert options["keepalive"] == 1
+    assert options["user_timeout_ms"] == 3000
+    # Probes start within the window and a dead peer is given up after it.
+    assert options["idle"] + options["interval"] * options["count"] <= 3 + 1
+    assert options["idle"] < 3
+
+
+def test_keepalive_parameters_the_user_gave_are_kept(aurora_lab_postgresql: Lab) -> None:
+    lab = aurora_lab_postgresql
+    with _runtime(lab, keepalives_idle=7, tcp_user_timeout=9000) as runtime:
+        raw = runtime.open(_target(lab, lab.writer.id))
+        try:
+            options = _tcp_options(_fd(lab, raw))
+        finally:
+            runtime.adapter.close(raw)
+    assert options["idle"] == 7
+    assert options["user_timeout_ms"] == 9000
+
+
+@pytest.mark.skipif(not partition_available(), reason="needs root and iptables")
+def test_a_statement_on_a_partitioned_node_fails_without_any_probe(aurora_lab: Lab) -> None:
+    """TCP alone (keepalives, TCP_USER_TIMEOUT) leaves a cut-off node behind: no watchdog here."""
+    node = aurora_lab.readers[0].id
+    with _runtime(aurora_lab) as runtime:
+        raw = runtime.open(_target(aurora_lab, node))
+        outcome: list[BaseException | None] = []
+        started = threading.Event()
+
+        def wait_on_the_node() -> None:
+            started.set()
+            try:
+                runtime.adapter.query(raw, _sleep(aurora_lab, 30))
+                outcome.append(None)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        worker = threading.Thread(target=wait_on_the_node, daemon=True)
+        worker.start()
+        started.wait(5)
+        runtime.adapter.query(runtime.open(_target(aurora_lab, node)), "SELECT 1")  # a round trip
+        aurora_lab.partition(node)
+        # Two default detection windows pass in about 4 s; the statement itself lasts 30 s.
+        worker.join(20)
+        alive = worker.is_alive()
+        aurora_lab.heal(node)
+        runtime.adapter.close(raw)
+    assert not alive, "the statement on the partitioned node was never cut"
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], runtime.adapter.Error)
+    assert runtime.adapter.error_kind(outcome[0]) == "disconnect"
