@@ -704,11 +704,12 @@ class Settings:
         ),
     )
     failure_detection_time: float = field(
-        default=5.0,
+        default=2.0,
         metadata=_meta(
             _Seconds(),
             _FAILOVER,
-            "Silence from a server after which its connection is considered dead.",
+            "Silence from a server after which its connections are cut: the watchdog's probe "
+            "window, and the TCP keepalive and TCP_USER_TIMEOUT of the library's sockets.",
         ),
     )
     retry_reads: bool = field(
