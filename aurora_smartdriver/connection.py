@@ -9,8 +9,11 @@ whose fetch methods are the driver cursor's own bound methods (no indirection on
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,7 +26,7 @@ from aurora_smartdriver.outcome import Call, Transaction, is_read
 
 __all__ = ["Connection", "Cursor", "PsycopgConnection", "PyMySQLConnection", "is_read"]
 
-_IDLE, _ACTIVE, _INTRANS, _INERROR, _UNKNOWN = 0, 1, 2, 3, 4
+_IDLE, _INTRANS, _INERROR, _UNKNOWN = 0, 2, 3, 4
 """libpq's PQtransactionStatus values (psycopg's ``pq.TransactionStatus``), without the import."""
 _MYSQL_IN_TRANS, _MYSQL_AUTOCOMMIT = 1, 2
 """PyMySQL ``server_status`` flags (``SERVER_STATUS_IN_TRANS``, ``SERVER_STATUS_AUTOCOMMIT``)."""
@@ -37,6 +40,29 @@ class Detached(AuroraSmartDriverError):
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+_MISSING = object()
+_AFTER_CLOSE: dict[str, Any] = {"broken": False, "open": False, "cancel": lambda: None}
+"""What a closed connection still answers (as the drivers do) once its driver connection went
+back to a pool."""
+
+_abandoned: collections.deque[tuple[Any, list[Callable[[], None]]]] = collections.deque()
+"""Leases of connections collected without ``close()``: given back at the next connection's
+creation, outside the garbage collector."""
+
+
+def _give_back_abandoned() -> None:
+    while _abandoned:
+        try:
+            lease, closers = _abandoned.popleft()
+        except IndexError:
+            return
+        with contextlib.suppress(Exception):
+            lease.give_back(broken=True)  # its session state is unknown: not lent again
+        for callback in closers:
+            with contextlib.suppress(Exception):
+                callback()
 
 
 def _what(call: Call) -> str:
@@ -125,6 +151,60 @@ class _DetachedLease:
         return None
 
 
+class _Deferred:
+    """A cursor's next driver cursor, made at its next statement on a new driver connection.
+
+    Until then the rows the old driver cursor already holds stay readable: a move to a reader
+    or a failover does not take them away from a cursor that has not finished fetching.
+    """
+
+    def __init__(self, owner: Cursor, old: Any, raw_conn: Any) -> None:
+        self._owner = owner
+        self._old = old
+        self._raw_conn = raw_conn
+
+    def _real(self) -> Any:
+        args, kwargs = self._owner._made_with
+        real = self._raw_conn.cursor(*args, **kwargs)
+        self._owner._bind(real)
+        with contextlib.suppress(Exception):
+            self._old.close()
+        return real
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        real = self._real()
+        result = real.execute(*args, **kwargs)
+        return self if result is real else result
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        real = self._real()
+        result = real.executemany(*args, **kwargs)
+        return self if result is real else result
+
+    def callproc(self, *args: Any, **kwargs: Any) -> Any:
+        return self._real().callproc(*args, **kwargs)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._old.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._old)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._old, name)
+
+
+def _server_side(raw_cursor: Any) -> bool:
+    """Whether a driver cursor reads its rows from the server as it goes (psycopg's named
+    cursors, PyMySQL's SS cursors): those rows are gone with their connection."""
+    if isinstance(raw_cursor, _Deferred):
+        raw_cursor = raw_cursor._old
+    return getattr(raw_cursor, "name", None) is not None or hasattr(
+        raw_cursor, "fetchall_unbuffered"
+    )
+
+
 class Cursor:
     """A driver cursor behind a thin proxy that reports errors to its connection."""
 
@@ -146,6 +226,16 @@ class Cursor:
         args, kwargs = self._made_with
         self._bind(raw_conn.cursor(*args, **kwargs))
 
+    def _carry_over(self, raw_conn: Any) -> None:
+        """Continue on ``raw_conn`` from the next statement on (rows held stay readable)."""
+        old = self._raw
+        if _server_side(old):
+            with contextlib.suppress(Exception):
+                old.close()
+            self._rebind(raw_conn)
+            return
+        object.__setattr__(self, "_raw", _Deferred(self, old, raw_conn))
+
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         raw = self._raw
         try:
@@ -160,7 +250,8 @@ class Cursor:
         """After a failed ``execute``: what the application must see, or the statement run
         again on the new node when it never ran or is a read that may be re-run."""
         for _ in range(3):
-            self._conn._recover(exc, "statement", query, before)  # returns only to re-run
+            failed = getattr(self._raw, "connection", None)
+            self._conn._recover(exc, "statement", query, before, failed=failed)  # to re-run
             raw = self._raw
             before = self._conn._before(self._conn._raw)
             try:
@@ -219,6 +310,10 @@ class PsycopgCursor(Cursor):
         super()._bind(raw)
         self._pgconn = raw.connection.pgconn
 
+    def _carry_over(self, raw_conn: Any) -> None:
+        super()._carry_over(raw_conn)
+        self._pgconn = raw_conn.pgconn
+
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         raw = self._raw
         before = self._pgconn.transaction_status
@@ -231,6 +326,19 @@ class PsycopgCursor(Cursor):
 
 class PyMySQLCursor(Cursor):
     """A PyMySQL cursor (the server's status flags survive a lost connection)."""
+
+    def execute(self, query: Any, args: Any = None) -> Any:  # type: ignore[override]
+        """``Cursor.execute(query, args=None)``, as PyMySQL names it."""
+        raw = self._raw
+        try:
+            result = raw.execute(query, args)
+        except self._error as exc:
+            return self._again(exc, query, args, {}, None)
+        return self if result is raw else result
+
+    def executemany(self, query: Any, args: Any) -> Any:
+        """``Cursor.executemany(query, args)``, as PyMySQL names it."""
+        return super().executemany(query, args)
 
     def callproc(self, procname: str, args: Any = ()) -> Any:
         try:
@@ -261,6 +369,10 @@ class Connection:
         d["_pending_move"] = False
         d["_cursors"] = weakref.WeakSet()
         d["_closers"] = []
+        d["_lock"] = threading.RLock()  # one failover at a time, however many threads see it
+        d["_driver_attrs"] = {}  # driver attributes set through the proxy: replayed, reset
+        d["_driver_defaults"] = {}
+        _give_back_abandoned()
 
     def _on_close(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once, after the connection is given back."""
@@ -300,7 +412,7 @@ class Connection:
         try:
             raw.commit()
         except self._error as exc:
-            self._recover(exc, "commit", None, before)  # returns when nothing was lost
+            self._recover(exc, "commit", None, before, failed=raw)  # returns: nothing lost
         self._boundary()
 
     def rollback(self) -> None:
@@ -312,7 +424,7 @@ class Connection:
         except self._error as exc:
             # The server lost the transaction with the connection: that is a rollback. The
             # next statement finds the new node; nothing waits for it here.
-            self._recover(exc, "rollback", None, before)
+            self._recover(exc, "rollback", None, before, failed=raw)
         self._boundary()
 
     def close(self) -> None:
@@ -338,6 +450,11 @@ class Connection:
                 if self._adapter.in_transaction(raw):
                     raw.rollback()
                 self._restore_defaults(raw, read_only=read_only)
+                for name, value in self._driver_defaults.items():
+                    if value is _MISSING:
+                        broken = True  # nothing to put back: not handed out again
+                    else:
+                        setattr(raw, name, value)
             except Exception:
                 broken = True  # a connection that cannot be reset is not handed out again
         lease.give_back(broken=broken)
@@ -406,18 +523,19 @@ class Connection:
             self.__dict__["_read_only"] = not self._read_only
             raise
         for cur in list(self._cursors):
-            try:
-                cur._raw.close()
-            except Exception:  # noqa: S112
-                continue
+            cur._carry_over(lease.raw)
         # Back to its pool clean: the session state this connection set (read-only above
         # all) must not follow the driver connection to its next borrower.
         self._give_back(old, read_only=not self._read_only)
 
     def _replay(self, raw: Any) -> None:
-        """Apply the session state set through the API to a new driver connection."""
+        """Apply the session state set through the API to a new driver connection: the
+        session switches, and the driver attributes set through the proxy (psycopg's
+        ``row_factory`` or ``prepare_threshold``, say)."""
         self._apply_session(raw)
         self._apply_read_only(raw)
+        for name, value in self._driver_attrs.items():
+            setattr(raw, name, value)
 
     def _apply_session(self, raw: Any) -> None:
         raise NotImplementedError
@@ -443,9 +561,9 @@ class Connection:
         would forget it (psycopg); None where it survives (PyMySQL's status flags)."""
         return None
 
-    def _facts(self, exc: BaseException, before: Any) -> tuple[Transaction, bool]:
-        """The transaction as the driver knew it before the failed call, and whether the call
-        may have reached the server."""
+    def _facts(self, exc: BaseException, before: Any, raw: Any) -> tuple[Transaction, bool]:
+        """The transaction as the driver ``raw`` knew it before the failed call, and whether
+        the call may have reached the server."""
         raise NotImplementedError
 
     def _session_read_only(self) -> bool:
@@ -494,6 +612,7 @@ class Connection:
         before: Any = None,
         *,
         retry_reads: bool | None = None,
+        failed: Any = None,
     ) -> None:
         """Turn a driver error into what the application must see (see docs/failover.md).
 
@@ -501,20 +620,38 @@ class Connection:
         says what the application is told, from what was in flight and the transaction state
         the driver knew. Returns only when the call is to be run again (it never ran, or it
         is a read re-run with ``retry_reads``) or when nothing of it was lost (``rollback``).
-        The library never re-sends a COMMIT or a write.
+        The library never re-sends a COMMIT or a write. ``failed`` is the driver connection
+        the call ran on: when another thread already replaced it, the failover is not done
+        twice.
         """
         if self._closed:
             raise exc  # the application closed it: not a failover, and nothing to reopen
         if not self._is_failover_error(exc):
             raise exc
+        with self._lock:
+            self._recover_locked(exc, call, query, before, retry_reads=retry_reads, failed=failed)
+
+    def _recover_locked(
+        self,
+        exc: BaseException,
+        call: Call,
+        query: Any,
+        before: Any,
+        *,
+        retry_reads: bool | None,
+        failed: Any,
+    ) -> None:
         detached = isinstance(exc, self._detached_error)
+        if detached and not self._detached:
+            return  # another thread connected it meanwhile: run the statement
+        moved = not detached and failed is not None and failed is not self._raw
         kind = "disconnect" if detached else self._adapter.error_kind(exc)
         if kind == "read_only" and self._still_writer():
             raise exc
         settings = self._runtime.spec.settings
         facts: tuple[Transaction, bool] = ("none", False)
         if not detached:
-            facts = self._facts(exc, before)
+            facts = self._facts(exc, before, self._raw if failed is None else failed)
         transaction, sent = facts
         effect: outcome.Effect = (
             outcome.classify(query, self._runtime.spec.engine) if call == "statement" else "write"
@@ -533,14 +670,14 @@ class Connection:
         runtime = self._runtime
         lost = self.instance_id
         if not decided.fail_over_now:
-            if not detached:
+            if not detached and not moved:
                 self._detach(f"the connection to {lost} was lost ({_short(exc)})")
             return
         started = time.monotonic()
         try:
-            if detached:
+            if detached or (moved and self._detached):
                 self._attach()
-            else:
+            elif not moved:
                 self._fail_over(exc, kind)
         except BaseException as failure:
             if not self._detached:
@@ -615,7 +752,7 @@ class Connection:
         try:
             self._replay(lease.raw)
             for cur in list(self._cursors):
-                cur._rebind(lease.raw)
+                cur._carry_over(lease.raw)
         except BaseException as replay_error:
             lease.give_back(broken=True)
             if cause is not None:
@@ -638,17 +775,31 @@ class Connection:
         self.__dict__["_lease"] = _DetachedLease(raw, old.target, old.pooled)
         self.__dict__["_raw"] = raw
         for cur in list(self._cursors):
-            cur._bind(_DetachedCursor(self._detached_error, text))
+            if _server_side(cur._raw):
+                with contextlib.suppress(Exception):
+                    cur._raw.close()
+                cur._bind(_DetachedCursor(self._detached_error, text))
+            else:
+                cur._carry_over(raw)
 
     def _check_open(self) -> None:
         if self._closed:
-            raise self._runtime.module.InterfaceError("the connection is closed")
+            raise self._closed_error()
+
+    def _closed_error(self) -> Exception:
+        """What the driver raises for a closed connection."""
+        raise NotImplementedError
 
     # -- delegation and context management ------------------------------------------------
     def __getattr__(self, name: str) -> Any:
-        if self.__dict__.get("_closed"):
-            raise self._runtime.module.InterfaceError("the connection is closed")
-        return getattr(self.__dict__["_raw"], name)
+        d = self.__dict__
+        if d.get("_closed"):
+            if not d["_lease"].pooled and not getattr(d["_lease"], "detached", False):
+                return getattr(d["_raw"], name)  # its own, closed: it answers as the driver
+            if name in _AFTER_CLOSE:
+                return _AFTER_CLOSE[name]
+            raise self._closed_error()
+        return getattr(d["_raw"], name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         cls_attr = getattr(type(self), name, None)
@@ -657,12 +808,29 @@ class Connection:
         elif name.startswith("_"):
             self.__dict__[name] = value
         else:
-            setattr(self._raw, name, value)
+            # A driver attribute (row_factory, ...): follows the connection to a new node and
+            # is put back before the driver connection returns to its pool.
+            self._check_open()
+            raw = self._raw
+            if not self._detached:
+                self._driver_defaults.setdefault(name, getattr(raw, name, _MISSING))
+                setattr(raw, name, value)
+            self._driver_attrs[name] = value
 
-    def __del__(self) -> None:
-        if not self.__dict__.get("_closed", True):
-            with contextlib.suppress(Exception):  # nothing to report to at garbage collection
-                self.close()
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        # No I/O and no locks in the garbage collector (a self-deadlock when it runs while
+        # this thread holds a pool's lock): warn, and give the connection back later.
+        d = self.__dict__
+        if d.get("_closed", True):
+            return
+        d["_closed"] = True
+        _warn(
+            f"{type(self).__name__} to {d['_lease'].target.instance_id} was never closed: "
+            "close it (or use it as a context manager)",
+            ResourceWarning,
+            stacklevel=2,
+        )
+        _abandoned.append((d["_lease"], list(d["_closers"])))
 
     def __repr__(self) -> str:
         if self._closed:
@@ -675,9 +843,49 @@ class Connection:
 
 
 class PsycopgConnection(Connection):
-    """Behaves like ``psycopg.Connection``."""
+    """Behaves like ``psycopg.Connection``.
+
+    ``isinstance(conn, psycopg.Connection)`` is true (through ``__class__``), so psycopg's own
+    functions that take a connection accept it: ``TypeInfo.fetch``, ``register_hstore``,
+    pgvector's ``register_vector``. They run on the driver connection of the moment.
+    """
 
     _cursor_class = PsycopgCursor
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return type(self._raw) if not self._detached else type(self)
+
+    def _closed_error(self) -> Exception:
+        error: Exception = self._runtime.module.OperationalError("the connection is closed")
+        return error
+
+    def set_autocommit(self, value: bool) -> None:
+        """``psycopg.Connection.set_autocommit``: as setting ``autocommit``."""
+        self.autocommit = value
+
+    def set_isolation_level(self, value: Any) -> None:
+        """``psycopg.Connection.set_isolation_level``: as setting ``isolation_level``."""
+        self.isolation_level = value
+
+    def set_read_only(self, value: bool | None) -> None:
+        """``psycopg.Connection.set_read_only``: as setting ``read_only``."""
+        self.read_only = value
+
+    def set_deferrable(self, value: bool | None) -> None:
+        """``psycopg.Connection.set_deferrable``: as setting ``deferrable``."""
+        self.deferrable = value
+
+    @property
+    def deferrable(self) -> bool | None:
+        return self.__dict__.get("_deferrable")
+
+    @deferrable.setter
+    def deferrable(self, value: bool | None) -> None:
+        self._check_open()
+        if not self._detached:
+            self._raw.deferrable = value
+        self.__dict__["_deferrable"] = value
 
     @property
     def autocommit(self) -> bool:
@@ -770,15 +978,15 @@ class PsycopgConnection(Connection):
     def _before(self, raw: Any) -> Any:
         return raw.pgconn.transaction_status
 
-    def _facts(self, exc: BaseException, before: Any) -> tuple[Transaction, bool]:
+    def _facts(self, exc: BaseException, before: Any, raw: Any) -> tuple[Transaction, bool]:
         if before is None or before == _UNKNOWN:
             # Lost before this call: whatever transaction was open is gone.
             return "open", False
-        if before == _ACTIVE:
-            return "busy", True
+        # ACTIVE: another thread's statement held the connection and this one waited for it;
+        # that statement's outcome is its caller's, this one is judged as if sent alone.
         if before in (_INTRANS, _INERROR):
             return "open", True
-        return ("none" if self._raw.autocommit else "implicit"), True
+        return ("none" if raw.autocommit else "implicit"), True
 
     def _session_read_only(self) -> bool:
         return bool(self._read_only) or (
@@ -788,6 +996,7 @@ class PsycopgConnection(Connection):
     def _apply_session(self, raw: Any) -> None:
         raw.autocommit = self._autocommit
         raw.isolation_level = self._isolation
+        raw.deferrable = self.__dict__.get("_deferrable")
 
     def _apply_read_only(self, raw: Any) -> None:
         # On a reader the server refuses writes anyway; on the writer (a reader request that
@@ -799,6 +1008,7 @@ class PsycopgConnection(Connection):
         raw.autocommit = self._runtime.default_autocommit
         raw.isolation_level = None
         raw.read_only = None
+        raw.deferrable = None
 
     def __enter__(self) -> PsycopgConnection:
         return self
@@ -821,6 +1031,15 @@ class PyMySQLConnection(Connection):
 
     _cursor_class = PyMySQLCursor
 
+    def _closed_error(self) -> Exception:
+        error: Exception = self._runtime.module.err.InterfaceError(0, "the connection is closed")
+        return error
+
+    @property
+    def open(self) -> bool:
+        """Whether the connection is open (``if conn.open:``, as with PyMySQL)."""
+        return not self._closed and (self._detached or bool(self._raw.open))
+
     def autocommit(self, value: bool) -> None:
         """``Connection.autocommit(value)``, as PyMySQL spells it."""
         self._check_open()
@@ -839,10 +1058,11 @@ class PyMySQLConnection(Connection):
     def begin(self) -> None:
         """``Connection.begin()``: BEGIN, seen by the library (a lost connection fails over)."""
         self._check_open()
+        raw = self._raw
         try:
-            self._raw.begin()
+            raw.begin()
         except self._error as exc:
-            self._recover(exc, "statement", "BEGIN")
+            self._recover(exc, "statement", "BEGIN", failed=raw)
             self._raw.begin()
 
     def ping(self, reconnect: bool = True) -> None:
@@ -855,25 +1075,24 @@ class PyMySQLConnection(Connection):
         ``reconnect=False`` the driver's error is raised, as PyMySQL does.
         """
         self._check_open()
+        raw = self._raw
         try:
-            self._raw.ping(reconnect=False)
+            raw.ping(reconnect=False)
         except self._error as exc:
             detached = isinstance(exc, self._detached_error)  # the library let go, not the server
             if not detached and (not reconnect or not self._is_failover_error(exc)):
                 raise
-            self._recover(exc, "ping")
+            self._recover(exc, "ping", failed=raw)
             self._raw.ping(reconnect=False)
 
-    def _facts(self, exc: BaseException, before: Any) -> tuple[Transaction, bool]:
-        raw = self._raw
+    def _facts(self, exc: BaseException, before: Any, raw: Any) -> tuple[Transaction, bool]:
         # PyMySQL raises InterfaceError(0, '') for a statement on a socket it already closed.
         sent = not (isinstance(exc, self._runtime.module.InterfaceError) and exc.args[:1] == (0,))
         status = getattr(raw, "server_status", None) or 0
         if status & _MYSQL_IN_TRANS:
             return "open", sent
-        result = getattr(raw, "_result", None)
-        if result is not None and getattr(result, "unbuffered_active", False):
-            return "busy", sent
+        # An unbuffered result still being read is a statement the server already ran (it
+        # is sending its rows): the flags of its reply say what the transaction was.
         return ("none" if status & _MYSQL_AUTOCOMMIT else "implicit"), sent
 
     @property
