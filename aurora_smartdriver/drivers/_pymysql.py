@@ -193,6 +193,8 @@ class PyMySQLAdapter:
     def error_kind(self, exc: BaseException) -> ErrorKind:
         if isinstance(exc, AuthenticationFailed):
             return "auth"  # a refused login, reported by aurora_smartdriver.auth
+        if isinstance(exc, pymysql.err.InterfaceError) and exc.args[:1] == (0,):
+            return "disconnect"  # PyMySQL's word for a socket it closed after an earlier error
         if isinstance(exc, pymysql.MySQLError):
             return mysql_kind(exc.args[0] if exc.args else None)
         if isinstance(exc, OSError):
