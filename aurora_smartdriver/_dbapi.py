@@ -28,3 +28,29 @@ def error_class(engine: str, cls: type[AuroraSmartDriverError]) -> type[Exceptio
         (cls, base),
         {"__module__": f"aurora_smartdriver.{_PUBLIC_NAME[engine]}", "__doc__": cls.__doc__},
     )
+
+
+def keep_driver_details(error: BaseException, cause: BaseException | None) -> BaseException:
+    """``error`` (one of the library's) carrying what ``cause`` (the driver's) told code.
+
+    PyMySQL code tests ``e.args[0] in (2006, 2013)``: the driver's error number stays first in
+    ``args``, the library's message second. psycopg code reads ``e.sqlstate``, ``e.diag`` and
+    ``e.pgconn``: they are the driver error's. Returns ``error``.
+    """
+    if cause is None or isinstance(cause, AuroraSmartDriverError):
+        cause = getattr(cause, "driver_error", None) if cause is not None else None
+        if cause is None:
+            return error
+    code = cause.args[0] if cause.args else None
+    if isinstance(code, int) and not isinstance(code, bool):
+        error.args = (code, str(error.args[0]) if error.args else "")
+    if hasattr(cause, "_info"):  # psycopg: diagnostics, SQLSTATE and connection
+        state = error.__dict__
+        state["_info"] = cause.__dict__.get("_info")
+        state["_pgconn"] = cause.__dict__.get("_pgconn")
+        state["_encoding"] = cause.__dict__.get("_encoding", "utf-8")
+        sqlstate = getattr(cause, "sqlstate", None)
+        if sqlstate:
+            state["sqlstate"] = sqlstate
+    error.__dict__["driver_error"] = cause
+    return error

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from aurora_smartdriver import outcome
-from aurora_smartdriver._dbapi import error_class
+from aurora_smartdriver._dbapi import error_class, keep_driver_details
 from aurora_smartdriver._runtime import Lease, Runtime
 from aurora_smartdriver.errors import AuroraSmartDriverError
 from aurora_smartdriver.outcome import Call, Transaction, is_read
@@ -684,21 +684,23 @@ class Connection:
                 self._detach(f"the connection to {lost} was lost ({_short(exc)})")
             if decided.outcome_unknown:
                 self._unknown_event(lost, started)
-                raise runtime.outcome_unknown(
+                unknown = runtime.outcome_unknown(
                     f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "
                     "it may or may not have been committed; and no new node could be "
                     f"reached ({_short(failure)}): the connection reconnects at its next "
                     "statement"
-                ) from failure
+                )
+                raise keep_driver_details(unknown, exc) from failure
             raise
         after = round(time.monotonic() - started, 3)
         if decided.outcome_unknown:
             self._unknown_event(lost, started)
-            raise runtime.outcome_unknown(
+            unknown = runtime.outcome_unknown(
                 f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "
                 "it may or may not have been committed; the connection is now on "
                 f"{self.instance_id}"
-            ) from exc
+            )
+            raise keep_driver_details(unknown, exc) from exc
         if decided.rerun:
             if decided.verdict == "retry_read":
                 runtime.events.emit("read_retried", instance=self.instance_id, after_s=after)
@@ -708,12 +710,13 @@ class Connection:
             runtime.events.emit(
                 "transaction_rolled_back", old=lost, new=self.instance_id, after_s=after
             )
-        raise runtime.failover_succeeded(
+        succeeded = runtime.failover_succeeded(
             f"the connection to {lost} was lost ({_short(exc)}); reconnected to {self.instance_id}"
             + ("; the open transaction was rolled back" if rolled_back else "")
             + ": run the work again",
             transaction_rolled_back=rolled_back,
-        ) from exc
+        )
+        raise keep_driver_details(succeeded, exc) from exc
 
     def _unknown_event(self, lost: str, started: float) -> None:
         self._runtime.events.emit(

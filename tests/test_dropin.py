@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 import uuid
 import warnings
 from typing import Any
@@ -219,3 +220,36 @@ def test_pymysql_error_after_a_driver_closed_socket_is_not_other(aurora_lab_mari
     from aurora_smartdriver.drivers import adapter_for
 
     assert adapter_for("mysql").error_kind(pymysql.err.InterfaceError(0, "")) == "disconnect"
+
+
+def test_pymysql_error_numbers_survive_a_failover(aurora_lab_mariadb: Lab) -> None:
+    conn = _connect(aurora_lab_mariadb, autocommit=True)
+    try:
+        aurora_lab_mariadb.failover()
+        with pytest.raises(pymysql.OperationalError) as caught:
+            conn.cursor().execute("SELECT 1")
+        assert isinstance(caught.value, asd.FailoverSucceeded)
+        assert caught.value.args[0] in (2006, 2013)  # what PyMySQL code tests
+        assert "reconnected to" in caught.value.args[1]
+    finally:
+        conn.close()
+
+
+def test_psycopg_error_details_survive_a_failover(aurora_lab_postgresql: Lab) -> None:
+    lab = aurora_lab_postgresql
+    conn = _connect(lab, autocommit="on")
+    try:
+        old = lab.writer.id
+        lab.execute(old, "ALTER SYSTEM SET default_transaction_read_only = on")
+        lab.execute(old, "SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        while lab.execute(old, "SHOW default_transaction_read_only")[0][0] != "on":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        threading.Timer(1.0, lab.failover).start()
+        with pytest.raises(asd.FailoverSucceeded) as caught:
+            conn.execute("CREATE TEMPORARY TABLE t_details (a int)")
+        assert caught.value.sqlstate == "25006"
+        assert caught.value.diag.sqlstate == "25006"
+    finally:
+        conn.close()
