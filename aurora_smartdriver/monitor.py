@@ -29,6 +29,7 @@ from typing import Any
 from aurora_smartdriver import auth, discovery
 from aurora_smartdriver._instruments import Histogram, HistogramSnapshot, empty_histogram
 from aurora_smartdriver.discovery import Answer, Source, SourceContext
+from aurora_smartdriver.discovery.probe import Probe
 from aurora_smartdriver.drivers import DriverAdapter, adapter_for
 from aurora_smartdriver.dsn import ConnectionSpec
 from aurora_smartdriver.endpoints import EndpointKind, classify, parse_rds_host
@@ -492,6 +493,9 @@ class ClusterMonitor:
     def _fetch(self, source: Source, conn: Any) -> Answer:
         """One topology query, cut off after ``connect_timeout``: a node that stops answering
         (hung, cut off) must not stall the monitor, which everyone waits on in a failover."""
+        if isinstance(source, Probe):  # in fast mode, do not wait on silent hosts once a
+            # writer answered: a cut-off old writer would hold each probe connect_timeout long
+            source.hurry = self._probe_hurry
         if conn is None:  # the source bounds its own waits (probe's deadline, boto3's timeouts)
             hosts = ", ".join(f"{h}:{p}" for h, p in self.spec.hosts)
             self._attempt = (f"{source.name} asking {hosts}", time.monotonic())
@@ -501,6 +505,10 @@ class ClusterMonitor:
                 self._attempt = None
         with self._deadline.bound(conn, self.spec.settings.connect_timeout):
             return source.fetch(conn, self._ctx)
+
+    def _probe_hurry(self) -> float | None:
+        """`Probe.hurry`: in fast mode, how long to wait for other hosts once a writer answered."""
+        return self.spec.settings.fast_refresh_interval if self._fast else None
 
     def _choose_source(self, conn: Any) -> Source:
         name = self.spec.settings.topology_source

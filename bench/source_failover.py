@@ -1,14 +1,17 @@
 """First write on the new writer after a failover, for the sources without metadata.
 
     .venv/bin/python bench/source_failover.py [--runs 3] [--engines postgresql,mariadb]
-                                              [--sources probe,static]
+                                              [--sources probe,static] [--scenarios ...]
 
 A lab cluster per engine. A writer thread inserts through a ``Cluster`` (pooled) every 5 ms and
 records when each insert was acknowledged and on which node; the lab fails the writer over
-(kill -9, promote the most advanced replica). Printed per source and engine: the time from the
-new writer accepting writes (``FailoverReport.writable_at``) to the first write acknowledged on
-it (median, min and max over the runs), and when the monitor left fast mode, from the same
-moment. Nothing is asserted.
+(kill -9, promote the most advanced replica), after a fault as in bench/chaos.py: ``crash``
+(none), ``hang`` (SIGSTOP 1 s before), ``partition`` (its packets dropped 1 s before, and still
+after: the old writer stays unreachable), ``twice`` (a failover, 1 s, another one; the second
+is measured). Printed per scenario, source and engine: the time from the new writer accepting
+writes (``FailoverReport.writable_at``) to the first write acknowledged on it (median, min and
+max over the runs), and when the monitor left fast mode (seen after ``failover()`` returned),
+from the same moment. Nothing is asserted.
 
 - ``probe``: the DSN's host list is the nodes' addresses (a self-managed cluster's view).
 - ``static``: the DSN's first host is the cluster endpoint, a name that follows the writer
@@ -25,12 +28,13 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aurora_smartdriver as asd
 from aurora_smartdriver import _runtime
-from aurora_smartdriver.lab import Lab
+from aurora_smartdriver.lab import FailoverReport, Lab, partition_available
 
 WRITE_EVERY = 0.005
 SETTLE = 1.0  # seconds of writes before the failover
@@ -68,7 +72,37 @@ class Run:
     errors: int  # writes that failed (FailoverSucceeded and the like), all reported
 
 
-def one_run(lab: Lab, source: str) -> Run:
+def _crash(lab: Lab) -> FailoverReport:
+    return lab.failover(dns_lag=0.0)
+
+
+def _hang(lab: Lab) -> FailoverReport:
+    lab.hang(lab.writer.id)
+    time.sleep(1.0)
+    return lab.failover(dns_lag=0.0)
+
+
+def _partition(lab: Lab) -> FailoverReport:
+    lab.partition(lab.writer.id)
+    time.sleep(1.0)
+    return lab.failover(dns_lag=0.0)
+
+
+def _twice(lab: Lab) -> FailoverReport:
+    lab.failover(dns_lag=0.0)
+    time.sleep(1.0)
+    return lab.failover(dns_lag=0.0)
+
+
+SCENARIOS: dict[str, Callable[[Lab], FailoverReport]] = {
+    "crash": _crash,
+    "hang": _hang,
+    "partition": _partition,
+    "twice": _twice,
+}
+
+
+def one_run(lab: Lab, source: str, scenario: Callable[[Lab], FailoverReport] = _crash) -> Run:
     """One failover under a steady write load through a ``Cluster`` of ``source``."""
     cluster = asd.Cluster(source_dsn(lab, source))
     which = _server_id_sql(lab)
@@ -97,7 +131,7 @@ def one_run(lab: Lab, source: str) -> Run:
         writer.start()
         time.sleep(SETTLE)
         entries = monitor.stats().fast_mode_entries
-        report = lab.failover(dns_lag=0.0)
+        report = scenario(lab)
         fast_off: float | None = None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -137,27 +171,33 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--engines", default="postgresql,mariadb")
     parser.add_argument("--sources", default="probe,static")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     args = parser.parse_args()
+    scenarios = args.scenarios.split(",")
+    if "partition" in scenarios and not partition_available():
+        scenarios.remove("partition")
+        print("(partition skipped: needs root and iptables)")
     logging.getLogger("aurora_smartdriver").setLevel(logging.CRITICAL)
     print(
-        "| engine | source | runs | first write on the new writer after it accepts writes "
-        "(median, min-max) | fast mode off after it accepts writes | failed writes per run |"
+        "| scenario | engine | source | runs | first write on the new writer after it accepts "
+        "writes (median, min-max) | fast mode off after it accepts writes | failed writes |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for engine in args.engines.split(","):
         with Lab.start(engine, replicas=2, name=f"sf{engine[:2]}") as lab:
-            for source in args.sources.split(","):
-                runs: list[Run] = []
-                for _ in range(args.runs):
-                    runs.append(one_run(lab, source))
-                    lab.restore()
-                errors: Any = statistics.median([r.errors for r in runs])
-                print(
-                    f"| {engine} | {source} | {len(runs)} | "
-                    f"{_figures([r.first_write_s for r in runs])} | "
-                    f"{_figures([r.fast_mode_off_s for r in runs])} | {errors:g} |",
-                    flush=True,
-                )
+            for name in scenarios:
+                for source in args.sources.split(","):
+                    runs: list[Run] = []
+                    for _ in range(args.runs):
+                        runs.append(one_run(lab, source, SCENARIOS[name]))
+                        lab.restore()
+                    errors: Any = statistics.median([r.errors for r in runs])
+                    print(
+                        f"| {name} | {engine} | {source} | {len(runs)} | "
+                        f"{_figures([r.first_write_s for r in runs])} | "
+                        f"{_figures([r.fast_mode_off_s for r in runs])} | {errors:g} |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

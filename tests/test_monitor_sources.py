@@ -7,15 +7,18 @@ failover must still end with a writer borrow on the new writer well within
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import aurora_smartdriver as asd
-from aurora_smartdriver import _runtime
+from aurora_smartdriver import _runtime, dsn
 from aurora_smartdriver.lab import Lab
+from aurora_smartdriver.monitor import ClusterMonitor
 
 # Generous: the fix lands within about a second; before it, a borrow waits the whole
 # failover_timeout and raises NoWriterAvailable.
@@ -130,3 +133,44 @@ def _server_id(lab: Lab, conn: Any) -> str:
     else:
         [(node_id,)] = _query(conn, "SELECT aurora_lab.aurora_server_id()")
     return str(node_id)
+
+
+@pytest.fixture
+def silent_host() -> Iterator[str]:
+    """``host:port`` of a listener that completes TCP handshakes and never answers, as a
+    hung or cut-off node looks to a client."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+
+
+def test_probe_in_fast_mode_does_not_wait_for_a_silent_host_once_a_writer_answered(
+    aurora_lab: Lab, silent_host: str
+) -> None:
+    """A cut-off node is silent until connect_timeout; once the new writer has answered, fast
+    mode's probe does not wait for it (it would hold every probe connect_timeout long)."""
+    hosts = [f"{n.address}:{n.port}" for n in aurora_lab.nodes] + [silent_host]
+    spec = dsn.parse(address_dsn(aurora_lab, "probe", hosts=hosts, connect_timeout="6s"))
+    monitor = ClusterMonitor(spec)
+    try:
+        assert monitor.refresh_now(timeout=20) is not None  # waits for the silent host once
+        report = aurora_lab.failover()
+        monitor.enter_fast_mode("test: the writer failed over")
+        started = time.monotonic()
+        topo = monitor.wait_for_writer(
+            timeout=20, not_id=aurora_lab.node(report.old_writer).address
+        )
+        took = time.monotonic() - started
+        print(f"\nnew writer confirmed {took * 1000:.0f} ms after fast mode began")
+        assert topo is not None and topo.writer is not None
+        assert topo.writer.instance_id == aurora_lab.node(report.new_writer).address
+        assert took < 3.0  # connect_timeout is 6 s: the silent host was not waited for
+        # The readers that answered are still there; the silent host never was.
+        readers = {r.instance_id for r in topo.readers}
+        assert readers == {n.address for n in aurora_lab.readers if n.status == "running"}
+    finally:
+        monitor.close()

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aurora_smartdriver.discovery._base import (
@@ -47,13 +48,28 @@ SELECT pg_is_in_recovery(),
 _MY_ROLE_SQL = "SELECT @@read_only OR @@innodb_read_only"
 _MY_LAG_COLUMNS = ("Seconds_Behind_Source", "Seconds_Behind_Master")
 _MIN_TIMEOUT = 0.001
+_HURRY_CHECK = 0.05
+"""Seconds between looks at `Probe.hurry` while a probe waits for silent hosts."""
 
 
 class Probe:
-    """The `probe` topology source. The connection given to `fetch` is not used."""
+    """The `probe` topology source. The connection given to `fetch` is not used.
+
+    `hurry`: when it is set and returns a number (the monitor's returns
+    `fast_refresh_interval` while in fast mode, None otherwise; asked while `fetch` waits),
+    `fetch` returns that long after a host answered as the writer instead of waiting up to
+    `connect_timeout` for every host: a writer's death is when hosts stop answering (a cut-off
+    host answers nothing until the deadline), and what is wanted then is the new writer. A
+    host still silent then keeps the row of the previous answer if it was a reader there
+    (lag unknown); one that was the writer is left out.
+    """
 
     name = NAME
     uses_connection = False
+
+    def __init__(self) -> None:
+        self.hurry: Callable[[], float | None] | None = None
+        self._last: dict[tuple[str, int], Host] = {}
 
     def fetch(self, conn: Any, ctx: SourceContext) -> Answer:
         connect = ctx.connect
@@ -64,7 +80,7 @@ class Probe:
         deadline = time.monotonic() + ctx.settings.connect_timeout
         answers: dict[int, Host] = {}
         failures: dict[int, str] = {}
-        lock = threading.Lock()
+        done = threading.Condition()
         closed = False
 
         def ask(index: int) -> None:
@@ -78,27 +94,38 @@ class Probe:
                     else logging.WARNING
                 )
                 _log.log(level, "probe: %s:%s left out: %s", host, port, exc)
-                with lock:
+                with done:
                     failures[index] = _one_line(exc)
+                    done.notify_all()
                 return
-            with lock:
+            with done:
                 if not closed:
                     answers[index] = Host(instance_id, host, port, role, lag_ms=lag_ms)
+                done.notify_all()
 
-        threads = [
+        for i in range(len(hosts)):
             threading.Thread(
                 target=ask, args=(i,), name=f"aurora_smartdriver-probe-{i}", daemon=True
-            )
-            for i in range(len(hosts))
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(max(deadline - time.monotonic(), 0.0))
-        with lock:
-            closed = True  # a host answering after the deadline is not counted
-            rows = tuple(answers[i] for i in sorted(answers))
+            ).start()
+        hurry = self.hurry
+        writer_at: float | None = None
+        with done:
+            while len(answers) + len(failures) < len(hosts):
+                now = time.monotonic()
+                if writer_at is None and any(h.role is Role.WRITER for h in answers.values()):
+                    writer_at = now
+                grace = hurry() if hurry is not None else None
+                until = deadline
+                if grace is not None and writer_at is not None:
+                    until = min(deadline, writer_at + grace)
+                if now >= until:
+                    break
+                # Fast mode may start while this waits: look again now and then.
+                done.wait(min(until - now, _HURRY_CHECK) if hurry is not None else until - now)
+            closed = True  # a host answering after this is not counted
+            rows = [answers[i] for i in sorted(answers)]
             failed = dict(failures)
+            silent = [i for i in range(len(hosts)) if i not in answers and i not in failures]
         if not rows:
             timeout = ctx.settings.connect_timeout
             said = [
@@ -106,7 +133,13 @@ class Probe:
                 for i, (host, port) in enumerate(hosts)
             ]
             raise Unreachable(f"{NAME}: no host answered: " + "; ".join(said))
-        return Answer(rows, ctx.now(), self_reported=True)
+        if time.monotonic() < deadline:  # returned early: silent readers keep their rows
+            for i in silent:
+                before = self._last.get(hosts[i])
+                if before is not None and before.role is Role.READER:
+                    rows.append(Host(before.instance_id, before.host, before.port, Role.READER))
+        self._last = {h.endpoint: h for h in rows}
+        return Answer(tuple(rows), ctx.now(), self_reported=True)
 
 
 def role_of(conn: Any, ctx: SourceContext) -> Role:
