@@ -1,16 +1,28 @@
-"""What a process shares per cluster: the monitor, the pools, the resolver and the router's state.
+"""What a process shares per cluster, and what each connection keeps for itself.
 
-Every ``connect()``, ``Cluster`` and engine that points at one cluster (by ``monitor.cluster_key``)
-with one login (see ``runtime_key``) uses one ``Runtime``; it lives while something uses it and
-lingers briefly after the last user leaves, so a program that connects and disconnects in a loop
-keeps one monitor instead of starting one per connection.
+One `SharedCluster` per cluster (by ``monitor.cluster_key``) and process, whatever the login:
+the monitor, the resolver, the hung-host watchdog, the counters and events, the round-robin
+turns, and the pools, one set per login and pool configuration (`_sharing.pool_key`). It lives
+while something uses it and lingers briefly after the last user leaves, so a program that
+connects and disconnects in a loop keeps one monitor instead of starting one per connection.
+
+Every ``connect()``, ``Cluster`` and engine gets a `Runtime` of its own: its spec and settings
+(failover, retry_reads, role, routing, session_init, timeouts) are the ones it was given, and
+it reaches the shared machinery through it. Cluster-wide settings given differently while the
+machinery is in use are reported once in a warning (`_sharing.conflicts`), never ignored in
+silence.
+
+Fork safety: a child process (``os.fork``, as pre-fork servers do) starts with an empty registry;
+it never touches what it inherited (no thread, lock or socket of the parent's is used, and no
+inherited driver connection is closed, since closing sends the server a goodbye that ends the
+parent's session). A ``Cluster`` made before the fork gets fresh machinery on its first use in
+the child.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import itertools
 import logging
 import os
@@ -22,9 +34,9 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol, cast
 
-from aurora_smartdriver import auth, metrics, routing
+from aurora_smartdriver import _sharing, auth, metrics, routing
 from aurora_smartdriver._dbapi import driver_module, error_class
-from aurora_smartdriver.drivers import adapter_for
+from aurora_smartdriver.drivers import DriverAdapter, adapter_for
 from aurora_smartdriver.dsn import ConnectionSpec
 from aurora_smartdriver.errors import (
     AuthenticationFailed,
@@ -44,16 +56,29 @@ from aurora_smartdriver.pool import (
     PoolTimeout,
     Target,
 )
-from aurora_smartdriver.resolver import Resolver
+from aurora_smartdriver.pool._set import combine
+from aurora_smartdriver.resolver import ResolveError, Resolver
 from aurora_smartdriver.topology import Host, Topology
 from aurora_smartdriver.watchdog import Watchdog
 
-__all__ = ["Lease", "Runtime", "Target", "acquire", "release"]
+__all__ = ["Lease", "Runtime", "SharedCluster", "Target", "acquire", "generation", "release"]
 
 log = logging.getLogger("aurora_smartdriver.routing")
+share_log = logging.getLogger("aurora_smartdriver.sharing")
 
 LINGER_SECONDS = 30.0
-"""How long a cluster's runtime (monitor, pools) outlives its last user."""
+"""How long a cluster's shared machinery (monitor, pools) outlives its last user."""
+
+_generation = 0
+"""How many forks this process descends from (0 in the process that imported the library).
+
+Everything made in an earlier generation belongs to an ancestor process: a child drops it
+without closing it."""
+
+
+def generation() -> int:
+    """The process's fork generation: it changes in a child after ``os.fork()``."""
+    return _generation
 
 
 class Lease(Protocol):
@@ -71,9 +96,22 @@ class Lease(Protocol):
 
 
 class _DirectLease:
-    """A connection of its own (``connect()``): giving it back closes it."""
+    """A connection of its own (``connect()``): giving it back closes it.
 
-    __slots__ = ("_broken", "_metrics", "_watchdog", "as_writer", "pooled", "raw", "target")
+    In a forked child, one made before the fork is dropped instead: its socket is the
+    parent's too, and closing it would end the parent's session.
+    """
+
+    __slots__ = (
+        "_broken",
+        "_generation",
+        "_metrics",
+        "_watchdog",
+        "as_writer",
+        "pooled",
+        "raw",
+        "target",
+    )
 
     def __init__(
         self,
@@ -91,12 +129,15 @@ class _DirectLease:
         self._broken = False
         self._watchdog = watchdog
         self._metrics = counts
+        self._generation = _generation
         watchdog.watch(target, raw)
 
     def mark_broken(self) -> None:
         self._broken = True
 
     def give_back(self, *, broken: bool = False) -> None:
+        if self._generation != _generation:
+            return  # the parent's: neither its watchdog nor its socket is ours to touch
         self._watchdog.unwatch(self.target, self.raw)
         self._metrics.closed.add(self.target.instance_id)
         with contextlib.suppress(Exception):
@@ -104,9 +145,19 @@ class _DirectLease:
 
 
 class _PooledLease:
-    """A connection borrowed from its host's pool: giving it back returns it."""
+    """A connection borrowed from its host's pool: giving it back returns it (in a forked
+    child, one borrowed before the fork is dropped: the pool is the parent's)."""
 
-    __slots__ = ("_pool", "_pooled", "_watchdog", "as_writer", "pooled", "raw", "target")
+    __slots__ = (
+        "_generation",
+        "_pool",
+        "_pooled",
+        "_watchdog",
+        "as_writer",
+        "pooled",
+        "raw",
+        "target",
+    )
 
     def __init__(
         self, pool: HostPool, pooled: Pooled, watchdog: Watchdog, *, as_writer: bool = False
@@ -118,12 +169,16 @@ class _PooledLease:
         self.pooled = True
         self.as_writer = as_writer
         self._watchdog = watchdog
+        self._generation = _generation
         watchdog.watch(self.target, self.raw)
 
     def mark_broken(self) -> None:
-        self._pooled.mark_broken()
+        if self._generation == _generation:
+            self._pooled.mark_broken()
 
     def give_back(self, *, broken: bool = False) -> None:
+        if self._generation != _generation:
+            return
         self._watchdog.unwatch(self.target, self.raw)
         if broken:
             self._pooled.mark_broken()
@@ -136,30 +191,226 @@ class _Choice:
     decision: routing.Decision
 
 
-class Runtime:
-    """A cluster's shared machinery; :func:`acquire` gives one, :func:`release` takes it back."""
+class SharedCluster:
+    """What every connection of the process to one cluster shares, whatever its login.
+
+    The monitor, resolver and watchdog run with the settings and login of the spec that made
+    them (`spec`); pools are kept per login and pool configuration, made on first use.
+    """
 
     def __init__(
         self, spec: ConnectionSpec, credentials: auth.CredentialsSource | None = None
     ) -> None:
         settings = spec.settings
         self.spec = spec
-        self.key = runtime_key(spec, credentials)
-        self.credentials = auth.provider_from(spec, credentials)
-        self.adapter = adapter_for(spec.engine)
+        self.key = cluster_key(spec)
+        self.generation = _generation
+        self.adapter: DriverAdapter = adapter_for(spec.engine)
         self.module: ModuleType = driver_module(spec.engine)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._providers: dict[str, auth.CredentialsProvider] = {}
+        self._pools: dict[tuple[str, str], PoolSet] = {}
+        self._warned: set[str] = set()
+        self.login = _sharing.login_key(spec, credentials)
+        self.credentials = self.provider(self.login, spec, credentials)
         self.resolver = Resolver(
             settings.dns_server or None, timeout=settings.dns_timeout, ttl_cap=settings.dns_ttl_cap
         )
         self.monitor = ClusterMonitor(
             spec, adapter=self.adapter, resolver=self.resolver, credentials=self.credentials
         )
-        self._pools: PoolSet | None = None
-        self._pools_lock = threading.Lock()
-        # Round robin per request kind: one shared counter would send every read to the
-        # same reader whenever writer and reader borrows alternate.
-        self._turns = {role: itertools.count() for role in ("writer", "reader", "any")}
-        self._rng = random.Random()
+        # Round robin per request kind, shared by every connection of the cluster: a counter
+        # per connection would start every connect() at the same reader.
+        self.turns = {role: itertools.count() for role in ("writer", "reader", "any")}
+        self.rng = random.Random()
+        # Events and metrics name the cluster alike: its cluster_id, else its endpoint.
+        name = settings.cluster_id or spec.hosts[0][0]
+        self.events = Events(name)
+        self.metrics = metrics.Metrics(name, spec.engine)
+        self.watchdog = Watchdog(
+            self._probe_opener, self.adapter, settings.failure_detection_time, self.host_dead
+        )
+        self._unregister_metrics = metrics.register(self.metrics_snapshot)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def provider(
+        self, login: str, spec: ConnectionSpec, credentials: auth.CredentialsSource | None
+    ) -> auth.CredentialsProvider:
+        """The credentials provider of ``login``, one per login (an IAM token or a secret is
+        fetched once for all its connections)."""
+        with self._lock:
+            found = self._providers.get(login)
+            if found is None:
+                found = self._providers[login] = auth.provider_from(spec, credentials)
+            return found
+
+    def pools(self, key: tuple[str, str], make: Callable[[], PoolSet]) -> PoolSet:
+        """The pools of ``key`` (login, pool configuration), made by ``make`` on first use;
+        `PoolClosed` once the cluster is closed."""
+        found = self._pools.get(key)
+        if found is not None:
+            return found
+        with self._lock:
+            if self._closed:
+                raise PoolClosed("the cluster's pools are closed")
+            found = self._pools.get(key)
+            if found is None:
+                found = make()
+                self._pools = {**self._pools, key: found}
+                self.monitor.add_listener(found.on_topology)
+        return found
+
+    def existing_pools(self, key: tuple[str, str]) -> PoolSet | None:
+        return self._pools.get(key)
+
+    def pool_totals(self) -> dict[str, Any]:
+        """Every pool set's statistics over its life, per instance id, added up."""
+        totals: dict[str, Any] = {}
+        for pools in list(self._pools.values()):
+            for instance, stats in pools.totals().items():
+                before = totals.get(instance)
+                totals[instance] = stats if before is None else combine(before, stats)
+        return totals
+
+    def pool_stats(self) -> dict[str, Any]:
+        """Every pool's statistics now, per instance id, added up over logins."""
+        found: dict[str, Any] = {}
+        for pools in list(self._pools.values()):
+            for instance, stats in pools.stats().items():
+                before = found.get(instance)
+                found[instance] = stats if before is None else combine(before, stats)
+        return found
+
+    def metrics_snapshot(self) -> metrics.ClusterMetrics:
+        """This cluster's counters and timings now (``Cluster.metrics()``)."""
+        return self.metrics.snapshot(
+            pools=self.pool_totals(),
+            monitor=self.monitor.stats(),
+            resolver=self.resolver,
+            response_ms=self.monitor.response_ms,
+            topology=self.monitor.topology,
+        )
+
+    def check(self, spec: ConnectionSpec) -> None:
+        """Warn, once per cluster and setting, when ``spec`` asks for cluster-wide settings
+        other than those in use (the shared monitor, resolver and watchdog keep theirs)."""
+        for conflict in _sharing.conflicts(self.spec.settings, spec.settings):
+            with self._lock:
+                if conflict.name in self._warned:
+                    continue
+                self._warned.add(conflict.name)
+            share_log.warning(
+                "cluster %s: %s; the monitor, resolver and watchdog this process shares for "
+                "the cluster keep the value in use (give every DSN of one cluster the same "
+                "value, or a cluster_id of its own to get separate ones)",
+                self.spec.settings.cluster_id or self.spec.hosts[0][0],
+                conflict,
+            )
+
+    def _probe_opener(self, target: Target) -> Callable[[float], Any]:
+        """The watchdog's probe connections: the shared login, no session set-up (a probe
+        only pings)."""
+
+        def open_probe(timeout: float) -> Any:
+            address = (
+                self.resolver.resolve(target.host).addresses[0]
+                if self.spec.settings.resolve
+                else None
+            )
+            return auth.connect(
+                self.adapter,
+                self.credentials,
+                self.spec,
+                target.host,
+                target.port,
+                address=address,
+                timeout=timeout,
+            )
+
+        return open_probe
+
+    def host_dead(self, target: Target, silent: float) -> None:
+        """The watchdog's verdict: ``target`` stopped answering."""
+        self.metrics.unresponsive.add(target.instance_id)
+        self.events.emit(
+            "host_unresponsive", instance=target.instance_id, silent_s=round(silent, 3)
+        )
+        self.suspect(target, f"no answer for {silent:.1f}s")
+
+    def suspect(self, target: Target, why: str) -> None:
+        """A connection to ``target`` failed as if the node were gone or demoted."""
+        topo = self.monitor.topology
+        if (
+            topo is not None
+            and topo.writer is not None
+            and topo.writer.instance_id == target.instance_id
+        ):
+            self.monitor.enter_fast_mode(f"writer {target.instance_id}: {why}")
+        else:
+            self.monitor.refresh_now(timeout=0)
+
+    def close(self) -> None:
+        """Stop the monitor and the watchdog and close every pool (idempotent).
+
+        In a forked child, machinery inherited from the parent is left alone: its threads do
+        not exist here, its locks may be held for ever, and its sockets are the parent's.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            pools = list(self._pools.values())
+        if self.generation != _generation:
+            return
+        self._unregister_metrics()
+        self.monitor.close()
+        self.watchdog.close()
+        for pool_set in pools:
+            self.monitor.remove_listener(pool_set.on_topology)
+            pool_set.close()
+
+    def __repr__(self) -> str:
+        return f"<SharedCluster {self.spec.hosts[0][0]} pools={len(self._pools)}>"
+
+
+class Runtime:
+    """One connection's (or ``Cluster``'s) view of its cluster: its own spec and settings, the
+    shared machinery, and the pools of its login and pool configuration.
+
+    :func:`acquire` gives one, :func:`release` takes it back. ``Runtime(spec)`` alone makes
+    machinery of its own, closed by `close` (for tests and tools).
+    """
+
+    def __init__(
+        self,
+        spec: ConnectionSpec,
+        credentials: auth.CredentialsSource | None = None,
+        *,
+        shared: SharedCluster | None = None,
+    ) -> None:
+        settings = spec.settings
+        self._owns_shared = shared is None
+        if shared is None:
+            shared = SharedCluster(spec, credentials)
+        self._shared = shared
+        self.spec = spec
+        self.key = shared.key
+        self.login = _sharing.login_key(spec, credentials)
+        self.credentials = shared.provider(self.login, spec, credentials)
+        self._pool_key = _sharing.pool_key(self.login, settings)
+        self.adapter = shared.adapter
+        self.module: ModuleType = shared.module
+        self.resolver = shared.resolver
+        self.monitor = shared.monitor
+        self.watchdog = shared.watchdog
+        self.events = shared.events
+        self.metrics = shared.metrics
+        self._turns = shared.turns
+        self._rng = shared.rng
         self._requests = {
             role: routing.request_from_settings(settings, role)
             for role in ("writer", "reader", "any")
@@ -173,14 +424,17 @@ class Runtime:
         self.auth_failed = cast(
             type[AuthenticationFailed], error_class(spec.engine, AuthenticationFailed)
         )
-        # Events and metrics name the cluster alike: its cluster_id, else its endpoint.
-        name = settings.cluster_id or spec.hosts[0][0]
-        self.events = Events(name)
-        self.watchdog = Watchdog(
-            self._opener_for, self.adapter, settings.failure_detection_time, self._host_dead
-        )
-        self.metrics = metrics.Metrics(name, spec.engine)
-        self._unregister_metrics = metrics.register(self.metrics_snapshot)
+
+    @property
+    def shared(self) -> SharedCluster:
+        """The machinery this runtime shares with the process's other users of the cluster."""
+        return self._shared
+
+    @property
+    def inherited(self) -> bool:
+        """Made before a fork, in an ancestor process: nothing of it may be used or closed
+        here (a connection made then should be dropped, not closed)."""
+        return self._shared.generation != _generation
 
     @property
     def decisions(self) -> int:
@@ -188,29 +442,22 @@ class Runtime:
         return self.metrics.decisions()
 
     def metrics_snapshot(self) -> metrics.ClusterMetrics:
-        """This cluster's counters and timings now (``Cluster.metrics()``)."""
-        pools = self._pools
-        return self.metrics.snapshot(
-            pools=pools.totals() if pools is not None else {},
-            monitor=self.monitor.stats(),
-            resolver=self.resolver,
-            response_ms=self.monitor.response_ms,
-            topology=self.monitor.topology,
-        )
+        """The cluster's counters and timings now (``Cluster.metrics()``)."""
+        return self._shared.metrics_snapshot()
 
     @property
     def pools(self) -> PoolSet:
-        """The cluster's per-host pools, made on first use (``connect()`` alone needs none)."""
-        pools = self._pools
-        if pools is None:
-            with self._pools_lock:
-                if self._pools is None:
-                    self._pools = PoolSet(
-                        self._opener_for, settings=self.spec.settings, adapter=self.adapter
-                    )
-                    self.monitor.add_listener(self._pools.on_topology)
-                pools = self._pools
-        return pools
+        """The pools of this login and pool configuration, made on first use (``connect()``
+        alone needs none); `PoolClosed` once the cluster is closed."""
+        return self._shared.pools(self._pool_key, self._make_pools)
+
+    @property
+    def _pools(self) -> PoolSet | None:
+        """The pools if made already (lookups that must not make them)."""
+        return self._shared.existing_pools(self._pool_key)
+
+    def _make_pools(self) -> PoolSet:
+        return PoolSet(self._opener_for, settings=self.spec.settings, adapter=self.adapter)
 
     # -- choosing a host ------------------------------------------------------------------
     def topology(self, timeout: float | None = None) -> Topology | None:
@@ -356,9 +603,22 @@ class Runtime:
                     continue
                 tried.add(target.instance_id)
             except PoolClosed as exc:
-                if self.pools.closed:
+                pools = self._pools
+                if self._shared.closed or pools is None or pools.closed:
                     raise self.pool_closed(f"{exc}: the cluster was closed") from exc
                 continue  # the topology just dropped that host's pool: choose again
+            except ResolveError as exc:
+                # The instance's name did not resolve (DNS still catching up with a new
+                # instance, or one just deleted): as unreachable as a refused connection.
+                log.info("%s: %s; trying elsewhere", target.instance_id, exc)
+                if may_wait:
+                    waiting = waiting or _WriterWait(self)
+                    waiting.wait(target, "disconnect", exc)
+                    continue
+                if role == "writer":
+                    raise self.no_host(f"the writer {target.instance_id}: {exc}") from exc
+                self.suspect(target, f"resolve: {exc}")
+                tried.add(target.instance_id)
             except PoolTimeout as exc:
                 raise self.pool_timeout(str(exc)) from exc
             except self.adapter.Error as exc:
@@ -406,8 +666,8 @@ class Runtime:
         deadline = started + settings.failover_timeout
         self.events.emit("failover_started", instance=old.instance_id, role=role, cause=kind)
         self.metrics.failovers_started.add((role, kind))
-        if kind == "disconnect" and self._pools is not None:
-            self._pools.pool(old).retire()  # its idle connections died with it
+        if kind == "disconnect":
+            retire_idle(self._pools, old)  # its idle connections died with it
         topo = self.monitor.topology
         was_writer = (
             topo is not None
@@ -460,30 +720,28 @@ class Runtime:
         ) from cause
 
     def _host_dead(self, target: Target, silent: float) -> None:
-        self.metrics.unresponsive.add(target.instance_id)
-        self.events.emit(
-            "host_unresponsive", instance=target.instance_id, silent_s=round(silent, 3)
-        )
-        self.suspect(target, f"no answer for {silent:.1f}s")
+        self._shared.host_dead(target, silent)
 
     def suspect(self, target: Target, why: str) -> None:
         """A connection to ``target`` failed as if the node were gone or demoted."""
-        topo = self.monitor.topology
-        if (
-            topo is not None
-            and topo.writer is not None
-            and topo.writer.instance_id == target.instance_id
-        ):
-            self.monitor.enter_fast_mode(f"writer {target.instance_id}: {why}")
-        else:
-            self.monitor.refresh_now(timeout=0)
+        self._shared.suspect(target, why)
 
     def close(self) -> None:
-        self._unregister_metrics()
-        self.monitor.close()
-        if self._pools is not None:
-            self.monitor.remove_listener(self._pools.on_topology)
-            self._pools.close()
+        """Close the machinery this runtime made for itself (``Runtime(spec)``); a runtime
+        from :func:`acquire` is given back with :func:`release` instead."""
+        if self._owns_shared:
+            self._shared.close()
+
+
+def retire_idle(pools: PoolSet | None, target: Target) -> None:
+    """Retire the pool of ``target`` if there is one, never making one: an instance that
+    left the cluster must not get a new pool that dials it."""
+    if pools is None:
+        return
+    found = pools.stats()
+    if target.instance_id in found:
+        pool = pools.pool(target)
+        pool.retire()
 
 
 _NO_STATS = routing.HostStats()
@@ -531,98 +789,134 @@ def _target(host: Host) -> Target:
 
 
 # -- the registry ----------------------------------------------------------------------------
-_registry: dict[tuple[str, ...], list[Any]] = {}  # key -> [runtime, users, linger timer]
+class _Entry:
+    """A registered cluster: its machinery, how many use it, and its linger timer."""
+
+    __slots__ = ("shared", "timer", "users")
+
+    def __init__(self, shared: SharedCluster) -> None:
+        self.shared = shared
+        self.users = 0
+        self.timer: threading.Timer | None = None
+
+
+_registry: dict[tuple[str, ...], _Entry] = {}
 _lock = threading.Lock()
-
-
-_KEY_SALT = os.urandom(16)
 
 
 def runtime_key(
     spec: ConnectionSpec, credentials: auth.CredentialsSource | None = None
 ) -> tuple[str, ...]:
-    """The registry key of ``spec``'s runtime: its cluster and the login it connects with.
-
-    Connections of one runtime share pools, so specs that log in differently (user, password,
-    database, driver parameters, auth settings, credentials provider) must not share one:
-    otherwise a second ``connect()`` with another (or a wrong) password would get the first
-    one's connections. The password enters only as a salted digest.
-    """
-    settings = spec.settings
-    login = repr(
-        (
-            spec.user,
-            spec.password,
-            spec.database,
-            sorted((name, repr(value)) for name, value in spec.driver_params.items()),
-            settings.auth,
-            settings.secret_id,
-            settings.region,
-        )
-    )
-    digest = hashlib.sha256(_KEY_SALT + login.encode()).hexdigest()[:16]
-    provider = "" if credentials is None else f"provider-{id(credentials):x}"
-    return (*cluster_key(spec), digest, provider)
+    """The identity of ``spec``'s pools: its cluster, its login (see `_sharing.login_key`;
+    the password enters only as a salted digest) and its pool configuration."""
+    login = _sharing.login_key(spec, credentials)
+    return (*cluster_key(spec), *_sharing.pool_key(login, spec.settings))
 
 
 def acquire(spec: ConnectionSpec, credentials: auth.CredentialsSource | None = None) -> Runtime:
-    """The process's runtime for the cluster ``spec`` points at and its login (created on
-    first use), with ``credentials`` as its provider when given (else from ``spec.auth``).
+    """A runtime with ``spec``'s own settings on the process's machinery for its cluster
+    (made on first use), with ``credentials`` as its provider when given (else from
+    ``spec.auth``).
 
-    The first spec of a cluster and login decides its monitor's and pools' settings.
+    Machinery that lingers unused is replaced rather than reused when it never got an answer
+    from the cluster or when ``spec`` asks for other cluster-wide settings; in use, it is
+    shared, and a conflicting cluster-wide setting is reported once in a warning.
     """
-    key = runtime_key(spec, credentials)
+    key = cluster_key(spec)
+    stale: SharedCluster | None = None
     with _lock:
         entry = _registry.get(key)
+        if entry is not None:
+            conflicting = bool(_sharing.conflicts(entry.shared.spec.settings, spec.settings))
+            verdict = _sharing.reuse(
+                users=entry.users,
+                answered=entry.shared.monitor.topology is not None,
+                conflicting=conflicting,
+            )
+            if verdict == "replace" or entry.shared.closed:
+                if entry.timer is not None:
+                    entry.timer.cancel()
+                stale, entry = entry.shared, None
         if entry is None:
-            entry = [Runtime(spec, credentials), 0, None]
-            _registry[key] = entry
-        entry[1] += 1
-        if entry[2] is not None:
-            entry[2].cancel()
-            entry[2] = None
-        runtime: Runtime = entry[0]
-        return runtime
+            entry = _registry[key] = _Entry(SharedCluster(spec, credentials))
+        entry.users += 1
+        if entry.timer is not None:
+            entry.timer.cancel()
+            entry.timer = None
+        shared = entry.shared
+    if stale is not None:
+        stale.close()
+    try:
+        shared.check(spec)
+        return Runtime(spec, credentials, shared=shared)
+    except BaseException:
+        _give_back(shared, linger=0)
+        raise
 
 
 def release(runtime: Runtime, *, linger: float = LINGER_SECONDS) -> None:
-    """Give back a runtime from :func:`acquire`; the last release closes it ``linger`` s later."""
+    """Give back a runtime from :func:`acquire`; the last release of its cluster closes the
+    machinery ``linger`` s later."""
+    _give_back(runtime.shared, linger=linger)
+
+
+def _give_back(shared: SharedCluster, *, linger: float) -> None:
     with _lock:
-        entry = _registry.get(runtime.key)
-        if entry is None or entry[0] is not runtime:
+        entry = _registry.get(shared.key)
+        if entry is None or entry.shared is not shared:
             return
-        entry[1] -= 1
-        if entry[1] > 0:
+        entry.users -= 1
+        if entry.users > 0:
             return
         if linger <= 0:
-            del _registry[runtime.key]
+            del _registry[shared.key]
         else:
-            timer = threading.Timer(linger, _expire, args=(runtime,))
+            timer = threading.Timer(linger, _expire, args=(shared,))
             timer.daemon = True
-            entry[2] = timer
+            entry.timer = timer
             timer.start()
             return
-    runtime.close()
+    shared.close()
 
 
-def _expire(runtime: Runtime) -> None:
+def _expire(shared: SharedCluster) -> None:
     with _lock:
-        entry = _registry.get(runtime.key)
-        if entry is None or entry[0] is not runtime or entry[1] > 0:
+        entry = _registry.get(shared.key)
+        if entry is None or entry.shared is not shared or entry.users > 0:
             return
-        del _registry[runtime.key]
-    runtime.close()
+        del _registry[shared.key]
+    shared.close()
 
 
 def close_all() -> None:
-    """Close every runtime now (at interpreter exit, and in tests)."""
+    """Close every cluster's machinery now (at interpreter exit, and in tests)."""
     with _lock:
         entries = list(_registry.values())
         _registry.clear()
     for entry in entries:
-        if entry[2] is not None:
-            entry[2].cancel()
-        entry[0].close()
+        if entry.timer is not None:
+            entry.timer.cancel()
+        entry.shared.close()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts with no machinery: what it inherited is the parent's.
+
+    Nothing inherited is closed or locked here (a thread of the parent may have held a lock at
+    the fork, and closing a driver connection would end the parent's session); it is only
+    forgotten. The metrics registry forgets the parent's clusters too.
+    """
+    global _generation, _registry, _lock
+    _generation += 1
+    inherited = list(_registry.values())
+    _registry = {}
+    _lock = threading.Lock()
+    for entry in inherited:
+        entry.timer = None
+        with contextlib.suppress(Exception):
+            entry.shared._unregister_metrics()
 
 
 atexit.register(close_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -94,8 +94,24 @@ class Cluster:
     ) -> None:
         """``credentials`` as for ``connect``; keyword arguments override the DSN."""
         self.spec = _spec(dsn, None, kwargs)
-        self._runtime = _runtime.acquire(self.spec, credentials)
+        self._credentials = credentials
+        self._own_runtime = _runtime.acquire(self.spec, credentials)
+        self._generation = _runtime.generation()
         self._closed = False
+
+    @property
+    def _runtime(self) -> _runtime.Runtime:
+        """The cluster's runtime in this process.
+
+        After ``os.fork()`` (pre-fork servers make the ``Cluster`` before forking) the child
+        gets machinery of its own on first use: the parent's pools, threads and sockets are
+        never touched, nor closed, by the child.
+        """
+        if self._generation != _runtime.generation():
+            self._generation = _runtime.generation()
+            if not self._closed:
+                self._own_runtime = _runtime.acquire(self.spec, self._credentials)
+        return self._own_runtime
 
     @property
     def topology(self) -> Topology | None:
@@ -168,7 +184,7 @@ class Cluster:
     def stats(self) -> dict[str, Any]:
         """Pools per instance and the monitor's counters."""
         return {
-            "pools": dict(self._runtime.pools.stats()),
+            "pools": self._runtime.shared.pool_stats(),
             "monitor": self._runtime.monitor.stats(),
             "routing_decisions": self._runtime.decisions,
         }
@@ -183,7 +199,8 @@ class Cluster:
         """Stop using the cluster; its pools and monitor close when no one else uses them."""
         if not self._closed:
             self._closed = True
-            _runtime.release(self._runtime, linger=0)
+            if self._generation == _runtime.generation():
+                _runtime.release(self._own_runtime, linger=0)
 
     def __enter__(self) -> Cluster:
         return self
