@@ -359,13 +359,14 @@ class SharedCluster:
         In a forked child, machinery inherited from the parent is left alone: its threads do
         not exist here, its locks may be held for ever, and its sockets are the parent's.
         """
+        if self.generation != _generation:
+            self._closed = True  # not even its lock: a parent's thread may have held it
+            return
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             pools = list(self._pools.values())
-        if self.generation != _generation:
-            return
         self._unregister_metrics()
         self.monitor.close()
         self.watchdog.close()
