@@ -264,6 +264,44 @@ class SharedCluster:
                 self.monitor.add_listener(found.on_topology)
         return found
 
+    @property
+    def failing(self) -> bool:
+        """The monitor never got an answer, and its attempts failed (a refused login, a
+        name that does not resolve, no node reachable)."""
+        monitor = self.monitor
+        return monitor.topology is None and (
+            monitor.auth_error is not None
+            or monitor.config_error is not None
+            or monitor.stats().errors > 0
+        )
+
+    def restart(self, spec: ConnectionSpec, credentials: auth.CredentialsSource | None) -> None:
+        """Run the monitor and resolver as ``spec`` (its login and cluster-wide settings)
+        from now on, the failing ones closed: see `_sharing.reuse`."""
+        login = _sharing.login_key(spec, credentials)
+        provider = self.provider(login, spec, credentials)
+        settings = spec.settings
+        resolver = Resolver(
+            settings.dns_server or None, timeout=settings.dns_timeout, ttl_cap=settings.dns_ttl_cap
+        )
+        monitor = ClusterMonitor(
+            spec, adapter=self.adapter, resolver=resolver, credentials=provider
+        )
+        with self._lock:
+            old = self.monitor
+            self.spec, self.login, self.credentials = spec, login, provider
+            self.resolver, self.monitor = resolver, monitor
+            self._warned.clear()
+            for pool_set in self._pools.values():
+                old.remove_listener(pool_set.on_topology)
+                monitor.add_listener(pool_set.on_topology)
+        share_log.info(
+            "cluster %s: the monitor never got an answer (%s); restarted as the next user",
+            settings.cluster_id or spec.hosts[0][0],
+            old.trouble() or "no answer",
+        )
+        old.close()
+
     def existing_pools(self, key: tuple[str, str]) -> PoolSet | None:
         return self._pools.get(key)
 
@@ -405,8 +443,6 @@ class Runtime:
         self._pool_key = _sharing.pool_key(self.login, settings)
         self.adapter = shared.adapter
         self.module: ModuleType = shared.module
-        self.resolver = shared.resolver
-        self.monitor = shared.monitor
         self.watchdog = shared.watchdog
         self.events = shared.events
         self.metrics = shared.metrics
@@ -425,6 +461,15 @@ class Runtime:
         self.auth_failed = cast(
             type[AuthenticationFailed], error_class(spec.engine, AuthenticationFailed)
         )
+
+    @property
+    def monitor(self) -> ClusterMonitor:
+        """The cluster's monitor (shared; restarted only if it never got an answer)."""
+        return self._shared.monitor
+
+    @property
+    def resolver(self) -> Resolver:
+        return self._shared.resolver
 
     @property
     def shared(self) -> SharedCluster:
@@ -833,11 +878,15 @@ def acquire(spec: ConnectionSpec, credentials: auth.CredentialsSource | None = N
                 users=entry.users,
                 answered=entry.shared.monitor.topology is not None,
                 conflicting=conflicting,
+                failing=entry.shared.failing,
+                other_login=entry.shared.login != _sharing.login_key(spec, credentials),
             )
             if verdict == "replace" or entry.shared.closed:
                 if entry.timer is not None:
                     entry.timer.cancel()
                 stale, entry = entry.shared, None
+            elif verdict == "restart":
+                entry.shared.restart(spec, credentials)
         if entry is None:
             entry = _registry[key] = _Entry(SharedCluster(spec, credentials))
         entry.users += 1

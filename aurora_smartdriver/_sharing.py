@@ -97,16 +97,28 @@ def conflicts(in_use: Settings, asked: Settings) -> tuple[Conflict, ...]:
     return tuple(found)
 
 
-def reuse(*, users: int, answered: bool, conflicting: bool) -> Literal["reuse", "replace"]:
-    """Whether a cluster's shared machinery serves a new user, or is replaced first.
+def reuse(
+    *,
+    users: int,
+    answered: bool,
+    conflicting: bool,
+    failing: bool = False,
+    other_login: bool = False,
+) -> Literal["reuse", "replace", "restart"]:
+    """Whether a cluster's shared machinery serves a new user as it is, is replaced, or has its
+    monitor and resolver restarted with the newcomer's login and settings first.
 
-    Replaced only when no one uses it (it lingers after its last user) and either it never got
-    an answer from the cluster (a failed first attempt must not fail a corrected DSN with the
-    old error) or the newcomer wants other cluster-wide settings. In use, it is kept, and a
-    conflict is reported instead.
+    Replaced when no one uses it (it lingers after its last user) and either it never got an
+    answer from the cluster (a failed first attempt must not fail a corrected DSN with the old
+    error) or the newcomer wants other cluster-wide settings. In use, never answered and
+    failing (a refused login, a name that does not resolve), it is restarted as the newcomer
+    when the newcomer logs in otherwise or asks for other cluster-wide settings: one user's
+    wrong password must not refuse everyone. Otherwise it is kept (a conflict is reported).
     """
     if users == 0 and (not answered or conflicting):
         return "replace"
+    if not answered and failing and (other_login or conflicting):
+        return "restart"
     return "reuse"
 
 

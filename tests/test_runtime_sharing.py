@@ -211,3 +211,22 @@ def test_connect_in_a_loop_keeps_one_monitor(aurora_lab: Lab) -> None:
         monitors.add(id(conn._runtime.monitor))
         conn.close()
     assert len(monitors) == 1
+
+
+def test_a_refused_login_in_use_does_not_refuse_the_next_login(aurora_lab: Lab) -> None:
+    # The shared monitor logs in as its first user: while that user's password is wrong and
+    # it never got an answer, a newcomer with a good login must not get the refusal.
+    cluster_id = uuid.uuid4().hex
+    wrong = asd.Cluster(aurora_lab.dsn, cluster_id=cluster_id, password="wrong-password")
+    try:
+        with pytest.raises(asd.AuthenticationFailed), wrong.writer():
+            pass
+        conn = asd.connect(aurora_lab.dsn, cluster_id=cluster_id)
+        try:
+            assert _query(conn, "SELECT 1") == [(1,)]
+        finally:
+            conn.close()
+        with pytest.raises(asd.AuthenticationFailed), wrong.writer():
+            pass  # still its own (wrong) login
+    finally:
+        wrong.close()
