@@ -167,3 +167,59 @@ def test_a_forked_child_survives_a_failover(aurora_lab: Lab) -> None:
     child = next(line for line in lines if "after" in line or "error" in line)
     assert child.get("after") == report.new_writer, (child, err[-3000:])
     assert lines[-1] == {"child_code": 0}
+
+
+SQLALCHEMY_SCRIPT = r"""
+import json, os, sys
+import sqlalchemy as sa
+dsn, cid = sys.argv[1:3]
+url = dsn.replace("postgresql://", "postgresql+aurora_psycopg://").replace("mariadb://", "mysql+aurora_pymysql://")
+url += f"&cluster_id={cid}"
+engine = sa.create_engine(url, pool_size=2)
+with engine.connect() as c, engine.connect() as d:
+    c.execute(sa.text("SELECT 1")); d.execute(sa.text("SELECT 1"))
+sys.stdout.flush()
+pids = []
+for child in (1, 2):
+    pid = os.fork()
+    if pid == 0:
+        engine.dispose(close=False)
+        errors = []
+        try:
+            for n in range(30):
+                with engine.connect() as c:
+                    row = tuple(c.execute(sa.text("SELECT :a, :b"), {"a": child, "b": n}).one())
+                    if row != (child, n):
+                        errors.append(f"{child}: {row}")
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        if errors:
+            print(json.dumps(errors), file=sys.stderr, flush=True)
+        sys.exit(1 if errors else 0)
+    pids.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
+errs = []
+try:
+    for n in range(5):
+        with engine.connect() as c:
+            if tuple(c.execute(sa.text("SELECT :a"), {"a": n}).one()) != (n,):
+                errs.append("parent wrong row")
+except Exception as exc:
+    errs.append(f"{type(exc).__name__}: {exc}")
+print(json.dumps({"codes": codes, "parent": errs}), flush=True)
+"""
+
+
+def test_sqlalchemy_dispose_recipe_in_forked_children(aurora_lab: Lab) -> None:
+    """SQLAlchemy's advice for pre-fork servers: ``engine.dispose(close=False)`` in the child.
+    The library's own pools under the engine must be the child's too."""
+    done = subprocess.run(
+        [sys.executable, "-c", SQLALCHEMY_SCRIPT, aurora_lab.dsn, uuid.uuid4().hex],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"codes": [0, 0], "parent": []}, done.stderr[-3000:]
