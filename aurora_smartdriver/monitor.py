@@ -474,7 +474,7 @@ class ClusterMonitor:
                 answer = self._fetch(source, conn)
                 says = answer.role if answer.instance_id in (None, writer.instance_id) else None
             else:
-                with self._deadline.bound(conn, self.spec.settings.connect_timeout):
+                with self._deadline.bound(conn, self._query_bound):
                     says = discovery.role_of(conn, self._ctx)
         except Exception as exc:
             self._note_error(f"writer {writer.instance_id} did not answer: {exc}")
@@ -490,8 +490,15 @@ class ClusterMonitor:
                 self._suspects.add(self._conn_host)
                 self._drop_connection()
 
+    @property
+    def _query_bound(self) -> float:
+        """How long one of the monitor's queries may take: ``failure_detection_time`` (the
+        silence after which a connection counts as dead), at most ``connect_timeout``."""
+        settings = self.spec.settings
+        return min(settings.connect_timeout, settings.failure_detection_time)
+
     def _fetch(self, source: Source, conn: Any) -> Answer:
-        """One topology query, cut off after ``connect_timeout``: a node that stops answering
+        """One topology query, cut off after `_query_bound`: a node that stops answering
         (hung, cut off) must not stall the monitor, which everyone waits on in a failover."""
         if isinstance(source, Probe):  # in fast mode, do not wait on silent hosts once a
             # writer answered: a cut-off old writer would hold each probe connect_timeout long
@@ -503,7 +510,7 @@ class ClusterMonitor:
                 return source.fetch(conn, self._ctx)
             finally:
                 self._attempt = None
-        with self._deadline.bound(conn, self.spec.settings.connect_timeout):
+        with self._deadline.bound(conn, self._query_bound):
             return source.fetch(conn, self._ctx)
 
     def _probe_hurry(self) -> float | None:

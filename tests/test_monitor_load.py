@@ -149,3 +149,33 @@ def test_callers_of_a_cluster_that_is_down_do_not_make_the_monitor_hammer_it() -
         assert "127.0.0.1:1" in (monitor.trouble() or "")
     finally:
         monitor.close()
+
+
+def test_a_monitor_on_a_hung_node_gives_up_on_it_after_failure_detection_time(
+    aurora_lab: Lab,
+) -> None:
+    """A topology query the node never answers is cut off after failure_detection_time (the
+    silence that counts as dead), not after the longer connect_timeout."""
+    writer = aurora_lab.writer
+    monitor = ClusterMonitor(
+        dsn.parse(
+            aurora_lab.instance_dsn(writer),
+            connect_timeout="8s",
+            failure_detection_time="1s",
+            refresh_interval="30s",
+            cluster_id=uuid.uuid4().hex,
+        )
+    )
+    try:
+        assert monitor.refresh_now() is not None
+        assert monitor._conn_host == writer.host
+        errors = monitor.stats().errors
+        aurora_lab.hang(writer.id)
+        started = time.monotonic()
+        monitor.refresh_now(timeout=0)
+        assert _wait(lambda: monitor.stats().errors > errors, 20)
+        took = time.monotonic() - started
+        print(f"\nthe query on the hung node was given up after {took * 1000:.0f} ms")
+        assert took < 5.0  # connect_timeout is 8 s
+    finally:
+        monitor.close()
