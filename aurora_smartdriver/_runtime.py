@@ -53,6 +53,7 @@ from aurora_smartdriver.pool import (
     PoolClosed,
     Pooled,
     PoolSet,
+    PoolStats,
     PoolTimeout,
     Target,
 )
@@ -277,18 +278,23 @@ class SharedCluster:
 
     def restart(self, spec: ConnectionSpec, credentials: auth.CredentialsSource | None) -> None:
         """Run the monitor and resolver as ``spec`` (its login and cluster-wide settings)
-        from now on, the failing ones closed: see `_sharing.reuse`."""
+        from now on, the failing ones closed: see `_sharing.reuse`. Nothing happens when the
+        monitor is no longer failing (another newcomer restarted it a moment ago)."""
         login = _sharing.login_key(spec, credentials)
         provider = self.provider(login, spec, credentials)
         settings = spec.settings
-        resolver = Resolver(
-            settings.dns_server or None, timeout=settings.dns_timeout, ttl_cap=settings.dns_ttl_cap
-        )
-        monitor = ClusterMonitor(
-            spec, adapter=self.adapter, resolver=resolver, credentials=provider
-        )
         with self._lock:
             old = self.monitor
+            if self._closed or not self.failing:
+                return
+            resolver = Resolver(
+                settings.dns_server or None,
+                timeout=settings.dns_timeout,
+                ttl_cap=settings.dns_ttl_cap,
+            )
+            monitor = ClusterMonitor(
+                spec, adapter=self.adapter, resolver=resolver, credentials=provider
+            )
             self.spec, self.login, self.credentials = spec, login, provider
             self.resolver, self.monitor = resolver, monitor
             self._warned.clear()
@@ -305,18 +311,18 @@ class SharedCluster:
     def existing_pools(self, key: tuple[str, str]) -> PoolSet | None:
         return self._pools.get(key)
 
-    def pool_totals(self) -> dict[str, Any]:
+    def pool_totals(self) -> dict[str, PoolStats]:
         """Every pool set's statistics over its life, per instance id, added up."""
-        totals: dict[str, Any] = {}
+        totals: dict[str, PoolStats] = {}
         for pools in list(self._pools.values()):
             for instance, stats in pools.totals().items():
                 before = totals.get(instance)
                 totals[instance] = stats if before is None else combine(before, stats)
         return totals
 
-    def pool_stats(self) -> dict[str, Any]:
+    def pool_stats(self) -> dict[str, PoolStats]:
         """Every pool's statistics now, per instance id, added up over logins."""
-        found: dict[str, Any] = {}
+        found: dict[str, PoolStats] = {}
         for pools in list(self._pools.values()):
             for instance, stats in pools.stats().items():
                 before = found.get(instance)
@@ -870,6 +876,7 @@ def acquire(spec: ConnectionSpec, credentials: auth.CredentialsSource | None = N
     """
     key = cluster_key(spec)
     stale: SharedCluster | None = None
+    restart: SharedCluster | None = None
     with _lock:
         entry = _registry.get(key)
         if entry is not None:
@@ -886,7 +893,7 @@ def acquire(spec: ConnectionSpec, credentials: auth.CredentialsSource | None = N
                     entry.timer.cancel()
                 stale, entry = entry.shared, None
             elif verdict == "restart":
-                entry.shared.restart(spec, credentials)
+                restart = entry.shared
         if entry is None:
             entry = _registry[key] = _Entry(SharedCluster(spec, credentials))
         entry.users += 1
@@ -897,6 +904,8 @@ def acquire(spec: ConnectionSpec, credentials: auth.CredentialsSource | None = N
     if stale is not None:
         stale.close()
     try:
+        if restart is not None:
+            restart.restart(spec, credentials)
         shared.check(spec)
         return Runtime(spec, credentials, shared=shared)
     except BaseException:
