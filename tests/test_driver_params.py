@@ -296,3 +296,40 @@ def test_psycopg_context_leaves_the_librarys_own_queries_alone(
         assert topology.writer.instance_id == aurora_lab_postgresql.writer.id
         with cluster.writer() as conn:
             assert conn.execute("SELECT 5::int4").fetchone() == ("int:5",)
+
+
+# -- after a failover ---------------------------------------------------------------------------
+
+
+def _select_after_failover(lab: Lab, conn: Any, sql: str) -> Any:
+    """Fail the lab over under `conn`, then the row `sql` gives on the new writer."""
+    cur = conn.cursor()
+    cur.execute(sql)
+    cur.fetchall()
+    lab.failover()
+    for _ in range(2):
+        try:
+            cur = conn.cursor()
+            cur.execute(sql)
+            return cur.fetchone()
+        except asd.FailoverSucceeded:
+            continue
+    raise AssertionError("no answer after the failover")
+
+
+@pytest.mark.mariadb
+def test_pymysql_cursorclass_holds_on_the_new_writer_after_a_failover(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    with _open(asd_pymysql, aurora_lab_mariadb.dsn, cursorclass=DictCursor) as conn:
+        assert _select_after_failover(aurora_lab_mariadb, conn, "SELECT 1 AS one") == {"one": 1}
+
+
+@pytest.mark.postgresql
+def test_psycopg_row_factory_holds_on_the_new_writer_after_a_failover(
+    aurora_lab_postgresql: Lab,
+) -> None:
+    with _open(asd_psycopg, aurora_lab_postgresql.dsn, row_factory=dict_row) as conn:
+        conn.autocommit = True
+        row = _select_after_failover(aurora_lab_postgresql, conn, "SELECT 1 AS one")
+        assert row == {"one": 1}
