@@ -130,8 +130,9 @@ def _digest(text: str) -> str:
 
 
 def login_key(spec: ConnectionSpec, provider: object | None = None) -> str:
-    """Who ``spec`` connects as: user, password, database, driver parameters, auth settings,
-    and ``provider`` (a credentials object given to ``connect``) by identity.
+    """Who ``spec`` connects as: user, password, database, driver parameters, auth settings
+    (a login's credentials provider is made once, from them), and ``provider`` (a
+    credentials object given to ``connect``) by identity.
 
     Connections of different logins never share a pool: a second ``connect()`` with another
     (or a wrong) password must not get the first one's connections. The password enters only
@@ -148,6 +149,7 @@ def login_key(spec: ConnectionSpec, provider: object | None = None) -> str:
             settings.auth,
             settings.secret_id,
             settings.region,
+            settings.credentials_refresh_interval,
         )
     )
     who = "" if provider is None else f"provider-{id(provider):x}"
