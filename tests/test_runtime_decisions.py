@@ -108,7 +108,7 @@ def test_logins_differ_by_user_password_database_and_provider() -> None:
     assert _sharing.login_key(dsn.parse(_DSN, user="other")) != base
     assert _sharing.login_key(dsn.parse(_DSN, database="other")) != base
     assert _sharing.login_key(dsn.parse(_DSN), provider=object()) != base
-    assert _sharing.login_key(dsn.parse(_DSN, credentials_refresh_interval="60s")) != base
+    assert _sharing.login_key(dsn.parse(_DSN, credentials_refresh_interval="97s")) != base
     assert _sharing.login_key(dsn.parse(_DSN, failover="off")) == base
 
 
