@@ -401,7 +401,15 @@ class Connection:
     # -- PEP 249 -------------------------------------------------------------------------
     def cursor(self, *args: Any, **kwargs: Any) -> Cursor:
         self._check_open()
-        cur = self._cursor_class(self, self._raw.cursor(*args, **kwargs), (args, kwargs))
+        raw = self._raw
+        try:
+            raw_cursor = raw.cursor(*args, **kwargs)
+        except self._error as exc:
+            # The driver connection is already known dead (another thread saw it die): as a
+            # statement that was never sent; whatever transaction was open is gone.
+            self._recover(exc, "statement", None, _UNKNOWN, failed=raw)
+            raw_cursor = self._raw.cursor(*args, **kwargs)
+        cur = self._cursor_class(self, raw_cursor, (args, kwargs))
         self._cursors.add(cur)
         return cur
 
@@ -506,27 +514,55 @@ class Connection:
 
     def _move(self) -> None:
         """Continue on a node of the role now asked for, with the same session state."""
+        old = self._lease
         try:
-            lease = self._runtime.lease(self.role, pooled=self._lease.pooled)
+            lease = self._fresh_lease(self.role, old.pooled)
         except BaseException:
             self.__dict__["_read_only"] = not self._read_only  # still where it was: say so
             raise
-        old = self._lease
-        self.__dict__["_lease"] = lease
-        self.__dict__["_raw"] = lease.raw
-        try:
-            self._replay(lease.raw)
-        except BaseException:
-            lease.give_back(broken=True)
-            self.__dict__["_lease"] = old
-            self.__dict__["_raw"] = old.raw
-            self.__dict__["_read_only"] = not self._read_only
-            raise
-        for cur in list(self._cursors):
-            cur._carry_over(lease.raw)
+        self._take(lease)
         # Back to its pool clean: the session state this connection set (read-only above
         # all) must not follow the driver connection to its next borrower.
         self._give_back(old, read_only=not self._read_only)
+
+    def _fresh_lease(
+        self,
+        role: str,
+        pooled: bool,
+        *,
+        cause: BaseException | None = None,
+        failed: Any = None,
+        kind: str = "disconnect",
+    ) -> Lease:
+        """A driver connection for ``role`` with this connection's session replayed on it.
+
+        With ``failed`` (the target whose connection died), or when a borrowed connection
+        turns out dead at the replay (its node failed a moment ago and the pool did not know
+        yet), the failover procedure finds the right node.
+        """
+        runtime = self._runtime
+        if failed is None:
+            lease: Lease = runtime.lease(role, pooled=pooled)
+            try:
+                self._replay(lease.raw)
+                return lease
+            except self._error as exc:
+                lease.give_back(broken=True)
+                if self._adapter.error_kind(exc) != "disconnect":
+                    raise
+                cause, failed = exc, lease.target
+            except BaseException:
+                lease.give_back(broken=True)
+                raise
+        lease = runtime.fail_over(role, failed, kind, pooled=pooled, cause=cause)
+        try:
+            self._replay(lease.raw)
+        except BaseException as replay_error:
+            lease.give_back(broken=True)
+            if cause is not None:
+                raise replay_error from cause
+            raise
+        return lease
 
     def _replay(self, raw: Any) -> None:
         """Apply the session state set through the API to a new driver connection: the
@@ -731,13 +767,13 @@ class Connection:
         old = self._lease
         old.mark_broken()
         try:
-            lease = self._runtime.fail_over(
-                self.role, old.target, kind, pooled=old.pooled, cause=exc
+            lease = self._fresh_lease(
+                self.role, old.pooled, cause=exc, failed=old.target, kind=kind
             )
-            self._take(lease, exc)
         except BaseException:
             self._detach(f"the connection to {old.target.instance_id} was lost ({_short(exc)})")
             raise
+        self._take(lease)
         old.give_back(broken=True)
         self._runtime.events.emit(
             "connection_moved", old=old.target.instance_id, new=lease.target.instance_id
@@ -746,23 +782,15 @@ class Connection:
     def _attach(self) -> None:
         """Put a connection that is on no node on one of the role asked for (waiting for a
         writer as a new connection does)."""
-        old = self._lease
-        lease = self._runtime.lease(self.role, pooled=old.pooled)
-        self._take(lease, None)
+        self._take(self._fresh_lease(self.role, self._lease.pooled))
 
-    def _take(self, lease: Lease, cause: BaseException | None) -> None:
+    def _take(self, lease: Lease) -> None:
+        """Continue on ``lease`` (its session already replayed)."""
         self.__dict__["_pending_move"] = False
-        try:
-            self._replay(lease.raw)
-            for cur in list(self._cursors):
-                cur._carry_over(lease.raw)
-        except BaseException as replay_error:
-            lease.give_back(broken=True)
-            if cause is not None:
-                raise replay_error from cause
-            raise
         self.__dict__["_lease"] = lease
         self.__dict__["_raw"] = lease.raw
+        for cur in list(self._cursors):
+            cur._carry_over(lease.raw)
 
     def _detach(self, why: str, *, give_back: bool = False) -> None:
         """Let go of the driver connection (back to its pool when ``give_back``, as broken

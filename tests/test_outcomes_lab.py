@@ -391,3 +391,30 @@ def test_a_write_committed_before_the_connection_died_is_never_said_to_be_rerunn
         assert _count(lab, op) == 1  # committed: an obedient application reads it back
     finally:
         conn.close()
+
+
+def test_a_sqlalchemy_failover_logs_no_error_for_handled_work(
+    aurora_lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    scheme = "postgresql+aurora_psycopg" if _pg(aurora_lab) else "mariadb+aurora_pymysql"
+    url = aurora_lab.dsn.split("://", 1)[1]
+    engine = create_engine(f"{scheme}://{url}&cluster_id={uuid.uuid4().hex}", pool_size=4)
+    readers = engine.execution_options(aurora_role="reader")
+    try:
+        for _ in range(4):  # reader connections parked in SQLAlchemy's pool
+            with readers.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        with caplog.at_level("ERROR"):
+            aurora_lab.failover()
+            for _ in range(8):
+                try:
+                    with engine.connect() as conn:
+                        conn.execute(text("SELECT 1"))
+                except Exception as exc:  # told once per connection: that is handled work
+                    assert isinstance(getattr(exc, "orig", exc), asd.FailoverSucceeded), exc
+                with readers.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+        errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+        assert errors == [], [r.getMessage() for r in errors]
+    finally:
+        engine.dispose()
