@@ -478,7 +478,11 @@ class Connection:
             return
         if self._base_role != "writer":
             self.__dict__["_read_only"] = value
-            self._apply_read_only(self._raw)
+            try:
+                self._apply_read_only(self._raw)  # psycopg refuses it inside a transaction
+            except BaseException:
+                self.__dict__["_read_only"] = not value
+                raise
             return
         if self._adapter.in_transaction(self._raw):
             self.__dict__["_read_only"] = value

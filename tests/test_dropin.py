@@ -253,3 +253,14 @@ def test_psycopg_error_details_survive_a_failover(aurora_lab_postgresql: Lab) ->
         assert caught.value.diag.sqlstate == "25006"
     finally:
         conn.close()
+
+
+def test_a_refused_read_only_switch_is_not_reported_as_done(aurora_lab_postgresql: Lab) -> None:
+    conn = _connect(aurora_lab_postgresql, role="reader")
+    try:
+        conn.execute("SELECT 1")  # a transaction is open: psycopg refuses the switch
+        with pytest.raises(psycopg.ProgrammingError):
+            conn.read_only = True
+        assert conn.read_only is False
+    finally:
+        conn.close()
