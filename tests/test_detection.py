@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import aurora_smartdriver as asd
 from aurora_smartdriver import events
@@ -24,6 +26,7 @@ from aurora_smartdriver._runtime import Runtime
 from aurora_smartdriver.dsn import parse
 from aurora_smartdriver.lab import Lab, partition_available
 from aurora_smartdriver.pool import Target
+from aurora_smartdriver.resolver import TcpKeepalive
 from aurora_smartdriver.watchdog import HostWatch
 
 _DETECTION = 0.6
@@ -203,6 +206,19 @@ def test_a_long_statement_on_a_healthy_writer_survives_the_default_detection(
         conn.close()
         events.unsubscribe(seen.append)
     assert [e for e in seen if e.name in ("host_unresponsive", "failover_started")] == []
+
+
+@given(st.floats(min_value=0.001, max_value=86_400.0))
+def test_keepalive_timers_give_a_silent_peer_up_within_the_window(window: float) -> None:
+    plan = TcpKeepalive.for_window(window)
+    assert min(plan.idle, plan.interval, plan.count, plan.user_timeout_ms) >= 1
+    assert plan.user_timeout_ms == max(1, round(window * 1000))
+    given_up = plan.idle + plan.interval * plan.count  # without TCP_USER_TIMEOUT
+    if window >= 2:  # the timers count whole seconds, at least one each
+        assert given_up <= window
+        assert given_up > window - plan.interval - 1
+    else:
+        assert given_up == 2
 
 
 def _tcp_options(fd: int) -> dict[str, int]:
