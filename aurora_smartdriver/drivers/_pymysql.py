@@ -239,8 +239,9 @@ class PyMySQLAdapter:
 
         shutdown() acts on the socket itself, so the thread waiting in recv wakes with an end
         of stream (PyMySQL: 2013, lost connection). Going through a duplicate leaves PyMySQL's
-        socket object alone: `SSLSocket.shutdown` would drop its TLS object under the reading
-        thread, which then fails with an AttributeError instead of a lost connection.
+        socket object alone: `SSLSocket.shutdown` also unwraps its TLS object under the thread
+        reading it, which can then fail with a ValueError ("Read on closed or unwrapped SSL
+        socket"), an error PyMySQL does not turn into a lost connection.
         """
         sock = getattr(conn, "_sock", None)
         if sock is None:
