@@ -237,7 +237,8 @@ def test_one_topology_query_per_refresh_however_many_connections(aurora_lab: Lab
     names = [state.cluster_endpoint, state.reader_endpoint, *(n.host for n in aurora_lab.nodes)]
     clusters = [asd.Cluster(base.replace(state.cluster_endpoint, name, 1)) for name in names[:5]]
     runtime = clusters[0]._runtime
-    assert all(c._runtime is runtime for c in clusters)
+    # Each Cluster keeps its own settings (a runtime of its own) on one monitor per cluster.
+    assert all(c._runtime.monitor is runtime.monitor for c in clusters)
     # ...and 50 connections, half on the writer, half on readers, all held open.
     conns = [asd.connect(base, role="writer" if i % 2 else "reader") for i in range(50)]
     borrowed = []
