@@ -440,6 +440,12 @@ class Connection:
         if self._closed:
             return
         self.__dict__["_closed"] = True
+        if getattr(self._runtime, "inherited", False):
+            # Made before a fork, in the parent: its socket is the parent's. No rollback, no
+            # reset, no goodbye to the server from here: only let go of it.
+            for callback in self._closers:
+                callback()
+            return
         for cur in list(self._cursors):
             try:
                 cur._raw.close()

@@ -28,6 +28,7 @@ and the linger time passed (as counters of a restarted process would be).
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -478,6 +479,16 @@ Source = Callable[[], ClusterMetrics]
 _sources: dict[int, Source] = {}
 _sources_lock = threading.Lock()
 _ids = itertools.count()
+
+
+def _after_fork_in_child() -> None:
+    """A fresh lock in a forked child: a parent thread may have held this one at the fork."""
+    global _sources_lock
+    _sources_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def register(source: Source) -> Callable[[], None]:

@@ -127,9 +127,9 @@ def _open(
         have = runtime.spec.settings.pool_max_size
         if pool_size > have:
             log.warning(
-                "SQLAlchemy's pool may hold %d connections but the library's pool for each host "
-                "of this cluster opens at most %d (pool_max_size): borrowing will wait; give "
-                "pool_max_size=%d in the URL of the first engine of this cluster",
+                "SQLAlchemy's pool may hold %d connections but the URL's pool_max_size lets the "
+                "library's pool for each host open at most %d: borrowing will wait; give "
+                "pool_max_size=%d in the URL, or leave it out (it then follows the engine)",
                 pool_size,
                 have,
                 pool_size,
