@@ -145,8 +145,11 @@ class HostWatch:
                         # new probe; the connections in use will see a real failure themselves.
                         log.debug("%s: probe failed: %s", self.target.instance_id, exc)
                         continue
+                    # The ping's bound ran to the end of the window: the instance has been
+                    # silent for failure_detection_time (a new probe could not tell more: a
+                    # hung node's connect times out, and that is never a verdict).
                     log.debug("%s did not answer (%.1fs): %s", self.target.instance_id, silent, exc)
-                    if silent >= self._detection and self._busy():
+                    if self._busy():
                         self._declare_dead(silent)
                     continue
                 last_answer = time.monotonic()
