@@ -90,9 +90,26 @@ class Cluster:
         /,
         *,
         credentials: CredentialsSource | None = None,
+        reset: Callable[[Any], None] | None = None,
         **kwargs: Any,
     ) -> None:
-        """``credentials`` as for ``connect``; keyword arguments override the DSN."""
+        """``credentials`` as for ``connect``; keyword arguments override the DSN.
+
+        ``reset(driver_connection)`` runs before a borrowed driver connection goes back to its
+        pool, after the library's own reset (transaction rolled back, autocommit, isolation,
+        read-only and driver attributes set through the library put back): undo there the
+        session state your code changes in SQL (``RESET ALL``, ``SET search_path ...``). When
+        it raises, the driver connection is closed instead of lent again.
+        """
+        if reset is not None and not callable(reset):
+            from aurora_smartdriver.errors import ConfigError
+
+            raise ConfigError(
+                f"reset must be a function taking the driver connection, not {reset!r}",
+                parameter="reset",
+                value=repr(reset),
+            )
+        self._reset = reset
         self.spec = _spec(dsn, None, kwargs)
         self._credentials = credentials
         self._own_runtime = _runtime.acquire(self.spec, credentials)
@@ -127,6 +144,8 @@ class Cluster:
         chosen = _role(role, runtime)
         lease = runtime.lease(chosen, pooled=True)
         conn = _proxy_class(runtime)(runtime, chosen, lease, autocommit=runtime.default_autocommit)
+        if self._reset is not None:
+            conn.__dict__["_reset_hook"] = self._reset
         try:
             yield conn
         except BaseException:

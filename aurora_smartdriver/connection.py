@@ -469,6 +469,11 @@ class Connection:
                         broken = True  # nothing to put back: not handed out again
                     else:
                         setattr(raw, name, value)
+                hook = self.__dict__.get("_reset_hook")
+                if hook is not None and not broken:
+                    hook(raw)  # the application's own reset (Cluster(reset=...))
+                    if self._adapter.in_transaction(raw):
+                        raw.commit()  # keep what the hook did; lend no open transaction
             except Exception:
                 broken = True  # a connection that cannot be reset is not handed out again
         lease.give_back(broken=broken)

@@ -265,3 +265,28 @@ def test_a_refused_read_only_switch_is_not_reported_as_done(aurora_lab_postgresq
         assert conn.read_only is False
     finally:
         conn.close()
+
+
+def test_cluster_reset_undoes_sql_session_state_before_the_next_borrower(
+    aurora_lab_postgresql: Lab,
+) -> None:
+    resets: list[Any] = []
+
+    def reset(raw: Any) -> None:
+        resets.append(raw)
+        raw.execute("RESET search_path")
+
+    cluster = _cluster(aurora_lab_postgresql, pool_max_size=1, reset=reset)
+    try:
+        with cluster.writer() as conn:
+            conn.execute("SET search_path TO pg_catalog")
+        with cluster.writer() as conn:
+            assert conn.execute("SHOW search_path").fetchone()[0] != "pg_catalog"
+        assert len(resets) == 2
+    finally:
+        cluster.close()
+
+
+def test_cluster_reset_must_be_a_function(aurora_lab_postgresql: Lab) -> None:
+    with pytest.raises(asd.ConfigError, match="reset"):
+        asd.Cluster(aurora_lab_postgresql.dsn, reset="DISCARD ALL")  # type: ignore[arg-type]
