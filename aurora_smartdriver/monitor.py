@@ -135,6 +135,7 @@ class ClusterMonitor:
         self._last_error: str | None = None
         self._attempt: tuple[str, float] | None = None  # what the thread waits on, since when
         self._last_start = -math.inf  # monotonic time the last refresh started
+        self._fast_since = 0.0  # monotonic time fast mode began
         self._deadline = _Deadline(
             self._adapter.abort, f"aurora-smartdriver-deadline {spec.hosts[0][0]}"
         )
@@ -189,6 +190,7 @@ class ClusterMonitor:
         with self._cond:
             if not self._fast:
                 self._fast = True
+                self._fast_since = time.monotonic()
                 self._fast_entries += 1
                 self._confirmed = None
                 log.info(
@@ -333,13 +335,19 @@ class ClusterMonitor:
 
         ``fast_refresh_interval`` while refreshes succeed; after failures in a row it doubles
         up to ``backoff_max``, so that a cluster that is down entirely is asked ever less often
-        (during a failover some node answers, and the gap stays short).
+        (during a failover some node answers, and the gap stays short). Fast mode that has
+        found no writer for ``failover_timeout`` goes on at ``backoff_max``.
         """
         settings = self.spec.settings
         fast = settings.fast_refresh_interval
-        if self._failures == 0:
-            return fast
-        return max(fast, min(settings.backoff_max, fast * 2.0 ** min(self._failures - 1, 30)))
+        gap = fast
+        if self._failures > 0:
+            gap = max(fast, min(settings.backoff_max, fast * 2.0 ** min(self._failures - 1, 30)))
+        if self._fast and time.monotonic() - self._fast_since > settings.failover_timeout:
+            # No writer confirmed for longer than anyone waits for one (a static writer that
+            # is gone, a cluster without a writer): keep looking, at backoff_max.
+            gap = max(gap, settings.backoff_max)
+        return gap
 
     def _refresh(self) -> bool:
         """One topology query; False when it failed (no answer, or an answer not believed)."""

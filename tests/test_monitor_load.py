@@ -179,3 +179,31 @@ def test_a_monitor_on_a_hung_node_gives_up_on_it_after_failure_detection_time(
         assert took < 5.0  # connect_timeout is 8 s
     finally:
         monitor.close()
+
+
+def test_fast_mode_that_finds_no_writer_slows_down_after_failover_timeout(
+    aurora_lab: Lab,
+) -> None:
+    """static's writer (the first host) is gone for good: the monitor keeps asking it, but
+    after failover_timeout (nobody waits longer) at backoff_max, not ten times a second."""
+    state = aurora_lab.state()
+    scheme = "postgresql" if state.engine == "postgresql" else "mariadb"
+    hosts = ["127.0.0.1:1"] + [f"{n.address}:{n.port}" for n in aurora_lab.readers]
+    spec = dsn.parse(
+        f"{scheme}://{state.user}:{state.password}@{','.join(hosts)}/{state.database}"
+        f"?topology_source=static&fast_refresh_interval=0.1s&failover_timeout=1s"
+        f"&backoff_max=1s&cluster_id={uuid.uuid4().hex}"
+    )
+    monitor = ClusterMonitor(spec)
+    try:
+        assert monitor.refresh_now() is not None
+        assert monitor.wait_for_writer(timeout=1.5) is None  # enters fast mode, in vain
+        time.sleep(0.5)  # past failover_timeout
+        before = monitor.stats().connects
+        time.sleep(3.0)
+        attempts = monitor.stats().connects - before
+        print(f"\n{attempts} role checks of the gone writer in 3 s")
+        assert monitor.fast_mode
+        assert attempts <= 6  # about one a second; ten a second before
+    finally:
+        monitor.close()
