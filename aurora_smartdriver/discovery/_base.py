@@ -53,7 +53,8 @@ class Answer:
     context's clock otherwise). `instance_id` and `role` describe the instance that answered,
     as it describes itself, when the source learns it (None and UNKNOWN otherwise).
     `self_reported` is True when every row's role is what that instance said of itself
-    (probe asks each host), so the writer row needs no further check.
+    (probe asks each host; a reader that did not answer a hurried probe keeps its last row),
+    so the writer row needs no further check.
     """
 
     rows: tuple[Host, ...]
