@@ -14,7 +14,7 @@ import pytest
 from moto import mock_aws
 
 from aurora_smartdriver import dsn
-from aurora_smartdriver.discovery import DiscoveryError, SourceContext, source_for
+from aurora_smartdriver.discovery import DiscoveryError, SourceContext, Unreachable, source_for
 from aurora_smartdriver.lab import Lab
 from aurora_smartdriver.monitor import ClusterMonitor
 
@@ -69,6 +69,7 @@ def test_rds_api_gives_up_on_a_stalled_api_within_its_bounds(
     took = time.monotonic() - started
     assert not worker.is_alive(), f"still waiting on the stalled API after {took:.0f}s"
     assert len(outcome) == 1 and isinstance(outcome[0], DiscoveryError)
+    assert isinstance(outcome[0], Unreachable)  # no answer, not a wrong one
     assert "orders" in str(outcome[0])
 
 

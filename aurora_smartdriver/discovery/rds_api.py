@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from aurora_smartdriver.discovery._base import Answer, DiscoveryError, SourceContext
+from aurora_smartdriver.discovery._base import Answer, DiscoveryError, SourceContext, Unreachable
 from aurora_smartdriver.dsn import ConnectionSpec
 from aurora_smartdriver.endpoints import EndpointKind, parse_rds_host
 from aurora_smartdriver.errors import ConfigError
@@ -59,7 +59,11 @@ class RdsApi:
                 raise DiscoveryError(f"{NAME}: no DB cluster {cluster!r} in {where}")
             members = described[0].get("DBClusterMembers", [])
             endpoints = None if ctx.pattern is not None else _endpoints(client, cluster)
-        except (BotoCoreError, ClientError) as exc:
+        except BotoCoreError as exc:  # no answer: unreachable, timed out, no credentials
+            raise Unreachable(
+                f"{NAME}: asking RDS in {where} about DB cluster {cluster!r} failed: {exc}"
+            ) from exc
+        except ClientError as exc:  # an answer, and a refusal (access, throttling, ...)
             raise DiscoveryError(
                 f"{NAME}: asking RDS in {where} about DB cluster {cluster!r} failed: {exc}"
             ) from exc
