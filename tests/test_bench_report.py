@@ -138,9 +138,13 @@ def test_failover_table_orders_clients_and_counts_misses() -> None:
 
 
 def test_chaos_table() -> None:
-    lib = chaos.Row(0, 0.2, 0.05, 1, 16, 4)
+    lib = chaos.Row(0, 0.2, 0.05, 1, 16, 4, twice=0, unknown=3, phantom=0)
     bare = chaos.Row(0, 5.1, 5.0, 0, 300, 0)
     result = chaos.ChaosResult(1, 2.0, [("postgresql", "writer crash", [(lib, bare)])], [])
     text = chaos.markdown(result)
-    assert "| postgresql | writer crash | library | 0 | 0.20 s | 0.05 s | 1 | 16 | 4 |" in text
-    assert "| postgresql | writer crash | bare | 0 | 5.10 s | 5.00 s | - | 300 | - |" in text
+    row = "| postgresql | writer crash | library | 0 | 0 | 3 | 0 | 0.20 s | 0.05 s | 1 | 16 | 4 |"
+    assert row in text
+    assert (
+        "| postgresql | writer crash | bare | 0 | - | - | - | 5.10 s | 5.00 s | - | 300 | - |"
+        in text
+    )
