@@ -174,11 +174,13 @@ class ClusterMonitor:
         """Refresh now and return the result; concurrent callers share one refresh.
 
         Waits for a refresh that *starts* after the call (one already running may hold an old
-        answer), up to ``timeout`` seconds (default: ``connect_timeout`` plus a margin).
+        answer), up to ``timeout`` seconds (default: ``connect_timeout`` plus a margin); before
+        the first topology, for the next refresh to end (nothing older can be in it, and the
+        first connection of a program need not wait for a second refresh).
         """
         limit = timeout if timeout is not None else self.spec.settings.connect_timeout + 5.0
         with self._cond:
-            goal = self._started_gen + 1
+            goal = self._started_gen + 1 if self.topology is not None else self._completed_gen + 1
             self._wake.set()
             self._cond.wait_for(
                 lambda: self._completed_gen >= goal or self._closed.is_set(), timeout=limit
@@ -253,7 +255,7 @@ class ClusterMonitor:
         attempt = self._attempt
         if attempt is not None:
             what, since = attempt
-            parts.append(f"{what}: no answer after {time.monotonic() - since:.1f}s")
+            parts.append(f"{what}: no answer yet after {time.monotonic() - since:.1f}s")
         if self._last_error:
             parts.append(("before that: " if parts else "") + self._last_error)
         return mask_secrets("; ".join(parts)) if parts else None

@@ -207,3 +207,14 @@ def test_fast_mode_that_finds_no_writer_slows_down_after_failover_timeout(
         assert attempts <= 6  # about one a second; ten a second before
     finally:
         monitor.close()
+
+
+def test_the_first_topology_takes_one_refresh(aurora_lab: Lab) -> None:
+    """A program's first connection waits for the refresh under way, not for another one
+    (which the rate limit would start fast_refresh_interval later)."""
+    monitor = _monitor(aurora_lab, refresh_interval="30s", fast_refresh_interval="1s")
+    try:
+        assert monitor.refresh_now() is not None  # the thread's first refresh is under way
+        assert monitor.stats().refreshes == 1
+    finally:
+        monitor.close()
