@@ -629,9 +629,7 @@ def specs(
     draw: st.DrawFn, engines: tuple[Engine, ...] = ("postgresql", "mysql"), password_min: int = 1
 ) -> ConnectionSpec:
     engine = draw(st.sampled_from(engines))
-    names = draw(
-        st.lists(st.sampled_from(DSN_DRIVER_PARAMETERS[engine]), unique=True, max_size=4)
-    )
+    names = draw(st.lists(st.sampled_from(DSN_DRIVER_PARAMETERS[engine]), unique=True, max_size=4))
     return ConnectionSpec(
         engine=engine,
         hosts=tuple(draw(st.lists(st.tuples(hosts, ports), min_size=1, max_size=3))),
