@@ -296,10 +296,11 @@ def test_min_size_is_kept_warm_and_the_maintenance_thread_stops_on_close(
     pool.retire()
     assert _wait(lambda: pool.stats().idle == 3 and pool.stats().opened == 7)
     _assert_books_balance(pool)
-    name = f"aurora-smartdriver-pool {opener.target.instance_id}"
-    assert any(t.name == name for t in threading.enumerate())
+    thread = pool._thread  # this pool's own (other pools of the instance may be alive)
+    assert thread is not None and thread.is_alive()
+    assert thread.name == f"aurora-smartdriver-pool {opener.target.instance_id}"
     pool.close()
-    assert _wait(lambda: not any(t.name == name for t in threading.enumerate()))
+    assert _wait(lambda: not thread.is_alive())
     assert pool.stats().opened == pool.stats().closed
 
 
