@@ -243,8 +243,9 @@ def parse(dsn: str, /, **overrides: object) -> ConnectionSpec:
 
     Keyword arguments may name anything a DSN can (identity, library and driver parameters) and
     take DSN text or Python values (``pool_max_size=20``, ``session_init=["SET ..."]``); a
-    keyword whose value is None is ignored, as in psycopg. A ``port`` keyword replaces the ports
-    of the DSN's hosts.
+    keyword whose value is None is ignored, as in psycopg, except where None is a value
+    (``prepare_threshold=None`` turns prepared statements off). A ``port`` keyword replaces the
+    ports of the DSN's hosts.
     """
     text = dsn.strip()
     if not text:
@@ -473,7 +474,8 @@ def _merged(
     given: dict[str, object] = {}
     for name, value in overrides.items():
         canonical = _ALIASES[engine].get(name, name)
-        if value is None:
+        parameter = DRIVER_PARAMETERS[engine].get(canonical)
+        if value is None and not (parameter is not None and parameter.takes_none):
             continue
         if canonical == "host":
             _put(engine, given, name, _host_override(value))

@@ -351,6 +351,25 @@ class _Nameservers:
 
 
 @dataclass(frozen=True, slots=True)
+class _Threshold:
+    """A count, or none to turn the feature off (psycopg's ``prepare_threshold=None``)."""
+
+    expected: str = "a whole number of at least 0, or none to turn it off"
+    unit: str = ""
+
+    def parse(self, value: object) -> int | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+            return None
+        try:
+            return _Count(0).parse(value)
+        except _Invalid:
+            raise _Invalid(self.expected) from None
+
+    def render(self, value: object) -> str:
+        return "none" if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
 class _Off:
     """A switch the driver accepts only when off (PyMySQL's `compress` raises otherwise)."""
 
@@ -903,6 +922,11 @@ class Parameter:
             ) from None
 
     @property
+    def takes_none(self) -> bool:
+        """Whether None is a value here (it turns something off), not "not given"."""
+        return isinstance(self.kind, _Threshold)
+
+    @property
     def keyword_only(self) -> bool:
         """Whether values are Python objects given as keyword arguments, never DSN text."""
         return isinstance(self.kind, _PyValue)
@@ -1005,6 +1029,9 @@ _PYMYSQL_KINDS: Mapping[str, _Kind] = {
     "read_default_file": _Text(),
     "read_default_group": _Text(),
     "read_timeout": _Seconds(),
+    "server_public_key": _PyValue(
+        "the server's RSA public key, PEM as bytes", lambda value: isinstance(value, bytes)
+    ),
     "sql_mode": _Text(),
     "ssl": _PyValue(
         "a dict of TLS options (ca, cert, key, ...) or an ssl.SSLContext", _is_tls_options
@@ -1027,7 +1054,7 @@ _PSYCOPG_KINDS: Mapping[str, _Kind] = {
         "an adaptation context (a connection or psycopg.adapt.AdaptersMap)", _is_adapt_context
     ),
     "cursor_factory": _PyValue("a cursor class such as psycopg.ClientCursor", _is_class),
-    "prepare_threshold": _Count(0),
+    "prepare_threshold": _Threshold(),
     "row_factory": _PyValue("a row factory such as psycopg.rows.dict_row", callable),
 }
 

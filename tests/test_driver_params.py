@@ -333,3 +333,30 @@ def test_psycopg_row_factory_holds_on_the_new_writer_after_a_failover(
         conn.autocommit = True
         row = _select_after_failover(aurora_lab_postgresql, conn, "SELECT 1 AS one")
         assert row == {"one": 1}
+
+
+# -- None that means something --------------------------------------------------------------------
+
+
+def test_psycopg_prepare_threshold_none_is_kept_not_ignored() -> None:
+    # psycopg's way to turn prepared statements off (PgBouncer in transaction mode).
+    spec = dsn.parse(POSTGRESQL, prepare_threshold=None)
+    assert "prepare_threshold" in spec.driver_params
+    assert spec.driver_params["prepare_threshold"] is None
+    assert dsn.parse(POSTGRESQL + "?prepare_threshold=none") == spec
+    assert dsn.parse(spec.to_dsn()) == spec
+
+
+def test_pymysql_server_public_key_passes_through() -> None:
+    key = b"-----BEGIN PUBLIC KEY-----\nMIIB...\n-----END PUBLIC KEY-----\n"
+    assert dsn.parse(MYSQL, server_public_key=key).driver_params["server_public_key"] == key
+
+
+@pytest.mark.postgresql
+def test_psycopg_prepare_threshold_none_reaches_the_driver(aurora_lab_postgresql: Lab) -> None:
+    with _open(asd_psycopg, aurora_lab_postgresql.dsn, prepare_threshold=None) as conn:
+        assert conn.prepare_threshold is None
+        for _ in range(6):
+            conn.execute("SELECT %s::int", [1])
+        prepared = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+        assert prepared == (0,)

@@ -100,7 +100,12 @@ class PsycopgAdapter:
             "connect_timeout": libpq_connect_timeout(timeout),
         }
         params.pop("autocommit", None)
-        given = {name: value for name, value in params.items() if value is not None}
+        # None is "not given", except prepare_threshold=None: never prepare (PgBouncer).
+        given = {
+            name: value
+            for name, value in params.items()
+            if value is not None or name == "prepare_threshold"
+        }
         return psycopg.Connection.connect(autocommit=autocommit, **given)
 
     def query(self, conn: Any, sql: str, params: Mapping[str, Any] | None = None) -> QueryResult:
