@@ -30,18 +30,26 @@ def error_class(engine: str, cls: type[AuroraSmartDriverError]) -> type[Exceptio
     )
 
 
-def keep_driver_details(error: BaseException, cause: BaseException | None) -> BaseException:
+def keep_driver_details(
+    error: BaseException, cause: BaseException | None, *, default_code: int | None = None
+) -> BaseException:
     """``error`` (one of the library's) carrying what ``cause`` (the driver's) told code.
 
     PyMySQL code tests ``e.args[0] in (2006, 2013)``: the driver's error number stays first in
-    ``args``, the library's message second. psycopg code reads ``e.sqlstate``, ``e.diag`` and
-    ``e.pgconn``: they are the driver error's. Returns ``error``.
+    ``args`` (``default_code`` when the cause has none, e.g. 2003 for "can't connect"), the
+    library's message second. psycopg code reads ``e.sqlstate``, ``e.diag`` and ``e.pgconn``:
+    they are the driver error's. Returns ``error``.
     """
-    if cause is None or isinstance(cause, AuroraSmartDriverError):
-        cause = getattr(cause, "driver_error", None) if cause is not None else None
-        if cause is None:
-            return error
+    if cause is not None and isinstance(cause, AuroraSmartDriverError):
+        cause = getattr(cause, "driver_error", None)
+    if cause is None:
+        if default_code is not None and type(error).__module__ == "aurora_smartdriver.pymysql":
+            error.args = (default_code, str(error.args[0]) if error.args else "")
+        return error
     code = cause.args[0] if cause.args else None
+    pymysql_error = type(error).__module__ == "aurora_smartdriver.pymysql"
+    if pymysql_error and not (isinstance(code, int) and not isinstance(code, bool)):
+        code = default_code
     if isinstance(code, int) and not isinstance(code, bool):
         error.args = (code, str(error.args[0]) if error.args else "")
     if hasattr(cause, "_info"):  # psycopg: diagnostics, SQLSTATE and connection

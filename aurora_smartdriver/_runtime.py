@@ -35,7 +35,7 @@ from types import ModuleType
 from typing import Any, Protocol, cast
 
 from aurora_smartdriver import _sharing, auth, metrics, routing
-from aurora_smartdriver._dbapi import driver_module, error_class
+from aurora_smartdriver._dbapi import driver_module, error_class, keep_driver_details
 from aurora_smartdriver.drivers import DriverAdapter, adapter_for
 from aurora_smartdriver.dsn import ConnectionSpec
 from aurora_smartdriver.errors import (
@@ -66,6 +66,9 @@ __all__ = ["Lease", "Runtime", "SharedCluster", "Target", "acquire", "generation
 
 log = logging.getLogger("aurora_smartdriver.routing")
 share_log = logging.getLogger("aurora_smartdriver.sharing")
+
+_CR_CONN_HOST_ERROR = 2003
+"""PyMySQL's "can't connect" number: first in ``args`` of "no host" errors on MySQL."""
 
 LINGER_SECONDS = 30.0
 """How long a cluster's shared machinery (monitor, pools) outlives its last user."""
@@ -557,7 +560,8 @@ class Runtime:
                 raise type(wrong)(str(wrong), parameter=wrong.parameter, value=wrong.value)
             trouble = self.monitor.trouble() if topo is None else None
             detail = f" (monitor: {trouble})" if trouble else ""
-            raise self.no_host(f"no host for a {role} connection: {decision.reason}{detail}")
+            none = self.no_host(f"no host for a {role} connection: {decision.reason}{detail}")
+            raise keep_driver_details(none, None, default_code=_CR_CONN_HOST_ERROR)
         self.metrics.routed.add((role, decision.host.instance_id))
         if decision.fell_back:
             self.metrics.fallbacks.add(role)
@@ -668,7 +672,8 @@ class Runtime:
                     waiting.wait(target, "disconnect", exc)
                     continue
                 if role == "writer":
-                    raise self.no_host(f"the writer {target.instance_id}: {exc}") from exc
+                    none = self.no_host(f"the writer {target.instance_id}: {exc}")
+                    raise keep_driver_details(none, exc, default_code=_CR_CONN_HOST_ERROR) from exc
                 self.suspect(target, f"resolve: {exc}")
                 tried.add(target.instance_id)
             except PoolTimeout as exc:
@@ -766,10 +771,11 @@ class Runtime:
         after = round(time.monotonic() - started, 3)
         self.events.emit("failover_failed", role=role, after_s=after, reason=reason)
         error = self.no_writer if role == "writer" else self.no_host
-        raise error(
+        failed = error(
             f"failover gave up after {after:.1f}s (failover_timeout="
             f"{self.spec.settings.failover_timeout:g}s): {reason}"
-        ) from cause
+        )
+        raise keep_driver_details(failed, cause, default_code=_CR_CONN_HOST_ERROR) from cause
 
     def _host_dead(self, target: Target, silent: float) -> None:
         self._shared.host_dead(target, silent)
@@ -827,10 +833,11 @@ class _WriterWait:
                 remaining, not_id=target.instance_id if kind == "read_only" else None
             )
         if found is None:
-            raise runtime.no_writer(
+            none = runtime.no_writer(
                 f"no writer answered within failover_timeout={settings.failover_timeout:g}s "
                 f"(last: {target.instance_id}: {cause})"
-            ) from cause
+            )
+            raise keep_driver_details(none, cause, default_code=_CR_CONN_HOST_ERROR) from cause
         # The monitor may still confirm the old writer for a moment: back off, with jitter.
         time.sleep(min(random.uniform(0, self._delay), max(0.0, remaining)))
         self._delay = min(settings.backoff_max, self._delay * 2)

@@ -327,6 +327,15 @@ class PsycopgCursor(Cursor):
 class PyMySQLCursor(Cursor):
     """A PyMySQL cursor (the server's status flags survive a lost connection)."""
 
+    def __iter__(self) -> PyMySQLCursor:
+        return self  # as PyMySQL's cursors: the cursor is its own iterator
+
+    def __next__(self) -> Any:
+        row = self.fetchone()
+        if row is None:
+            raise StopIteration
+        return row
+
     def execute(self, query: Any, args: Any = None) -> Any:  # type: ignore[override]
         """``Cursor.execute(query, args=None)``, as PyMySQL names it."""
         raw = self._raw

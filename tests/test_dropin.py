@@ -290,3 +290,27 @@ def test_cluster_reset_undoes_sql_session_state_before_the_next_borrower(
 def test_cluster_reset_must_be_a_function(aurora_lab_postgresql: Lab) -> None:
     with pytest.raises(asd.ConfigError, match="reset"):
         asd.Cluster(aurora_lab_postgresql.dsn, reset="DISCARD ALL")  # type: ignore[arg-type]
+
+
+def test_pymysql_no_writer_carries_a_connection_error_number(aurora_lab_mariadb: Lab) -> None:
+    conn = _connect(aurora_lab_mariadb, failover_timeout="1s", autocommit=True)
+    try:
+        aurora_lab_mariadb.crash(aurora_lab_mariadb.writer.id)
+        with pytest.raises(asd.NoWriterAvailable) as caught:
+            conn.cursor().execute("SELECT 1")
+        assert caught.value.args[0] in (2003, 2006, 2013)
+        assert "failover_timeout" in caught.value.args[1]
+    finally:
+        conn.close()
+
+
+def test_a_pymysql_cursor_is_its_own_iterator(aurora_lab_mariadb: Lab) -> None:
+    conn = _connect(aurora_lab_mariadb)
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT 1 UNION ALL SELECT 2")
+        assert iter(cur) is cur
+        assert next(cur) == (1,)
+        assert list(cur) == [(2,)]
+    finally:
+        conn.close()
