@@ -314,6 +314,14 @@ class PsycopgCursor(Cursor):
         super()._carry_over(raw_conn)
         self._pgconn = raw_conn.pgconn
 
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        """The driver cursor's class: ``isinstance(cur, psycopg.Cursor)`` holds."""
+        raw = self._raw
+        if isinstance(raw, _Deferred):
+            raw = raw._old
+        return type(self) if isinstance(raw, _DetachedCursor) else type(raw)
+
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         raw = self._raw
         before = self._pgconn.transaction_status
@@ -982,53 +990,14 @@ class PsycopgConnection(Connection):
         cur.execute(query, *args, **kwargs)
         return cur
 
-    @contextlib.contextmanager
     def transaction(
         self, savepoint_name: str | None = None, force_rollback: bool = False
-    ) -> Iterator[Any]:
+    ) -> _Transaction:
         """``psycopg.Connection.transaction``, with its BEGIN and COMMIT seen by the library:
         a connection lost at the COMMIT of the block is ``TransactionOutcomeUnknown``, inside
         the block ``FailoverSucceeded(transaction_rolled_back=True)``."""
         self._check_open()
-        raw = self._raw
-        before = self._before(raw)
-        outer = before == _IDLE
-        try:
-            block = raw.transaction(savepoint_name, force_rollback)
-            block.__enter__()
-        except self._error as exc:
-            self._recover(exc, "statement", "BEGIN" if outer else "SAVEPOINT s", before)
-            raw = self._raw
-            block = raw.transaction(savepoint_name, force_rollback)
-            block.__enter__()
-        try:
-            yield block
-        except BaseException as exc:
-            if self._raw is raw:
-                try:
-                    if block.__exit__(type(exc), exc, exc.__traceback__):
-                        return
-                except self._error as exit_error:
-                    if not self._is_failover_error(exit_error):
-                        raise
-                    # The server rolled the block back with its connection; the error that
-                    # ended the block is the one to see.
-                    self._detach(f"the connection to {self.instance_id} was lost")
-            raise
-        if self._raw is not raw:
-            raise self._runtime.failover_succeeded(
-                f"the connection of this transaction block was lost and replaced by one to "
-                f"{self.instance_id}: the block's transaction was rolled back: run it again",
-                transaction_rolled_back=True,
-            )
-        before = self._before(raw)
-        try:
-            block.__exit__(None, None, None)
-        except self._error as exc:
-            if outer:
-                self._recover(exc, "commit", None, before)
-            else:
-                self._recover(exc, "statement", "RELEASE SAVEPOINT s", before)
+        return _Transaction(self, savepoint_name, force_rollback)
 
     def _before(self, raw: Any) -> Any:
         return raw.pgconn.transaction_status
@@ -1079,6 +1048,83 @@ class PsycopgConnection(Connection):
                 self.rollback()
         finally:
             self.close()
+
+
+class _Transaction:
+    """psycopg's ``Transaction`` block over the library's connection (see
+    `PsycopgConnection.transaction`); it is a ``psycopg.Transaction`` to ``isinstance``, and
+    ``raise psycopg.Rollback(tx)`` works with it as with psycopg's own."""
+
+    def __init__(
+        self, conn: PsycopgConnection, savepoint_name: str | None, force_rollback: bool
+    ) -> None:
+        self._conn = conn
+        self._args = (savepoint_name, force_rollback)
+        self._raw = conn._raw
+        self._block = self._raw.transaction(savepoint_name, force_rollback)
+        self._outer = False
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return type(self._block)
+
+    @property
+    def connection(self) -> PsycopgConnection:
+        return self._conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._block, name)
+
+    def __enter__(self) -> _Transaction:
+        conn = self._conn
+        before = conn._before(self._raw)
+        self._outer = before == _IDLE
+        try:
+            self._block.__enter__()
+        except conn._error as exc:
+            conn._recover(
+                exc,
+                "statement",
+                "BEGIN" if self._outer else "SAVEPOINT s",
+                before,
+                failed=self._raw,
+            )
+            self._raw = conn._raw
+            self._block = self._raw.transaction(*self._args)
+            self._block.__enter__()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        conn, raw, block = self._conn, self._raw, self._block
+        if exc is not None:
+            if getattr(exc, "transaction", None) is self:
+                exc.transaction = block  # psycopg.Rollback(tx) names this block
+            if conn._raw is not raw:
+                return False  # already failed over: the error that ended the block tells it
+            try:
+                return bool(block.__exit__(exc_type, exc, tb))
+            except conn._error as exit_error:
+                if not conn._is_failover_error(exit_error):
+                    raise
+                # The server rolled the block back with its connection; the error that ended
+                # the block is the one to see.
+                conn._detach(f"the connection to {conn.instance_id} was lost")
+                return False
+        if conn._raw is not raw:
+            raise conn._runtime.failover_succeeded(
+                "the connection of this transaction block was lost and replaced by one to "
+                f"{conn.instance_id}: the block's transaction was rolled back: run it again",
+                transaction_rolled_back=True,
+            )
+        before = conn._before(raw)
+        try:
+            return bool(block.__exit__(None, None, None))
+        except conn._error as commit_error:
+            if self._outer:
+                conn._recover(commit_error, "commit", None, before, failed=raw)
+            else:
+                conn._recover(commit_error, "statement", "RELEASE SAVEPOINT s", before, failed=raw)
+            return False
 
 
 class PyMySQLConnection(Connection):
