@@ -453,8 +453,13 @@ class ClusterMonitor:
         return True
 
     def _confirm(self, instance_id: str) -> None:
+        """``instance_id`` said it is the writer, in the refresh under way."""
         topo = self.topology
         with self._cond:
+            if self._fast and self._last_start < self._fast_since:
+                # The refresh began before fast mode did: its writer may be the one whose
+                # death started fast mode. Only a refresh begun since can confirm a writer.
+                return
             self._confirmed = instance_id
             self._suspects.clear()
             if self._fast and (

@@ -57,11 +57,12 @@ class Probe:
 
     `hurry`: when it is set and returns a number (the monitor's returns
     `fast_refresh_interval` while in fast mode, None otherwise; asked while `fetch` waits),
-    `fetch` returns that long after a host answered as the writer instead of waiting up to
-    `connect_timeout` for every host: a writer's death is when hosts stop answering (a cut-off
-    host answers nothing until the deadline), and what is wanted then is the new writer. A
-    host still silent then keeps the row of the previous answer if it was a reader there
-    (lag unknown); one that was the writer is left out.
+    `fetch` returns once some host answered and no other has answered or failed for that
+    long, instead of waiting up to `connect_timeout` for every host: a writer's death is when
+    hosts stop answering (a cut-off host answers nothing until the deadline), and what is
+    wanted then is the new writer, soon, by asking again. A host still silent then keeps the
+    row of the previous answer if it was a reader there (lag unknown); one that was the writer
+    is left out.
     """
 
     name = NAME
@@ -108,16 +109,17 @@ class Probe:
                 target=ask, args=(i,), name=f"aurora_smartdriver-probe-{i}", daemon=True
             ).start()
         hurry = self.hurry
-        writer_at: float | None = None
+        heard = 0  # answers and failures so far
+        news_at = time.monotonic()  # when the last one came
         with done:
             while len(answers) + len(failures) < len(hosts):
                 now = time.monotonic()
-                if writer_at is None and any(h.role is Role.WRITER for h in answers.values()):
-                    writer_at = now
+                if len(answers) + len(failures) != heard:
+                    heard, news_at = len(answers) + len(failures), now
                 grace = hurry() if hurry is not None else None
                 until = deadline
-                if grace is not None and writer_at is not None:
-                    until = min(deadline, writer_at + grace)
+                if grace is not None and answers:
+                    until = min(deadline, news_at + grace)
                 if now >= until:
                     break
                 # Fast mode may start while this waits: look again now and then.
