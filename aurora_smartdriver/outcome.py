@@ -165,9 +165,6 @@ def is_failover_signal(
 
 # -- statements --------------------------------------------------------------------------------
 
-_COMMENTS = re.compile(r"/\*(?!!).*?\*/|--[^\n]*|#[^\n]*", re.DOTALL)
-"""Comments to ignore; MySQL's executable ``/*! ... */`` comments are kept (they run)."""
-_WORD = re.compile(r"[a-z_]+")
 _READ_STARTS = frozenset(
     {"select", "show", "with", "values", "table", "explain", "describe", "desc"}
 )
@@ -185,10 +182,8 @@ _READ_BREAKERS = (
     " nextval ",
     " setval ",
 )
-"""Words that make a SELECT-shaped statement lock or write (checked on the padded text)."""
-_PUNCTUATION = str.maketrans("(),;", "    ")
-_STRING = re.compile(r"'(?:[^']|'')*'")
-_CALL = re.compile(r"([a-z_][a-z0-9_$.]*)\s*\(")
+"""Words that make a SELECT-shaped statement lock or write (checked on its words)."""
+_CALL = re.compile(r"([a-z_][a-z0-9_$.]*|qident)\s*\(")
 _SAFE_CALLS = frozenset(
     {
         # syntax that takes parentheses
@@ -254,30 +249,143 @@ DDL, LOCK TABLES, START TRANSACTION and more; a CALL or EXECUTE may run a COMMIT
 statement not listed here may end the transaction."""
 
 
-def _statements(text: str) -> list[str]:
-    """The statements of ``text``, lower case, comments removed; split at every ``;``.
+_IDENT = " qident "
+"""What a quoted identifier becomes: a name no list knows (a call of it is not a safe call)."""
+_DOLLAR = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
+_MYSQL_EXEC_COMMENT = re.compile(r"/\*M?!\d*")
 
-    Splitting inside a string literal only makes the text look like more statements, which
-    makes every decision below more cautious, never less.
+
+def _scan(text: str, engine: str) -> list[str] | None:
+    """The statements of ``text`` as code: lower case, comments removed, string literals
+    replaced by ``''`` and quoted identifiers by a placeholder, split at the ``;`` between
+    statements. None when the text cannot be read with certainty (an unterminated string or
+    comment): the callers then assume the worst.
+
+    Follows each engine's lexical rules: PostgreSQL's standard and ``E''`` strings,
+    dollar quotes, ``"identifiers"`` and nested comments; MySQL's backslash escapes,
+    ``"strings"``, `` `identifiers` ``, ``#`` and ``-- `` comments, and the executable
+    ``/*! ... */`` and ``/*M! ... */`` comments, whose content runs and so counts as code.
     """
-    text = _COMMENTS.sub(" ", text.lower())
-    return [part.strip(" \t\r\n") for part in text.split(";") if part.strip(" \t\r\n")]
+    mysql = engine == "mysql"
+    out: list[str] = []
+    statements: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "'" or (c == '"' and mysql):
+            backslash = mysql or (i > 0 and text[i - 1] in "eE" and not _word_char(text, i - 2))
+            end = _string_end(text, i, c, backslash)
+            if end < 0:
+                return None
+            out.append(" '' ")
+            i = end
+        elif c == '"' or (c == "`" and mysql):
+            end = _string_end(text, i, c, False)
+            if end < 0:
+                return None
+            out.append(_IDENT)
+            i = end
+        elif c == "$" and not mysql and (found := _DOLLAR.match(text, i)) is not None:
+            tag = found.group(0)
+            end = text.find(tag, found.end())
+            if end < 0:
+                return None
+            out.append(" '' ")
+            i = end + len(tag)
+        elif (
+            c == "-"
+            and text.startswith("--", i)
+            and (not mysql or i + 2 >= n or text[i + 2] in " \t\r\n\f\v")
+        ) or (c == "#" and mysql):
+            end = text.find("\n", i)
+            i = n if end < 0 else end + 1
+            out.append(" ")
+        elif c == "/" and text.startswith("/*", i):
+            executable = mysql and _MYSQL_EXEC_COMMENT.match(text, i)
+            if executable:
+                out.append(" ")  # the content is code; its closing */ is skipped below
+                i = executable.end()
+                continue
+            end = _comment_end(text, i, nested=not mysql)
+            if end < 0:
+                return None
+            out.append(" ")
+            i = end
+        elif c == "*" and mysql and text.startswith("*/", i):
+            out.append(" ")  # the end of an executable comment
+            i += 2
+        elif c == ";":
+            statements.append("".join(out))
+            out = []
+            i += 1
+        else:
+            out.append(c)
+            i += 1
+    statements.append("".join(out))
+    return [" ".join(part.lower().split()) for part in statements if part.strip()]
+
+
+def _word_char(text: str, i: int) -> bool:
+    return i >= 0 and (text[i].isalnum() or text[i] in "_$")
+
+
+def _string_end(text: str, start: int, quote: str, backslash: bool) -> int:
+    """The index just after the literal opened at ``start`` (doubled quotes, and with
+    ``backslash`` backslash escapes, stay inside it); -1 when it never closes."""
+    i, n = start + 1, len(text)
+    while i < n:
+        c = text[i]
+        if backslash and c == "\\":
+            i += 2
+        elif c == quote:
+            if i + 1 < n and text[i + 1] == quote:
+                i += 2
+            else:
+                return i + 1
+        else:
+            i += 1
+    return -1
+
+
+def _comment_end(text: str, start: int, *, nested: bool) -> int:
+    """The index just after the comment opened at ``start``; -1 when it never closes."""
+    depth, i, n = 1, start + 2, len(text)
+    while i < n:
+        if nested and text.startswith("/*", i):
+            depth += 1
+            i += 2
+        elif text.startswith("*/", i):
+            depth -= 1
+            i += 2
+            if depth == 0:
+                return i
+        else:
+            i += 1
+    return -1
+
+
+_TOKEN = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
 def _first_word(statement: str) -> str:
-    found = _WORD.search(statement.lstrip("( \t\r\n"))
+    found = _TOKEN.search(statement.lstrip("( "))
     return found.group(0) if found else ""
 
 
 def _is_single_read(statement: str) -> bool:
-    if _first_word(statement) not in _READ_STARTS:
+    words = _TOKEN.findall(statement)
+    if not words or words[0] not in _READ_STARTS:
         return False
-    padded = f" {' '.join(statement.translate(_PUNCTUATION).split())} "
-    if any(word in padded for word in _READ_BREAKERS):
+    if words[0] in ("explain", "describe", "desc") and (
+        "analyze" in words or "analyse" in words or "execute" in words
+    ):
+        return False  # EXPLAIN ANALYZE runs the statement it explains
+    joined = f" {' '.join(words)} "
+    if any(word in joined for word in _READ_BREAKERS):
         return False
     # A function may write (a SELECT of a function that inserts is a write): only calls of
     # functions known to be free of side effects keep a statement a read.
-    return all(name in _SAFE_CALLS for name in _CALL.findall(_STRING.sub("''", statement)))
+    return all(name in _SAFE_CALLS for name in _CALL.findall(statement))
 
 
 def _text(query: Any) -> str | None:
@@ -295,9 +403,9 @@ def classify(query: Any, engine: str) -> Effect:
     statements count as possibly committing unless each is known not to.
     """
     text = _text(query)
-    if text is None:
+    statements = None if text is None else _scan(text, engine)
+    if statements is None:
         return "commit"
-    statements = _statements(text)
     if not statements:
         return "read"  # an empty query does nothing
     if len(statements) == 1:
@@ -315,8 +423,8 @@ def classify(query: Any, engine: str) -> Effect:
 def _may_commit(statement: str, engine: str) -> bool:
     word = _first_word(statement)
     if engine == "mysql":
-        if word == "set":
-            return "autocommit" in statement or "password" in statement
+        if word == "set":  # SET STATEMENT ... FOR <statement> runs that statement
+            return any(w in statement for w in ("autocommit", "password", "statement"))
         if word == "release":
             return not statement.startswith("release savepoint")
         return word not in _MYSQL_KEEPS
@@ -325,12 +433,16 @@ def _may_commit(statement: str, engine: str) -> bool:
     return word == "prepare" and statement.split()[1:2] == ["transaction"]
 
 
-def is_read(query: Any) -> bool:
+def is_read(query: Any, engine: str | None = None) -> bool:
     """Whether ``query`` is one statement that only reads (worth re-running after a failover
-    with ``retry_reads``). Conservative: several statements, a locking clause, INTO, a
-    data-modifying CTE, a sequence function or anything not text counts as a write."""
+    with ``retry_reads``), on ``engine`` (on both when None). Conservative: several
+    statements, a locking clause, INTO, a data-modifying CTE, EXPLAIN ANALYZE, a call of a
+    function not known to be free of side effects, or anything not text is not a read."""
     text = _text(query)
     if text is None:
         return False
-    statements = _statements(text)
-    return len(statements) == 1 and _is_single_read(statements[0])
+    for name in (engine,) if engine else ("postgresql", "mysql"):
+        statements = _scan(text, name)
+        if statements is None or len(statements) != 1 or not _is_single_read(statements[0]):
+            return False
+    return True

@@ -216,9 +216,58 @@ def test_classify_never_fails_and_reads_agree(text: str, engine: str) -> None:
         assert effect == "read"
 
 
-def test_a_semicolon_in_a_literal_only_makes_it_more_cautious() -> None:
-    assert not is_read("select 'a;b' from t")
-    assert classify("insert into t values ('a; commit')", "postgresql") == "commit"
+def test_literals_and_comments_are_read_by_each_engines_rules() -> None:
+    assert is_read("select 'a;b' from t")
+    assert classify("insert into t values ('a; commit')", "postgresql") == "write"
+    assert is_read("select count(*) from t -- a comment; commit\n where a = 'x;y'")
+
+
+@pytest.mark.parametrize(
+    ("sql", "engine"),
+    [
+        ("SELECT '--', bump_counter()", "postgresql"),
+        ("SELECT '#', bump_counter()", "mysql"),
+        ("SELECT 5 # 3, f()", "postgresql"),  # an operator in PostgreSQL
+        ("SELECT 2--1, f()", "mysql"),  # MySQL needs a space after --
+        ("SELECT 1 /*M!, insert_row() */", "mysql"),  # MariaDB runs it
+        ("SELECT 'it\\'s', f(), 'x'", "mysql"),
+        ("SELECT CONCAT(\"Don't\", name), log_view(id) FROM t WHERE s = 'x'", "mysql"),
+        ("SELECT E'it\\'s', f(), 'x'", "postgresql"),
+        ("SELECT $$'$$, f(), $$'$$", "postgresql"),
+        ('SELECT "bump_counter"()', "postgresql"),
+        ("SELECT `bump_counter`()", "mysql"),
+        ('SELECT public."bump"(1)', "postgresql"),
+        ('WITH x AS (UPDATE"t" SET a = 1 RETURNING *) SELECT * FROM x', "postgresql"),
+        ('SELECT * INTO"t2" FROM t', "postgresql"),
+        ("EXPLAIN ANALYZE EXECUTE ins", "postgresql"),
+        ("SELECT 'never closed", "postgresql"),
+    ],
+)
+def test_a_call_or_write_hidden_by_quoting_or_comments_is_not_a_read(sql: str, engine: str) -> None:
+    assert not is_read(sql, engine)
+    assert classify(sql, engine) != "read"
+
+
+@pytest.mark.parametrize(
+    ("sql", "engine"),
+    [
+        ("SELECT '--'; COMMIT", "postgresql"),
+        ("SELECT $$/*$$; COMMIT; SELECT $$*/$$", "postgresql"),
+        ("/*M! COMMIT */", "mysql"),
+        ("/*!COMMIT*/", "mysql"),
+        ("SET STATEMENT lock_wait_timeout=5 FOR ALTER TABLE t ADD c INT", "mysql"),
+    ],
+)
+def test_a_commit_hidden_by_quoting_or_comments_is_seen(sql: str, engine: str) -> None:
+    assert classify(sql, engine) == "commit"
+
+
+@given(
+    st.text(alphabet=st.characters(blacklist_characters="'\\"), max_size=30),
+    st.sampled_from(["postgresql", "mysql"]),
+)
+def test_anything_inside_a_string_literal_is_only_data(inside: str, engine: str) -> None:
+    assert classify(f"SELECT 'x{inside}' FROM t", engine) == "read"
 
 
 def test_text_that_cannot_be_read_counts_as_a_commit() -> None:
