@@ -154,7 +154,7 @@ class Cluster:
                     conn.rollback()
             raise
         else:
-            if not conn._closed and runtime.adapter.in_transaction(conn._raw):
+            if not conn._closed and conn._in_transaction(conn._raw):
                 conn.commit()
         finally:
             conn.close()

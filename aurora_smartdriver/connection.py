@@ -26,7 +26,7 @@ from aurora_smartdriver.outcome import Call, Transaction, is_read
 
 __all__ = ["Connection", "Cursor", "PsycopgConnection", "PyMySQLConnection", "is_read"]
 
-_IDLE, _INTRANS, _INERROR, _UNKNOWN = 0, 2, 3, 4
+_IDLE, _ACTIVE, _INTRANS, _INERROR, _UNKNOWN = 0, 1, 2, 3, 4
 """libpq's PQtransactionStatus values (psycopg's ``pq.TransactionStatus``), without the import."""
 _MYSQL_IN_TRANS, _MYSQL_AUTOCOMMIT = 1, 2
 """PyMySQL ``server_status`` flags (``SERVER_STATUS_IN_TRANS``, ``SERVER_STATUS_AUTOCOMMIT``)."""
@@ -192,7 +192,14 @@ class _Deferred:
         return iter(self._old)
 
     def __getattr__(self, name: str) -> Any:
+        if name in _CURSOR_IO:
+            return getattr(self._real(), name)  # on the connection of now, never the old one
         return getattr(self._old, name)
+
+
+_CURSOR_IO = frozenset({"copy", "stream", "nextset", "scroll", "setinputsizes", "results"})
+"""Cursor methods that talk to the server: a deferred cursor makes its new driver cursor for
+them (the old one's connection may be lent to someone else by now)."""
 
 
 def _server_side(raw_cursor: Any) -> bool:
@@ -242,6 +249,9 @@ class Cursor:
             result = raw.execute(query, params, **kwargs) if kwargs else raw.execute(query, params)
         except self._error as exc:
             return self._again(exc, query, params, kwargs, None)
+        except BaseException:
+            self._conn.__dict__["_interrupted"] = True  # cut off mid-call: nothing is known
+            raise
         return self if result is raw else result
 
     def _again(
@@ -249,28 +259,32 @@ class Cursor:
     ) -> Any:
         """After a failed ``execute``: what the application must see, or the statement run
         again on the new node when it never ran or is a read that may be re-run."""
-        for _ in range(3):
-            failed = getattr(self._raw, "connection", None)
-            self._conn._recover(exc, "statement", query, before, failed=failed)  # to re-run
+
+        def run() -> Any:
             raw = self._raw
-            before = self._conn._before(self._conn._raw)
-            try:
-                result = raw.execute(query, params, **kwargs)
-            except self._error as again:
-                exc = again
-                continue
+            result = raw.execute(query, params, **kwargs)
             return self if result is raw else result
-        raise exc
+
+        failed = getattr(self._raw, "connection", None)
+        return self._conn._retry(exc, "statement", query, before, run, failed=failed)
 
     def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
         before = self._conn._before(self._conn._raw)
+
+        def run() -> Any:
+            raw = self._raw
+            result = raw.executemany(query, *args, **kwargs)
+            return self if result is raw else result
+
         try:
-            result = self._raw.executemany(query, *args, **kwargs)
+            return run()
         except self._error as exc:
-            # Re-run only when nothing was sent; a batch is never re-run as a read.
-            self._conn._recover(exc, "statement", query, before, retry_reads=False)
-            result = self._raw.executemany(query, *args, **kwargs)
-        return self if result is self._raw else result
+            # Re-run only when nothing was sent; a batch is never re-run as a read, and a
+            # refused one may have committed its first rows.
+            failed = getattr(self._raw, "connection", None)
+            return self._conn._retry(
+                exc, "statement", query, before, run, retry_reads=False, batch=True, failed=failed
+            )
 
     @property
     def connection(self) -> Connection:
@@ -329,6 +343,9 @@ class PsycopgCursor(Cursor):
             result = raw.execute(query, params, **kwargs) if kwargs else raw.execute(query, params)
         except self._error as exc:
             return self._again(exc, query, params, kwargs, before)
+        except BaseException:
+            self._conn.__dict__["_interrupted"] = True  # cut off mid-call: nothing is known
+            raise
         return self if result is raw else result
 
 
@@ -347,10 +364,14 @@ class PyMySQLCursor(Cursor):
     def execute(self, query: Any, args: Any = None) -> Any:  # type: ignore[override]
         """``Cursor.execute(query, args=None)``, as PyMySQL names it."""
         raw = self._raw
+        before = self._conn._raw._result  # PyMySQL forgets it when it sends the next statement
         try:
             result = raw.execute(query, args)
         except self._error as exc:
-            return self._again(exc, query, args, {}, None)
+            return self._again(exc, query, args, {}, before)
+        except BaseException:
+            self._conn.__dict__["_interrupted"] = True  # cut off mid-call: nothing is known
+            raise
         return self if result is raw else result
 
     def executemany(self, query: Any, args: Any) -> Any:
@@ -358,11 +379,20 @@ class PyMySQLCursor(Cursor):
         return super().executemany(query, args)
 
     def callproc(self, procname: str, args: Any = ()) -> Any:
+        before = self._conn._before(self._conn._raw)
         try:
             return self._raw.callproc(procname, args)
         except self._error as exc:
-            self._conn._recover(exc, "statement", f"CALL {procname}", None, retry_reads=False)
-            return self._raw.callproc(procname, args)
+            failed = getattr(self._raw, "connection", None)
+            return self._conn._retry(
+                exc,
+                "statement",
+                f"CALL {procname}",
+                before,
+                lambda: self._raw.callproc(procname, args),
+                retry_reads=False,
+                failed=failed,
+            )
 
 
 class Connection:
@@ -424,8 +454,14 @@ class Connection:
         except self._error as exc:
             # The driver connection is already known dead (another thread saw it die): as a
             # statement that was never sent; whatever transaction was open is gone.
-            self._recover(exc, "statement", None, _UNKNOWN, failed=raw)
-            raw_cursor = self._raw.cursor(*args, **kwargs)
+            raw_cursor = self._retry(
+                exc,
+                "statement",
+                None,
+                _UNKNOWN,
+                lambda: self._raw.cursor(*args, **kwargs),
+                failed=raw,
+            )
         cur = self._cursor_class(self, raw_cursor, (args, kwargs))
         self._cursors.add(cur)
         return cur
@@ -438,6 +474,11 @@ class Connection:
             raw.commit()
         except self._error as exc:
             self._recover(exc, "commit", None, before, failed=raw)  # returns: nothing lost
+        except BaseException:
+            self.__dict__["_interrupted"] = True  # a COMMIT cut off: its outcome is unknown
+            raise
+        else:
+            self._settled(raw)
         self._boundary()
 
     def rollback(self) -> None:
@@ -450,6 +491,8 @@ class Connection:
             # The server lost the transaction with the connection: that is a rollback. The
             # next statement finds the new node; nothing waits for it here.
             self._recover(exc, "rollback", None, before, failed=raw)
+        else:
+            self._settled(raw)
         self._boundary()
 
     def close(self) -> None:
@@ -478,7 +521,7 @@ class Connection:
         if lease.pooled and not getattr(lease, "detached", False):
             raw = lease.raw
             try:
-                if self._adapter.in_transaction(raw):
+                if self._in_transaction(raw):
                     raw.rollback()
                 self._restore_defaults(raw, read_only=read_only)
                 for name, value in self._driver_defaults.items():
@@ -489,7 +532,7 @@ class Connection:
                 hook = self.__dict__.get("_reset_hook")
                 if hook is not None and not broken:
                     hook(raw)  # the application's own reset (Cluster(reset=...))
-                    if self._adapter.in_transaction(raw):
+                    if self._in_transaction(raw):
                         raw.commit()  # keep what the hook did; lend no open transaction
             except Exception:
                 broken = True  # a connection that cannot be reset is not handed out again
@@ -512,7 +555,7 @@ class Connection:
                 self.__dict__["_read_only"] = not value
                 raise
             return
-        if self._adapter.in_transaction(self._raw):
+        if self._in_transaction(self._raw):
             self.__dict__["_read_only"] = value
             self.__dict__["_pending_move"] = True
         else:
@@ -603,6 +646,8 @@ class Connection:
         self._apply_session(raw)
         self._apply_read_only(raw)
         for name, value in self._driver_attrs.items():
+            # The value to put back before ``raw`` returns to its pool: what it had.
+            self._driver_defaults.setdefault(name, getattr(raw, name, _MISSING))
             setattr(raw, name, value)
 
     def _apply_session(self, raw: Any) -> None:
@@ -622,6 +667,14 @@ class Connection:
     def _switch_autocommit(self, value: bool) -> None:
         """Set autocommit as the driver spells it."""
         raise NotImplementedError
+
+    def _in_transaction(self, raw: Any) -> bool:
+        """Whether a transaction may be open on ``raw`` (no I/O): when in doubt, yes."""
+        return bool(self._adapter.in_transaction(raw))
+
+    def _settled(self, raw: Any) -> None:
+        """A transaction boundary passed on ``raw`` (commit or rollback succeeded)."""
+        self.__dict__.pop("_interrupted", None)
 
     # -- failures ------------------------------------------------------------------------
     def _before(self, raw: Any) -> Any:
@@ -658,7 +711,7 @@ class Connection:
         sql = (
             "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'"
             if runtime.spec.engine == "postgresql"
-            else "SELECT @@global.read_only"
+            else "SELECT @@global.read_only OR @@global.innodb_read_only"  # Aurora: the latter
         )
         try:
             raw = runtime.open(self._lease.target)
@@ -672,6 +725,39 @@ class Connection:
             runtime.adapter.close(raw)
         return bool(rows) and not rows[0][0]
 
+    def _retry(
+        self,
+        exc: BaseException,
+        call: Call,
+        query: Any,
+        before: Any,
+        run: Callable[[], Any],
+        *,
+        retry_reads: bool | None = None,
+        batch: bool = False,
+        failed: Any = None,
+    ) -> Any:
+        """After a failed call: `_recover` raises what the application must see, or returns
+        when the call is to run again, which ``run`` does (up to three times, each failure
+        judged the same way; a call that still cannot run never ran: FailoverSucceeded)."""
+        for _ in range(3):
+            self._recover(
+                exc, call, query, before, retry_reads=retry_reads, batch=batch, failed=failed
+            )
+            raw = self._raw
+            before, failed = self._before(raw), raw
+            try:
+                return run()
+            except self._error as again:
+                exc = again
+        self._recover(exc, call, query, before, retry_reads=False, batch=batch, failed=failed)
+        gave_up = self._runtime.failover_succeeded(
+            f"the call could not be run on a live node in three attempts ({_short(exc)}); "
+            "nothing of it ran: run the work again",
+            transaction_rolled_back=False,
+        )
+        raise keep_driver_details(gave_up, exc) from exc
+
     def _recover(
         self,
         exc: BaseException,
@@ -680,6 +766,7 @@ class Connection:
         before: Any = None,
         *,
         retry_reads: bool | None = None,
+        batch: bool = False,
         failed: Any = None,
     ) -> None:
         """Turn a driver error into what the application must see (see docs/failover.md).
@@ -697,7 +784,9 @@ class Connection:
         if not self._is_failover_error(exc):
             raise exc
         with self._lock:
-            self._recover_locked(exc, call, query, before, retry_reads=retry_reads, failed=failed)
+            self._recover_locked(
+                exc, call, query, before, retry_reads=retry_reads, batch=batch, failed=failed
+            )
 
     def _recover_locked(
         self,
@@ -707,6 +796,7 @@ class Connection:
         before: Any,
         *,
         retry_reads: bool | None,
+        batch: bool,
         failed: Any,
     ) -> None:
         detached = isinstance(exc, self._detached_error)
@@ -721,6 +811,10 @@ class Connection:
         if not detached:
             facts = self._facts(exc, before, self._raw if failed is None else failed)
         transaction, sent = facts
+        if self.__dict__.pop("_interrupted", False) and not detached:
+            # An earlier call was cut off (a timeout of the application's, KeyboardInterrupt)
+            # after the driver may have sent it: what it did cannot be known.
+            transaction, sent = "busy", True
         effect: outcome.Effect = (
             outcome.classify(query, self._runtime.spec.engine) if call == "statement" else "write"
         )
@@ -733,6 +827,7 @@ class Connection:
                 settings.retry_reads if retry_reads is None else retry_reads,
                 refused=kind == "read_only",
                 engine=self._runtime.spec.engine,
+                single=not batch and outcome.is_single(query, self._runtime.spec.engine),
             )
         )
         runtime = self._runtime
@@ -795,18 +890,15 @@ class Connection:
         )
 
     def _fail_over(self, exc: BaseException, kind: str) -> None:
-        """Replace the dead driver connection by one on the right node, same session state."""
+        """Replace the dead driver connection by one on the right node, same session state.
+
+        The dead one goes back (as broken) first: with a full pool, waiting for a new one
+        while holding it would wait until failover_timeout.
+        """
         old = self._lease
-        old.mark_broken()
-        try:
-            lease = self._fresh_lease(
-                self.role, old.pooled, cause=exc, failed=old.target, kind=kind
-            )
-        except BaseException:
-            self._detach(f"the connection to {old.target.instance_id} was lost ({_short(exc)})")
-            raise
+        self._detach(f"the connection to {old.target.instance_id} was lost ({_short(exc)})")
+        lease = self._fresh_lease(self.role, old.pooled, cause=exc, failed=old.target, kind=kind)
         self._take(lease)
-        old.give_back(broken=True)
         self._runtime.events.emit(
             "connection_moved", old=old.target.instance_id, new=lease.target.instance_id
         )
@@ -1006,8 +1098,10 @@ class PsycopgConnection(Connection):
         if before is None or before == _UNKNOWN:
             # Lost before this call: whatever transaction was open is gone.
             return "open", False
-        # ACTIVE: another thread's statement held the connection and this one waited for it;
-        # that statement's outcome is its caller's, this one is judged as if sent alone.
+        if before == _ACTIVE or getattr(raw, "_pipeline", None) is not None:
+            # A statement was still running (a pipeline's queue, another thread's call): it
+            # may have been a COMMIT or a write of its own, so nothing can be promised.
+            return "busy", True
         if before in (_INTRANS, _INERROR):
             return "open", True
         return ("none" if raw.autocommit else "implicit"), True
@@ -1061,12 +1155,12 @@ class _Transaction:
         self._conn = conn
         self._args = (savepoint_name, force_rollback)
         self._raw = conn._raw
-        self._block = self._raw.transaction(savepoint_name, force_rollback)
+        self._block: Any = None if conn._detached else self._raw.transaction(*self._args)
         self._outer = False
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:
-        return type(self._block)
+        return type(self._block) if self._block is not None else _Transaction
 
     @property
     def connection(self) -> PsycopgConnection:
@@ -1077,6 +1171,12 @@ class _Transaction:
 
     def __enter__(self) -> _Transaction:
         conn = self._conn
+        if self._block is None or self._raw is not conn._raw:  # made while on no node
+            self._raw = conn._raw
+            if conn._detached:
+                conn._attach()
+                self._raw = conn._raw
+            self._block = self._raw.transaction(*self._args)
         before = conn._before(self._raw)
         self._outer = before == _IDLE
         try:
@@ -1132,6 +1232,33 @@ class PyMySQLConnection(Connection):
 
     _cursor_class = PyMySQLCursor
 
+    def _in_transaction(self, raw: Any) -> bool:
+        """PyMySQL's flags come from OK packets only: a statement that returned rows (SELECT
+        ... FOR UPDATE, INSERT ... RETURNING) leaves them as they were, although without
+        autocommit it may have opened a transaction. Such a result since the last commit or
+        rollback counts as a transaction that may be open."""
+        if self._adapter.in_transaction(raw):
+            return True
+        status = getattr(raw, "server_status", None) or 0
+        return self._opened_by_rows(status, getattr(raw, "_result", None))
+
+    def _opened_by_rows(self, status: int, result: Any) -> bool:
+        """Whether ``result`` (the last statement's, rows returned) may have opened a
+        transaction that is still open: no autocommit, and no boundary since it."""
+        return (
+            not status & _MYSQL_AUTOCOMMIT
+            and result is not None
+            and bool(getattr(result, "field_count", 0))
+            and result is not self.__dict__.get("_settled_result")
+        )
+
+    def _before(self, raw: Any) -> Any:
+        return getattr(raw, "_result", None)  # PyMySQL forgets it when it sends the next call
+
+    def _settled(self, raw: Any) -> None:
+        super()._settled(raw)
+        self.__dict__["_settled_result"] = getattr(raw, "_result", None)
+
     def _closed_error(self) -> Exception:
         error: Exception = self._runtime.module.err.InterfaceError(0, "the connection is closed")
         return error
@@ -1160,11 +1287,15 @@ class PyMySQLConnection(Connection):
         """``Connection.begin()``: BEGIN, seen by the library (a lost connection fails over)."""
         self._check_open()
         raw = self._raw
+        before = self._before(raw)
         try:
             raw.begin()
         except self._error as exc:
-            self._recover(exc, "statement", "BEGIN", failed=raw)
-            self._raw.begin()
+
+            def again() -> None:
+                self._raw.begin()  # the new node's, by then
+
+            self._retry(exc, "statement", "BEGIN", before, again, failed=raw)
 
     def ping(self, reconnect: bool = True) -> None:
         """PyMySQL's ``ping``, failing over where PyMySQL would reconnect to the same address.
@@ -1177,20 +1308,22 @@ class PyMySQLConnection(Connection):
         """
         self._check_open()
         raw = self._raw
+        before = self._before(raw)
         try:
             raw.ping(reconnect=False)
         except self._error as exc:
             detached = isinstance(exc, self._detached_error)  # the library let go, not the server
             if not detached and (not reconnect or not self._is_failover_error(exc)):
                 raise
-            self._recover(exc, "ping", failed=raw)
-            self._raw.ping(reconnect=False)
+            self._retry(
+                exc, "ping", None, before, lambda: self._raw.ping(reconnect=False), failed=raw
+            )
 
     def _facts(self, exc: BaseException, before: Any, raw: Any) -> tuple[Transaction, bool]:
         # PyMySQL raises InterfaceError(0, '') for a statement on a socket it already closed.
         sent = not (isinstance(exc, self._runtime.module.InterfaceError) and exc.args[:1] == (0,))
         status = getattr(raw, "server_status", None) or 0
-        if status & _MYSQL_IN_TRANS:
+        if status & _MYSQL_IN_TRANS or self._opened_by_rows(status, before):
             return "open", sent
         # An unbuffered result still being read is a statement the server already ran (it
         # is sending its rows): the flags of its reply say what the transaction was.

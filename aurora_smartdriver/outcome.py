@@ -29,6 +29,7 @@ __all__ = [
     "decide",
     "is_failover_signal",
     "is_read",
+    "is_single",
 ]
 
 Effect = Literal["read", "begin", "write", "rollback", "commit"]
@@ -67,6 +68,9 @@ class Situation:
     but the connection is left for another node, so an open transaction is lost."""
     engine: str = "postgresql"
     """MySQL commits an open transaction at BEGIN; PostgreSQL only warns."""
+    single: bool = True
+    """One statement (not a batch, not several in one string): a refusal of it means none of
+    it ran; in a batch or a string of several, those before may have committed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +113,12 @@ def _verdict(s: Situation) -> Verdict:
         # Another statement was under way (or the state is unreadable): it may have been
         # a COMMIT or a write of its own, so nothing can be promised.
         return "unknown"
-    if s.refused:
-        return "rolled_back" if s.transaction == "open" else "lost_read"
+    if s.refused and s.sent:
+        if s.transaction == "open":
+            return "rolled_back"
+        if not s.single and s.call == "statement" and s.transaction == "none":
+            return "unknown"  # autocommit: the statements before the refused one committed
+        return "lost_read"
     if not s.sent:
         # Nothing reached a server: only what was already open is gone.
         if s.transaction == "open":
@@ -431,6 +439,13 @@ def _may_commit(statement: str, engine: str) -> bool:
     if word in _POSTGRESQL_ENDS:
         return True
     return word == "prepare" and statement.split()[1:2] == ["transaction"]
+
+
+def is_single(query: Any, engine: str) -> bool:
+    """Whether ``query`` is one statement (text that cannot be read is not)."""
+    text = _text(query)
+    statements = None if text is None else _scan(text, engine)
+    return statements is not None and len(statements) <= 1
 
 
 def is_read(query: Any, engine: str | None = None) -> bool:

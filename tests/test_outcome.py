@@ -29,6 +29,7 @@ situations = st.builds(
     retry_reads=st.booleans(),
     refused=st.booleans(),
     engine=st.sampled_from(["postgresql", "mysql"]),
+    single=st.booleans(),
 )
 
 
@@ -36,6 +37,8 @@ def _may_have_committed(s: Situation) -> bool:
     """Whether the lost call may have made work durable (stated independently of `decide`)."""
     if s.transaction == "busy":
         return s.call != "rollback"  # another statement was under way: it may have
+    if s.refused and s.sent and s.call == "statement" and not s.single:
+        return s.transaction == "none"  # the statements before the refused one, in autocommit
     if not s.sent or s.refused or s.call in ("rollback", "ping"):
         return False
     if s.call == "commit":
@@ -94,6 +97,11 @@ def test_a_refused_write_did_nothing() -> None:
     assert got.raise_failover_succeeded and not got.transaction_rolled_back
     inside = decide(Situation("statement", "open", True, "write", refused=True))
     assert inside.transaction_rolled_back
+
+
+def test_a_refused_batch_in_autocommit_may_have_committed_its_first_rows() -> None:
+    got = decide(Situation("statement", "none", True, "write", refused=True, single=False))
+    assert got.outcome_unknown
 
 
 def test_mysql_begin_commits_an_open_transaction() -> None:

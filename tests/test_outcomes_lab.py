@@ -157,7 +157,11 @@ def test_commit_lost_and_no_writer_is_still_outcome_unknown(aurora_lab: Lab) -> 
 def test_a_connection_whose_failover_failed_tries_again_at_its_next_statement(
     aurora_lab: Lab,
 ) -> None:
-    conn = _connect(aurora_lab, failover_timeout="1.5s", **_autocommit(aurora_lab))
+    # backoff_max bounds how long the monitor waits between refreshes once the outage has
+    # lasted failover_timeout: shorter than failover_timeout here, so the retry sees the writer.
+    conn = _connect(
+        aurora_lab, failover_timeout="1.5s", backoff_max="0.3s", **_autocommit(aurora_lab)
+    )
     try:
         aurora_lab.crash(aurora_lab.writer.id)
         with pytest.raises(asd.NoWriterAvailable):
@@ -418,3 +422,65 @@ def test_a_sqlalchemy_failover_logs_no_error_for_handled_work(
         assert errors == [], [r.getMessage() for r in errors]
     finally:
         engine.dispose()
+
+
+def test_a_transaction_opened_by_a_statement_returning_rows_is_committed_by_run_transaction(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    # PyMySQL's status flags come from OK packets only: after INSERT ... RETURNING they still
+    # said "no transaction", so the transaction was never committed.
+    lab = aurora_lab_mariadb
+    _table(lab)
+    cluster = asd.Cluster(lab.dsn, cluster_id=uuid.uuid4().hex, pool_max_size=1)
+    op = uuid.uuid4().hex
+    try:
+
+        def insert(conn: Any) -> None:
+            cur = conn.cursor()
+            cur.execute("INSERT INTO outcome_ops VALUES (%s) RETURNING op", (op,))
+            cur.fetchall()
+
+        cluster.run_transaction(insert)
+        assert _count(lab, op) == 1
+    finally:
+        cluster.close()
+
+
+def test_a_commit_lost_after_a_statement_returning_rows_is_outcome_unknown(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    lab = aurora_lab_mariadb
+    _table(lab)
+    conn = _connect(lab)
+    try:
+        cur = conn.cursor()
+        cur.execute("INSERT INTO outcome_ops VALUES (%s) RETURNING op", (uuid.uuid4().hex,))
+        cur.fetchall()
+        lab.hang(lab.writer.id)
+        worker, result = _in_thread(conn.commit)
+        time.sleep(0.5)
+        lab.failover()
+        worker.join(30)
+        assert len(result) == 1
+        assert isinstance(result[0], asd.TransactionOutcomeUnknown), result
+    finally:
+        conn.close()
+
+
+def test_a_commit_lost_in_a_psycopg_pipeline_is_not_a_success(
+    aurora_lab_postgresql: Lab,
+) -> None:
+    lab = aurora_lab_postgresql
+    _table(lab)
+    conn = _connect(lab)
+    op = uuid.uuid4().hex
+    try:
+        with pytest.raises(psycopg.Error) as caught, conn.pipeline():
+            cur = conn.cursor()
+            cur.execute("INSERT INTO outcome_ops VALUES (%s)", (op,))
+            cur.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            conn.commit()
+        assert not isinstance(caught.value, asd.FailoverSucceeded), caught.value
+        assert _count(lab, op) == 0  # the server ended the session before the COMMIT
+    finally:
+        conn.close()

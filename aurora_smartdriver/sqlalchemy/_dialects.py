@@ -274,7 +274,6 @@ class _AuroraDialect(DefaultDialect):
             except (FailoverSucceeded, TransactionOutcomeUnknown):
                 return True
         return True
-        return True
 
 
 def _characteristics(base: Mapping[str, ConnectionCharacteristic]) -> Any:
