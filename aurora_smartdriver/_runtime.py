@@ -22,6 +22,7 @@ the child.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import itertools
 import logging
@@ -636,6 +637,8 @@ class Runtime:
         ``failover_timeout`` (then ``NoWriterAvailable``), unless ``failover=off`` or ``wait``
         is false (the failover procedure, which does its own waiting).
         """
+        if _abandoned:
+            give_back_abandoned()
         tried: set[str] = set(exclude)
         may_wait = role == "writer" and wait and self.spec.settings.failover
         waiting: _WriterWait | None = None  # made on the first failure: borrows stay lean
@@ -845,6 +848,31 @@ class _WriterWait:
 
 def _target(host: Host) -> Target:
     return Target.of(host)
+
+
+# -- connections the garbage collector found unclosed ------------------------------------------
+_abandoned: collections.deque[tuple[Lease | None, list[Callable[[], None]]]] = collections.deque()
+
+
+def abandon(lease: Lease | None, closers: list[Callable[[], None]]) -> None:
+    """Queue what a connection collected without ``close()`` holds (from its ``__del__``: no
+    I/O or lock there); `give_back_abandoned` returns it, at the next borrow or connect."""
+    _abandoned.append((lease, closers))
+
+
+def give_back_abandoned() -> None:
+    """Give back the leases of abandoned connections (as broken: their state is unknown)."""
+    while _abandoned:
+        try:
+            lease, closers = _abandoned.popleft()
+        except IndexError:
+            return
+        if lease is not None:
+            with contextlib.suppress(Exception):
+                lease.give_back(broken=True)
+        for callback in closers:
+            with contextlib.suppress(Exception):
+                callback()
 
 
 # -- the registry ----------------------------------------------------------------------------

@@ -9,7 +9,6 @@ whose fetch methods are the driver cursor's own bound methods (no indirection on
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import threading
 import time
@@ -18,7 +17,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from aurora_smartdriver import outcome
+from aurora_smartdriver import _runtime, outcome
 from aurora_smartdriver._dbapi import error_class, keep_driver_details
 from aurora_smartdriver._runtime import Lease, Runtime
 from aurora_smartdriver.errors import AuroraSmartDriverError
@@ -46,23 +45,6 @@ _MISSING = object()
 _AFTER_CLOSE: dict[str, Any] = {"broken": False, "open": False, "cancel": lambda: None}
 """What a closed connection still answers (as the drivers do) once its driver connection went
 back to a pool."""
-
-_abandoned: collections.deque[tuple[Any, list[Callable[[], None]]]] = collections.deque()
-"""Leases of connections collected without ``close()``: given back at the next connection's
-creation, outside the garbage collector."""
-
-
-def _give_back_abandoned() -> None:
-    while _abandoned:
-        try:
-            lease, closers = _abandoned.popleft()
-        except IndexError:
-            return
-        with contextlib.suppress(Exception):
-            lease.give_back(broken=True)  # its session state is unknown: not lent again
-        for callback in closers:
-            with contextlib.suppress(Exception):
-                callback()
 
 
 def _what(call: Call) -> str:
@@ -419,7 +401,7 @@ class Connection:
         d["_lock"] = threading.RLock()  # one failover at a time, however many threads see it
         d["_driver_attrs"] = {}  # driver attributes set through the proxy: replayed, reset
         d["_driver_defaults"] = {}
-        _give_back_abandoned()
+        _runtime.give_back_abandoned()
 
     def _on_close(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once, after the connection is given back."""
@@ -985,7 +967,18 @@ class Connection:
             ResourceWarning,
             stacklevel=2,
         )
-        _abandoned.append((d["_lease"], list(d["_closers"])))
+        lease = d["_lease"]
+        closers = list(d["_closers"])
+        if lease.pooled:
+            _runtime.abandon(lease, closers)  # given back at the next borrow or connect
+        else:
+            # Its own driver connection: let it go, and the driver's finalizer closes it (the
+            # server ends the session, its transaction and locks), as a bare driver's would.
+            counts = getattr(lease, "_metrics", None)
+            instance = lease.target.instance_id
+            if counts is not None:
+                closers.insert(0, lambda: counts.closed.add(instance))
+            _runtime.abandon(None, closers)
 
     def __repr__(self) -> str:
         if self._closed:

@@ -367,3 +367,29 @@ def test_copy_on_a_cursor_carried_to_a_reader_runs_on_the_reader(
         assert rows == [b"t\n"]  # a replica answered, not the writer the cursor came from
     finally:
         conn.close()
+
+
+def test_a_connection_collected_unclosed_ends_its_session_and_locks(
+    aurora_lab_postgresql: Lab,
+) -> None:
+    lab = aurora_lab_postgresql
+    key = int(uuid.uuid4().int % 1_000_000)
+    conn = _connect(lab)
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del conn
+        gc.collect()
+
+    def held() -> bool:
+        rows = lab.execute(
+            lab.writer.id,
+            f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+            f"AND objid = {key} AND granted",
+        )
+        return int(str(rows[0][0])) > 0
+
+    deadline = time.monotonic() + 10
+    while held() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not held()  # the session ended with the connection, as a bare driver's would
