@@ -387,6 +387,11 @@ class SharedCluster:
         self.events.emit(
             "host_unresponsive", instance=target.instance_id, silent_s=round(silent, 3)
         )
+        try:
+            addresses = tuple(self.resolver.resolve(target.host).addresses)
+        except Exception:
+            addresses = ()
+        self.monitor.host_silent(target.host, addresses)
         self.suspect(target, f"no answer for {silent:.1f}s")
 
     def suspect(self, target: Target, why: str) -> None:

@@ -128,6 +128,8 @@ class ClusterMonitor:
         self._confirmed: str | None = None  # instance id of the writer that answered as writer
         self._conn: Any = None
         self._conn_host: str | None = None
+        self._conn_address: str | None = None  # the address the monitor's connection went to
+        self._last_address: str | None = None
         self._suspects: set[str] = set()  # nodes whose view could not be confirmed, asked last
         self._failures = 0
         self._refreshes = self._changes = self._rejected = self._errors = 0
@@ -589,6 +591,7 @@ class ClusterMonitor:
                 _close_quietly(conn)
                 return None
             self._conn, self._conn_host = conn, host
+            self._conn_address = self._last_address
             self.auth_error = self.config_error = None
             return self._conn
         self._note_error("no node reachable: " + "; ".join(errors))
@@ -605,6 +608,8 @@ class ClusterMonitor:
             address = (
                 self._resolver.resolve(host).addresses[0] if self.spec.settings.resolve else None
             )
+            if on_thread:
+                self._last_address = address
             with self._cond:  # the refresh thread and the response timer both connect
                 self._connects += 1
             return auth.connect(
@@ -620,8 +625,23 @@ class ClusterMonitor:
             if on_thread:
                 self._attempt = None
 
+    def host_silent(self, host: str, addresses: tuple[str, ...]) -> None:
+        """The watchdog's verdict: ``host`` (at ``addresses``) stopped answering.
+
+        When the monitor's own connection is on it (through the cluster endpoint, say), its
+        socket is cut now, so the refresh waiting on it fails at once and the monitor asks
+        another node, instead of waiting for its own timeouts on a silent host.
+        """
+        self._suspects.add(host)  # no lock: the refresh may hold it while it waits on the host
+        conn = self._conn
+        if conn is not None and (
+            self._conn_host == host or (self._conn_address or "") in addresses
+        ):
+            self._adapter.abort(conn)
+
     def _drop_connection(self) -> None:
         conn, self._conn, self._conn_host = self._conn, None, None
+        self._conn_address = None
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
