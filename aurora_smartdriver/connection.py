@@ -1,10 +1,17 @@
 """The DB-API connection proxy: behaves like the wrapped driver's connection, knows its cluster.
 
 The proxy intercepts only what the library must act on — ``cursor``/``execute`` (to see errors),
-``commit``/``rollback``/``close`` (transaction boundaries), and the session switches
-(``autocommit``, ``isolation_level``, ``read_only``) it replays on a new node. Everything else
+``commit``/``rollback``/``close`` and psycopg's ``transaction()``, PyMySQL's ``begin()`` and
+``ping()`` (transaction boundaries), and the session switches (``autocommit``,
+``isolation_level``, ``read_only``, driver attributes) it replays on a new node. Everything else
 reaches the driver's own connection through attribute delegation, and cursors are thin proxies
 whose fetch methods are the driver cursor's own bound methods (no indirection on the hot path).
+
+When a connection is lost, the proxy gathers the facts (the driver's transaction status before
+the call, the statement, whether it could have been sent) and `aurora_smartdriver.outcome`
+decides what the application is told; the failover procedure itself is the runtime's. A
+connection whose failover failed is "on no node": a stand-in driver connection makes its next
+statement reconnect, without a check on the hot path.
 """
 
 from __future__ import annotations
