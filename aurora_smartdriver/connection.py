@@ -233,15 +233,9 @@ class Cursor:
         object.__setattr__(self, "_raw", _Deferred(self, old, raw_conn))
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        raw = self._raw
-        try:
-            result = raw.execute(query, params, **kwargs) if kwargs else raw.execute(query, params)
-        except self._error as exc:
-            return self._again(exc, query, params, kwargs, None)
-        except BaseException:
-            self._conn.__dict__["_interrupted"] = True  # cut off mid-call: nothing is known
-            raise
-        return self if result is raw else result
+        """Each driver's cursor has its own (see `PsycopgCursor`, `PyMySQLCursor`): what to
+        note before a statement differs, and the hot path stays one call deep."""
+        raise NotImplementedError
 
     def _again(
         self, exc: BaseException, query: Any, params: Any, kwargs: dict[str, Any], before: Any

@@ -218,7 +218,7 @@ def test_a_connection_never_closed_is_given_back_outside_the_garbage_collector(
         keep.close()
 
 
-def test_pymysql_error_after_a_driver_closed_socket_is_not_other(aurora_lab_mariadb: Lab) -> None:
+def test_pymysql_error_after_a_driver_closed_socket_is_not_other() -> None:
     from aurora_smartdriver.drivers import adapter_for
 
     assert adapter_for("mysql").error_kind(pymysql.err.InterfaceError(0, "")) == "disconnect"
