@@ -455,6 +455,8 @@ class Runtime:
         self.key = shared.key
         self.login = _sharing.login_key(spec, credentials)
         self.credentials = shared.provider(self.login, spec, credentials)
+        self.credentials_source = credentials
+        """What ``credentials`` was given (to acquire the same runtime again: a reopen)."""
         self._pool_key = _sharing.pool_key(self.login, settings)
         self.adapter = shared.adapter
         self.module: ModuleType = shared.module
