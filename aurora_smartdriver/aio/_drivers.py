@@ -1,0 +1,268 @@
+"""The async drivers as the library uses them: psycopg's AsyncConnection and aiomysql.
+
+What a connection is opened with (identity, driver parameters, keepalives, TLS checked against
+the instance's name while the socket goes to the address the library resolved) is the sync
+adapters' (`aurora_smartdriver.drivers`); what an error means is their `error_kind` too, since
+aiomysql raises PyMySQL's exception classes. Only the I/O is async here, each open bounded by
+one deadline over TCP, TLS and the handshake (aiomysql's own timeout covers only TCP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from aurora_smartdriver.drivers import DriverAdapter
+from aurora_smartdriver.drivers._errors import ErrorKind
+from aurora_smartdriver.errors import ConfigError
+from aurora_smartdriver.resolver import TcpKeepalive
+
+if TYPE_CHECKING:
+    from aurora_smartdriver.dsn import ConnectionSpec
+
+__all__ = ["close", "error_kind", "errors", "open_connection", "ping", "run"]
+
+
+def errors(adapter: DriverAdapter) -> tuple[type[BaseException], ...]:
+    """What a failed driver call raises: the driver's errors, and socket errors that escape."""
+    return (adapter.Error, OSError)
+
+
+def error_kind(adapter: DriverAdapter, exc: BaseException) -> ErrorKind:
+    """`adapter.error_kind`, plus aiomysql's word for a socket it already closed."""
+    if adapter.engine == "mysql" and _not_connected(exc):
+        return "disconnect"
+    return adapter.error_kind(exc)
+
+
+def not_sent(adapter: DriverAdapter, exc: BaseException) -> bool:
+    """Whether the driver refused the call before sending anything (its socket was closed)."""
+    if adapter.engine == "mysql":
+        return _not_connected(exc)
+    return False
+
+
+def _not_connected(exc: BaseException) -> bool:
+    """aiomysql's ``InterfaceError("(0, 'Not connected')")``, or PyMySQL's ``(0, '')``."""
+    import pymysql
+
+    if not isinstance(exc, pymysql.err.InterfaceError) or not exc.args:
+        return False
+    first = exc.args[0]
+    return first == 0 or (isinstance(first, str) and first.startswith("(0,"))
+
+
+async def open_connection(
+    adapter: DriverAdapter,
+    spec: ConnectionSpec,
+    host: str,
+    port: int,
+    *,
+    address: str | None,
+    timeout: float,
+    autocommit: bool,
+    user: str | None,
+    password: str | None,
+) -> Any:
+    """One async driver connection to ``host:port`` at ``address``, within ``timeout`` s."""
+    async with asyncio.timeout(timeout):
+        given: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "address": address,
+            "timeout": timeout,
+            "autocommit": autocommit,
+            "user": user,
+            "password": password,
+        }
+        if adapter.engine == "postgresql":
+            return await _open_psycopg(spec, **given)
+        return await _open_aiomysql(adapter, spec, **given)
+
+
+async def _open_psycopg(
+    spec: ConnectionSpec,
+    *,
+    host: str,
+    port: int,
+    address: str | None,
+    timeout: float,
+    autocommit: bool,
+    user: str | None,
+    password: str | None,
+) -> Any:
+    import psycopg
+
+    from aurora_smartdriver.drivers._psycopg import libpq_connect_timeout, libpq_keepalives
+
+    params: dict[str, Any] = {
+        **libpq_keepalives(spec.settings.failure_detection_time),
+        "user": user,
+        "password": password,
+        "dbname": spec.database,
+        **spec.driver_params,
+        "host": host,
+        "port": port,
+        "hostaddr": address,
+        "connect_timeout": libpq_connect_timeout(timeout),
+    }
+    params.pop("autocommit", None)
+    given = {
+        name: value
+        for name, value in params.items()
+        if value is not None or name == "prepare_threshold"
+    }
+    return await psycopg.AsyncConnection.connect(autocommit=autocommit, **given)
+
+
+_AIOMYSQL_OWN = frozenset({"host", "port", "user", "password", "autocommit", "ssl", "loop"})
+_DROPPED = ("read_timeout", "write_timeout", "defer_connect")
+"""PyMySQL parameters with no aiomysql counterpart that are accepted and left out: aiomysql's
+statements have no read or write timeout (bound them with ``asyncio.timeout``), and the
+library connects at once."""
+
+
+@functools.cache
+def _aiomysql_parameters() -> frozenset[str]:
+    import aiomysql
+
+    return frozenset(inspect.signature(aiomysql.Connection.__init__).parameters) - {"self"}
+
+
+@functools.cache
+def _named_connection_class() -> type[Any]:
+    import aiomysql
+
+    class NamedConnection(aiomysql.Connection):  # type: ignore[misc]
+        """An aiomysql connection whose TCP goes to an address and whose TLS checks a name.
+
+        aiomysql connects to, and verifies TLS against, the same ``host``; the library opens
+        the socket to the address it resolved and then hands TLS the instance's name.
+        """
+
+        _tls_name: str | None = None
+
+        async def _get_server_information(self) -> None:
+            if self._tls_name is not None:
+                self._host = self._tls_name  # the socket is open: from here on, the name
+            await super()._get_server_information()
+
+    return NamedConnection
+
+
+async def _open_aiomysql(
+    adapter: DriverAdapter,
+    spec: ConnectionSpec,
+    *,
+    host: str,
+    port: int,
+    address: str | None,
+    timeout: float,
+    autocommit: bool,
+    user: str | None,
+    password: str | None,
+) -> Any:
+    params: dict[str, Any] = {"database": spec.database, **spec.driver_params}
+    params.pop("autocommit", None)
+    for name in _DROPPED:
+        params.pop(name, None)
+    tls, _preferred = adapter._tls(params)  # type: ignore[attr-defined]
+    database = params.pop("database", None)
+    if "db" not in params and database is not None:
+        params["db"] = database
+    accepted = _aiomysql_parameters()
+    for name, value in params.items():
+        if name not in accepted or name in _AIOMYSQL_OWN:
+            raise ConfigError(
+                f"the driver parameter {name!r} has no aiomysql counterpart",
+                parameter=name,
+                value=str(value),
+                suggestion="leave it out for aurora_smartdriver.aio, or use the sync library",
+            )
+    context = tls.get("ssl")  # None: no TLS (aiomysql has no "preferred" mode)
+    given = {name: value for name, value in params.items() if value is not None}
+    conn = _named_connection_class()(
+        host=address or host,
+        port=port,
+        user=user,
+        password=password or "",
+        autocommit=autocommit,
+        connect_timeout=timeout,
+        ssl=context,
+        **given,
+    )
+    conn._tls_name = host if address is not None else None
+    try:
+        await conn._connect()
+    except BaseException:
+        conn.close()
+        raise
+    sock = conn._writer.get_extra_info("socket") if conn._writer is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            TcpKeepalive.for_window(spec.settings.failure_detection_time).apply(sock)
+    conn.host_info = f"socket {address or host}:{port}"
+    return conn
+
+
+async def run(adapter: DriverAdapter, raw: Any, sql: str) -> list[tuple[Any, ...]]:
+    """Run one statement on ``raw`` with a plain cursor; its rows (none for a command)."""
+    if adapter.engine == "postgresql":
+        cur = raw.cursor()
+        async with cur:
+            await cur.execute(sql)
+            return list(await cur.fetchall()) if cur.description is not None else []
+    async with raw.cursor() as cur:
+        await cur.execute(sql)
+        return list(await cur.fetchall()) if cur.description is not None else []
+
+
+async def ping(adapter: DriverAdapter, raw: Any, timeout: float) -> None:
+    """One round trip that leaves the session and its transaction as they were."""
+    async with asyncio.timeout(timeout):
+        if adapter.engine == "postgresql":
+            if raw.closed or raw.pgconn.transaction_status != 0:
+                raise adapter.Error("the connection is not idle")
+            autocommit = raw.autocommit
+            if not autocommit:
+                await raw.set_autocommit(True)
+            await raw.execute("")
+            if not autocommit:
+                await raw.set_autocommit(False)
+        else:
+            await raw.ping(reconnect=False)
+
+
+async def close(adapter: DriverAdapter, raw: Any) -> None:
+    """Close ``raw`` without raising (a broken connection too)."""
+    with contextlib.suppress(Exception):
+        if adapter.engine == "postgresql":
+            await raw.close()
+        else:
+            raw.close()
+
+
+def closed(adapter: DriverAdapter, raw: Any) -> bool:
+    """Whether the driver knows ``raw`` is closed (no I/O)."""
+    if adapter.engine == "postgresql":
+        return bool(raw.closed)
+    return bool(raw.closed)
+
+
+def in_transaction(adapter: DriverAdapter, raw: Any) -> bool:
+    """Whether a transaction may be open on ``raw``, as the driver last heard (no I/O)."""
+    if adapter.engine == "postgresql":
+        return bool(raw.pgconn.transaction_status != 0)
+    result = getattr(raw, "_result", None)
+    return bool(raw.get_transaction_status()) or (
+        result is not None and bool(getattr(result, "unbuffered_active", False))
+    )
+
+
+def close_now(raw: Any) -> None:
+    """Close an aiomysql connection at once (its ``close`` needs no round trip)."""
+    with contextlib.suppress(Exception):
+        raw.close()

@@ -1,0 +1,759 @@
+"""The async connection proxies: psycopg's ``AsyncConnection`` and aiomysql's ``Connection``.
+
+As the sync proxy (`aurora_smartdriver.connection`), a proxy intercepts only what the library
+must act on: ``execute`` (to see errors), ``commit``/``rollback``/``close``, and the session
+switches it replays on a new node (autocommit, isolation, read-only, deferrable, driver
+attributes). Fetch methods are the driver cursor's own bound methods; everything else reaches
+the driver connection by delegation.
+
+When a connection is lost, the proxy gathers the facts (`_facts`: the driver's transaction
+status before the call, whether it was sent, the statement) and `aurora_smartdriver.outcome`
+decides what the application is told: the same decision, the same exceptions, as the sync
+side. The failover procedure is `AsyncRuntime.fail_over`; it never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any
+
+from aurora_smartdriver import outcome
+from aurora_smartdriver._dbapi import error_class, keep_driver_details
+from aurora_smartdriver.aio import _drivers, _facts
+from aurora_smartdriver.aio._runtime import AsyncLease, AsyncRuntime
+from aurora_smartdriver.errors import AuroraSmartDriverError
+from aurora_smartdriver.outcome import Call, Transaction
+
+__all__ = ["AiomysqlConnection", "AsyncConnection", "AsyncCursor", "PsycopgAsyncConnection"]
+
+_MISSING = object()
+
+
+class Detached(AuroraSmartDriverError):
+    """The connection is on no node just now: its next statement reconnects."""
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _what(call: Call) -> str:
+    if call == "commit":
+        return "during COMMIT"
+    return "while a statement that may have committed was running"
+
+
+class AsyncCursor:
+    """A driver cursor behind a thin proxy that reports errors to its connection."""
+
+    def __init__(self, conn: AsyncConnection, raw: Any, made_with: tuple[Any, ...]) -> None:
+        d = self.__dict__
+        d["_conn"] = conn
+        d["_made_with"] = made_with
+        d["_generation"] = conn._generation
+        self._bind(raw)
+
+    def _bind(self, raw: Any) -> None:
+        d = self.__dict__
+        d["_raw"] = raw
+        if raw is not None:
+            d["fetchone"] = raw.fetchone
+            d["fetchmany"] = raw.fetchmany
+            d["fetchall"] = raw.fetchall
+
+    async def _current(self) -> Any:
+        """The driver cursor, made anew on the connection's driver connection when that
+        changed since (a failover); the rows the old one held are gone with it."""
+        conn = self._conn
+        if self._generation != conn._generation or self._raw is None:
+            args, kwargs = self._made_with
+            raw = await conn._raw_cursor(*args, **kwargs)
+            self.__dict__["_generation"] = conn._generation
+            self._bind(raw)
+        return self._raw
+
+    async def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        conn = self._conn
+        driver = conn._raw
+        before = conn._before(driver)
+        try:
+            raw = self._raw
+            if self._generation != conn._generation or raw is None:
+                raw = await self._current()
+            result = await raw.execute(query, *args, **kwargs)
+        except conn._errors as exc:
+            return await conn._retry(
+                exc,
+                "statement",
+                query,
+                before,
+                lambda: self._run(query, args, kwargs),
+                failed=driver,
+            )
+        except BaseException:
+            conn._interrupted = True  # cut off mid-call (cancelled): nothing is known
+            raise
+        return self if result is raw else result
+
+    async def _run(self, query: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        raw = await self._current()
+        result = await raw.execute(query, *args, **kwargs)
+        return self if result is raw else result
+
+    async def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        conn = self._conn
+        driver = conn._raw
+        before = conn._before(driver)
+
+        async def run() -> Any:
+            raw = await self._current()
+            result = await raw.executemany(query, *args, **kwargs)
+            return self if result is raw else result
+
+        try:
+            return await run()
+        except conn._errors as exc:
+            # A batch is never re-run as a read, and a refused one may have committed rows.
+            return await conn._retry(
+                exc, "statement", query, before, run, failed=driver, retry_reads=False, batch=True
+            )
+        except BaseException:
+            conn._interrupted = True
+            raise
+
+    @property
+    def connection(self) -> AsyncConnection:
+        conn: AsyncConnection = self.__dict__["_conn"]
+        return conn
+
+    async def close(self) -> None:
+        raw = self._raw
+        if raw is not None:
+            result = raw.close()
+            if asyncio.iscoroutine(result):
+                await result
+
+    async def __aenter__(self) -> AsyncCursor:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def __aiter__(self) -> Any:
+        return self._raw.__aiter__()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_raw"], name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._raw, name, value)
+
+    def __repr__(self) -> str:
+        return f"<aurora_smartdriver.aio cursor over {self._raw!r}>"
+
+
+class AsyncConnection:
+    """What both async proxies share; use ``aurora_smartdriver.aio.connect`` to get one."""
+
+    def __init__(
+        self, runtime: AsyncRuntime, role: str, lease: AsyncLease, *, autocommit: bool
+    ) -> None:
+        d = self.__dict__
+        d["_runtime"] = runtime
+        d["_adapter"] = runtime.adapter
+        d["_errors"] = runtime.errors
+        d["_detached_error"] = error_class(runtime.engine, Detached)
+        d["_role"] = role
+        d["_lease"] = lease
+        d["_raw"] = lease.raw
+        d["_generation"] = 0
+        d["_closed"] = False
+        d["_autocommit"] = autocommit
+        d["_session"] = {}  # session switches set through the proxy, replayed on a new node
+        d["_driver_attrs"] = {}
+        d["_driver_defaults"] = {}
+        d["_interrupted"] = False
+        d["_settled_result"] = None
+        d["_lock"] = asyncio.Lock()  # one failover at a time, however many tasks see it
+        d["_closers"] = []
+        d["_reset_hook"] = None
+        d["_give_back_task"] = None
+
+    # -- the library's view -----------------------------------------------------------------
+    @property
+    def instance_id(self) -> str:
+        """The instance this connection is on now (the last one, while it is on none)."""
+        return str(self._lease.target.instance_id)
+
+    @property
+    def role(self) -> str:
+        return str(self._role)
+
+    @property
+    def _detached(self) -> bool:
+        return self._raw is None
+
+    def _on_close(self, callback: Callable[[], None]) -> None:
+        self._closers.append(callback)
+
+    # -- transaction boundaries ----------------------------------------------------------
+    async def commit(self) -> None:
+        self._check_open()
+        raw = self._raw
+        if raw is None:
+            return  # on no node: nothing open to commit
+        before = self._before(raw)
+        try:
+            await raw.commit()
+        except self._errors as exc:
+            await self._recover(exc, "commit", None, before, failed=raw)  # returns: nothing lost
+        except BaseException:
+            self.__dict__["_interrupted"] = True  # a COMMIT cut off: its outcome is unknown
+            raise
+        else:
+            self._settled(raw)
+
+    async def rollback(self) -> None:
+        self._check_open()
+        raw = self._raw
+        if raw is None:
+            return
+        before = self._before(raw)
+        try:
+            await raw.rollback()
+        except self._errors as exc:
+            await self._recover(exc, "rollback", None, before, failed=raw)
+        else:
+            self._settled(raw)
+
+    def _settled(self, raw: Any) -> None:
+        self.__dict__["_interrupted"] = False
+        self.__dict__["_settled_result"] = getattr(raw, "_result", None)
+
+    async def _release(self) -> None:
+        """Give the driver connection back (reset to the defaults) and run the closers."""
+        if self._closed:
+            return
+        self.__dict__["_closed"] = True
+        lease = self._lease
+        if self._raw is not None:
+            await self._give_back(lease)
+        for callback in self._closers:
+            callback()
+
+    async def _give_back(self, lease: AsyncLease) -> None:
+        broken = False
+        raw = lease.raw
+        if lease.pooled:
+            try:
+                if _drivers.in_transaction(self._adapter, raw) or self._rows_since_boundary(raw):
+                    await raw.rollback()
+                await self._restore_defaults(raw)
+                for name, value in self._driver_defaults.items():
+                    if value is _MISSING:
+                        broken = True
+                    else:
+                        setattr(raw, name, value)
+                hook = self._reset_hook
+                if hook is not None and not broken:
+                    await hook(raw)
+                    if _drivers.in_transaction(self._adapter, raw):
+                        await raw.commit()
+            except Exception:
+                broken = True  # a connection that cannot be reset is not lent again
+        lease.give_back(broken=broken)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise self._runtime.module.InterfaceError("the connection is closed")
+
+    # -- failures ------------------------------------------------------------------------
+    def _before(self, raw: Any) -> Any:
+        raise NotImplementedError
+
+    def _facts(self, exc: BaseException, before: Any, raw: Any) -> tuple[Transaction, bool]:
+        raise NotImplementedError
+
+    def _rows_since_boundary(self, raw: Any) -> bool:
+        return False
+
+    def _session_read_only(self) -> bool:
+        return False
+
+    async def _raw_cursor(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    async def _apply_session(self, raw: Any) -> None:
+        raise NotImplementedError
+
+    async def _restore_defaults(self, raw: Any) -> None:
+        raise NotImplementedError
+
+    def _is_failover_error(self, exc: BaseException) -> bool:
+        if isinstance(exc, self._detached_error):
+            return True
+        return outcome.is_failover_signal(
+            _drivers.error_kind(self._adapter, exc),
+            failover=bool(self._runtime.settings.failover),
+            asked_writer=self._role == "writer",
+            session_read_only=self._session_read_only(),
+            lent_as_writer=bool(self._lease.as_writer),
+        )
+
+    async def _retry(
+        self,
+        exc: BaseException,
+        call: Call,
+        query: Any,
+        before: Any,
+        run: Callable[[], Awaitable[Any]],
+        *,
+        failed: Any,
+        retry_reads: bool | None = None,
+        batch: bool = False,
+    ) -> Any:
+        """After a failed call: `_recover` raises what the application must see, or returns
+        when the call is to run again, which ``run`` does (up to three times)."""
+        for _ in range(3):
+            await self._recover(
+                exc, call, query, before, failed=failed, retry_reads=retry_reads, batch=batch
+            )
+            raw = self._raw
+            before, failed = self._before(raw), raw
+            try:
+                return await run()
+            except self._errors as again:
+                exc = again
+        await self._recover(exc, call, query, before, failed=failed, retry_reads=False, batch=batch)
+        gave_up = self._runtime.failover_succeeded(
+            f"the call could not be run on a live node in three attempts ({_short(exc)}); "
+            "nothing of it ran: run the work again",
+            transaction_rolled_back=False,
+        )
+        raise keep_driver_details(gave_up, exc) from exc
+
+    async def _recover(
+        self,
+        exc: BaseException,
+        call: Call,
+        query: Any,
+        before: Any,
+        *,
+        failed: Any,
+        retry_reads: bool | None = None,
+        batch: bool = False,
+    ) -> None:
+        """Turn a driver error into what the application must see (the sync proxy's
+        `_recover`, on the loop): application errors re-raised as they are; a lost or
+        demoted node decided by `outcome.decide`. Returns only when the call is to run again
+        or nothing of it was lost."""
+        if self._closed or not self._is_failover_error(exc):
+            raise exc
+        async with self._lock:
+            await self._recover_locked(
+                exc, call, query, before, failed=failed, retry_reads=retry_reads, batch=batch
+            )
+
+    async def _recover_locked(
+        self,
+        exc: BaseException,
+        call: Call,
+        query: Any,
+        before: Any,
+        *,
+        failed: Any,
+        retry_reads: bool | None,
+        batch: bool,
+    ) -> None:
+        runtime = self._runtime
+        engine = runtime.engine
+        detached = isinstance(exc, self._detached_error)
+        if detached and not self._detached:
+            return  # another task connected it meanwhile: run the call
+        moved = not detached and failed is not None and failed is not self._raw
+        kind = "disconnect" if detached else _drivers.error_kind(self._adapter, exc)
+        if kind == "read_only" and await runtime.still_writer(self._lease.target):
+            raise exc
+        facts: tuple[Transaction, bool] = ("none", False)
+        if not detached:
+            facts = self._facts(exc, before, failed if failed is not None else self._raw)
+        transaction, sent = facts
+        if self._interrupted and not detached:
+            transaction, sent = "busy", True  # an earlier call was cut off mid-flight
+        self.__dict__["_interrupted"] = False
+        effect: outcome.Effect = outcome.classify(query, engine) if call == "statement" else "write"
+        decided = outcome.decide(
+            outcome.Situation(
+                call,
+                transaction,
+                sent,
+                effect,
+                runtime.settings.retry_reads if retry_reads is None else retry_reads,
+                refused=kind == "read_only",
+                engine=engine,
+                single=not batch and outcome.is_single(query, engine),
+            )
+        )
+        lost = self.instance_id
+        if not decided.fail_over_now:
+            if not detached and not moved:
+                self._detach()
+            return
+        started = time.monotonic()
+        try:
+            if detached or (moved and self._detached):
+                await self._attach()
+            elif not moved:
+                await self._fail_over(exc, kind)
+        except BaseException as failure:
+            if not self._detached:
+                self._detach()
+            if decided.outcome_unknown:
+                self._unknown_event(lost, started)
+                unknown = runtime.outcome_unknown(
+                    f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "
+                    "it may or may not have been committed; and no new node could be "
+                    f"reached ({_short(failure)}): the connection reconnects at its next "
+                    "statement"
+                )
+                raise keep_driver_details(unknown, exc) from failure
+            raise
+        after = round(time.monotonic() - started, 3)
+        if decided.outcome_unknown:
+            self._unknown_event(lost, started)
+            unknown = runtime.outcome_unknown(
+                f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "
+                "it may or may not have been committed; the connection is now on "
+                f"{self.instance_id}"
+            )
+            raise keep_driver_details(unknown, exc) from exc
+        if decided.rerun:
+            if decided.verdict == "retry_read":
+                runtime.events.emit("read_retried", instance=self.instance_id, after_s=after)
+            return
+        rolled_back = decided.transaction_rolled_back
+        if rolled_back:
+            runtime.events.emit(
+                "transaction_rolled_back", old=lost, new=self.instance_id, after_s=after
+            )
+        succeeded = runtime.failover_succeeded(
+            f"the connection to {lost} was lost ({_short(exc)}); reconnected to {self.instance_id}"
+            + ("; the open transaction was rolled back" if rolled_back else "")
+            + ": run the work again",
+            transaction_rolled_back=rolled_back,
+        )
+        raise keep_driver_details(succeeded, exc) from exc
+
+    def _unknown_event(self, lost: str, started: float) -> None:
+        self._runtime.events.emit(
+            "outcome_unknown",
+            old=lost,
+            new=self.instance_id,
+            after_s=round(time.monotonic() - started, 3),
+        )
+
+    async def _fail_over(self, exc: BaseException, kind: str) -> None:
+        """Replace the dead driver connection by one on the right node, same session state;
+        the dead one goes back first (a full pool would otherwise wait for it)."""
+        old = self._lease
+        self._detach()
+        lease = await self._runtime.fail_over(
+            self._role, old.target, kind, pooled=old.pooled, cause=exc
+        )
+        await self._take(lease)
+        self._runtime.events.emit(
+            "connection_moved", old=old.target.instance_id, new=lease.target.instance_id
+        )
+
+    async def _attach(self) -> None:
+        """Put a connection that is on no node on one of its role (waiting for a writer as
+        a new connection does)."""
+        lease = await self._runtime.lease(self._role, pooled=self._lease.pooled)
+        await self._take(lease)
+
+    async def _take(self, lease: AsyncLease) -> None:
+        try:
+            await self._replay(lease.raw)
+        except BaseException:
+            lease.give_back(broken=True)
+            raise
+        d = self.__dict__
+        d["_lease"] = lease
+        d["_raw"] = lease.raw
+        d["_generation"] += 1
+        d["_settled_result"] = None
+
+    async def _replay(self, raw: Any) -> None:
+        await self._apply_session(raw)
+        for name, value in self._driver_attrs.items():
+            self._driver_defaults.setdefault(name, getattr(raw, name, _MISSING))
+            setattr(raw, name, value)
+
+    def _detach(self) -> None:
+        """Let go of the (dead) driver connection; the next statement reconnects."""
+        lease = self._lease
+        if self._raw is not None:
+            lease.give_back(broken=True)
+        d = self.__dict__
+        d["_raw"] = None
+        d["_generation"] += 1
+
+    def _detached_failure(self) -> BaseException:
+        error: BaseException = self._detached_error(
+            f"the connection to {self.instance_id} was lost: it is on no node now; its next "
+            "statement reconnects"
+        )
+        return error
+
+    # -- delegation ------------------------------------------------------------------------
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raw = self.__dict__.get("_raw")
+        if raw is None:
+            raise self._detached_failure()
+        return getattr(raw, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        cls_attr = getattr(type(self), name, None)
+        if isinstance(cls_attr, property):
+            object.__setattr__(self, name, value)
+        elif name.startswith("_"):
+            self.__dict__[name] = value
+        else:
+            # A driver attribute (row_factory, ...): follows the connection to a new node and
+            # is put back before the driver connection returns to its pool.
+            self._check_open()
+            raw = self._raw
+            if raw is not None:
+                self._driver_defaults.setdefault(name, getattr(raw, name, _MISSING))
+                setattr(raw, name, value)
+            self._driver_attrs[name] = value
+
+    def __repr__(self) -> str:
+        if self._closed:
+            state = "closed"
+        elif self._detached:
+            state = f"on no node (was {self.instance_id})"
+        else:
+            state = f"on {self.instance_id}"
+        return f"<aurora_smartdriver.aio {type(self).__name__} role={self._role} {state}>"
+
+
+class PsycopgAsyncConnection(AsyncConnection):
+    """Behaves like ``psycopg.AsyncConnection``."""
+
+    def cursor(self, *args: Any, **kwargs: Any) -> AsyncCursor:
+        self._check_open()
+        raw = self._raw
+        cur = AsyncCursor(
+            self, raw.cursor(*args, **kwargs) if raw is not None else None, (args, kwargs)
+        )
+        return cur
+
+    async def _raw_cursor(self, *args: Any, **kwargs: Any) -> Any:
+        raw = self._raw
+        if raw is None:
+            raise self._detached_failure()
+        return raw.cursor(*args, **kwargs)
+
+    async def execute(self, query: Any, *args: Any, **kwargs: Any) -> AsyncCursor:
+        """``AsyncConnection.execute``: a new cursor that executed ``query``."""
+        cur = self.cursor()
+        await cur.execute(query, *args, **kwargs)
+        return cur
+
+    @property
+    def autocommit(self) -> bool:
+        return bool(self._autocommit)
+
+    async def set_autocommit(self, value: bool) -> None:
+        self._check_open()
+        if self._raw is not None:
+            await self._raw.set_autocommit(value)
+        self.__dict__["_autocommit"] = bool(value)
+
+    async def _switch(self, name: str, value: Any) -> None:
+        self._check_open()
+        if self._raw is not None:
+            await getattr(self._raw, f"set_{name}")(value)
+        self._session[name] = value
+
+    async def set_isolation_level(self, value: Any) -> None:
+        await self._switch("isolation_level", value)
+
+    async def set_read_only(self, value: bool | None) -> None:
+        await self._switch("read_only", value)
+
+    async def set_deferrable(self, value: bool | None) -> None:
+        await self._switch("deferrable", value)
+
+    def _session_read_only(self) -> bool:
+        return self._session.get("read_only") is True
+
+    async def close(self) -> None:
+        """Give the driver connection back (to its pool, or close it); idempotent."""
+        await self._release()
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._closed)
+
+    async def __aenter__(self) -> PsycopgAsyncConnection:
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._closed:
+            return
+        try:
+            if exc_type is None:
+                await self.commit()
+            else:
+                await self.rollback()
+        finally:
+            await self.close()
+
+    def _before(self, raw: Any) -> Any:
+        return raw.pgconn.transaction_status if raw is not None else _facts.IDLE
+
+    def _facts(self, exc: BaseException, before: Any, raw: Any) -> tuple[Transaction, bool]:
+        return _facts.psycopg(
+            before,
+            autocommit=bool(getattr(raw, "autocommit", self._autocommit)),
+            pipeline=getattr(raw, "_pipeline", None) is not None,
+        )
+
+    async def _apply_session(self, raw: Any) -> None:
+        if raw.autocommit != self._autocommit:
+            await raw.set_autocommit(self._autocommit)
+        for name, value in self._session.items():
+            await getattr(raw, f"set_{name}")(value)
+
+    async def _restore_defaults(self, raw: Any) -> None:
+        default = self._runtime.default_autocommit
+        if raw.autocommit != default:
+            await raw.set_autocommit(default)
+        for name in self._session:
+            await getattr(raw, f"set_{name}")(None)
+
+
+class _CursorOpening:
+    """What aiomysql's ``conn.cursor()`` returns: awaitable, and an async context manager."""
+
+    def __init__(self, opening: Awaitable[AsyncCursor]) -> None:
+        self._opening = opening
+        self._cursor: AsyncCursor | None = None
+
+    def __await__(self) -> Generator[Any, None, AsyncCursor]:
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> AsyncCursor:
+        self._cursor = await self._opening
+        return self._cursor
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._cursor is not None:
+            await self._cursor.close()
+
+
+class AiomysqlConnection(AsyncConnection):
+    """Behaves like ``aiomysql.Connection``."""
+
+    def cursor(self, *args: Any, **kwargs: Any) -> _CursorOpening:
+        self._check_open()
+        return _CursorOpening(self._open_cursor(args, kwargs))
+
+    async def _open_cursor(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncCursor:
+        raw = self._raw
+        made = await raw.cursor(*args, **kwargs) if raw is not None else None
+        return AsyncCursor(self, made, (args, kwargs))
+
+    async def _raw_cursor(self, *args: Any, **kwargs: Any) -> Any:
+        raw = self._raw
+        if raw is None:
+            raise self._detached_failure()
+        return await raw.cursor(*args, **kwargs)
+
+    async def autocommit(self, value: bool) -> None:
+        """``Connection.autocommit(value)``, as aiomysql spells it."""
+        self._check_open()
+        if self._raw is not None:
+            await self._raw.autocommit(value)
+        self.__dict__["_autocommit"] = bool(value)
+
+    def get_autocommit(self) -> bool:
+        return bool(self._autocommit)
+
+    async def begin(self) -> None:
+        """``Connection.begin()``, seen by the library."""
+        self._check_open()
+        raw = self._raw
+        before = self._before(raw)
+
+        async def again() -> None:
+            current = self._raw
+            if current is None:
+                raise self._detached_failure()
+            await current.begin()
+
+        try:
+            await again()
+        except self._errors as exc:
+            await self._retry(exc, "statement", "BEGIN", before, again, failed=raw)
+
+    def close(self) -> None:
+        """As aiomysql's ``close()``: at once; the driver connection goes back to its pool in
+        the background (``await conn.ensure_closed()`` waits for it)."""
+        if self._closed or self._give_back_task is not None:
+            return
+        self.__dict__["_give_back_task"] = asyncio.get_running_loop().create_task(self._release())
+
+    async def ensure_closed(self) -> None:
+        self.close()
+        task = self._give_back_task
+        if task is not None:
+            await task
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._closed or self._give_back_task is not None)
+
+    async def __aenter__(self) -> AiomysqlConnection:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.ensure_closed()
+
+    def _before(self, raw: Any) -> Any:
+        return getattr(raw, "_result", None)
+
+    def _rows_since_boundary(self, raw: Any) -> bool:
+        result = getattr(raw, "_result", None)
+        return (
+            result is not None
+            and bool(getattr(result, "field_count", 0))
+            and result is not self._settled_result
+            and not (getattr(raw, "server_status", 0) or 0) & _facts.MYSQL_AUTOCOMMIT
+        )
+
+    def _facts(self, exc: BaseException, before: Any, raw: Any) -> tuple[Transaction, bool]:
+        status = getattr(raw, "server_status", None) or 0
+        rows = (
+            before is not None
+            and bool(getattr(before, "field_count", 0))
+            and before is not self._settled_result
+        )
+        return _facts.mysql(
+            status, rows_since_boundary=rows, sent=not _drivers.not_sent(self._adapter, exc)
+        )
+
+    async def _apply_session(self, raw: Any) -> None:
+        await raw.autocommit(self._autocommit)
+
+    async def _restore_defaults(self, raw: Any) -> None:
+        default = self._runtime.default_autocommit
+        if self._autocommit != default:
+            await raw.autocommit(default)
