@@ -88,7 +88,10 @@ class AsyncHostPool:
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.in_use = 0
+        self.opened = 0
+        """Connections opened over the pool's life."""
         self.max_connecting = 0
+        """The most connection attempts under way at once (the connect gate's cap bounds it)."""
 
     @property
     def down(self) -> bool:
@@ -217,6 +220,7 @@ class AsyncHostPool:
             if probe:
                 self._probing = False
         self._health = HEALTHY
+        self.opened += 1
         now = loop.time()
         conn = PooledConn(raw, now, expiry(now, self._recycle, random.random()), generation)
         self.in_use += 1
