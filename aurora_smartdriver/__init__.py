@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from aurora_smartdriver.consistency import ConsistencyTokenError
 from aurora_smartdriver.errors import (
     AuroraSmartDriverError,
     AuthenticationFailed,
@@ -35,6 +36,7 @@ __all__ = [
     "Cluster",
     "ConfigError",
     "Connection",
+    "ConsistencyTokenError",
     "FailoverSucceeded",
     "NoHostAvailable",
     "NoWriterAvailable",

@@ -22,7 +22,9 @@ def _print_nodes(nodes: Sequence[dict[str, Any]]) -> None:
             str(node["role"]),
             str(node["status"]),
             f"{node['address']}:{node['port']}",
-            str(node["host"]) + (" (partitioned)" if node.get("partitioned") else ""),
+            str(node["host"])
+            + (" (partitioned)" if node.get("partitioned") else "")
+            + (f" (lagging {node['lag']:g}s)" if node.get("lag") else ""),
         ]
         for node in nodes
     ]
@@ -98,6 +100,9 @@ def _lab_command(args: argparse.Namespace) -> int:
     elif args.lab_cmd == "add-replica":
         node = cluster.add_replica()
         _emit(args, {"node": node.to_json(), "nodes": [n.to_json() for n in cluster.nodes]})
+    elif args.lab_cmd == "lag":
+        cluster.lag(args.node, args.seconds)
+        _emit(args, {"nodes": [n.to_json() for n in cluster.nodes]})
     elif args.lab_cmd == "restore":
         repaired = cluster.restore()
         _emit(args, {"repaired": repaired, "nodes": [n.to_json() for n in cluster.nodes]})
@@ -449,6 +454,15 @@ def build_parser() -> argparse.ArgumentParser:
         ("remove", "delete a replica"),
     ]:
         with_state(lab_sub.add_parser(fault, help=text)).add_argument("node")
+    lag = with_state(
+        lab_sub.add_parser("lag", help="make a replica apply the writer's commits late")
+    )
+    lag.add_argument("node")
+    lag.add_argument(
+        "seconds",
+        type=float,
+        help="how late (0 undoes it; PostgreSQL: millisecond steps, MariaDB: whole seconds)",
+    )
     with_state(lab_sub.add_parser("add-replica", help="add a reader"))
     with_state(lab_sub.add_parser("restore", help="undo every fault"))
     down = lab_sub.add_parser("down", help="stop a lab and delete its files")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from aurora_smartdriver import _runtime, dsn
+from aurora_smartdriver import _causal, _runtime, consistency, dsn
 from aurora_smartdriver.auth import CredentialsSource
 from aurora_smartdriver.connection import Connection, PsycopgConnection, PyMySQLConnection
 from aurora_smartdriver.errors import FailoverSucceeded, TransactionOutcomeUnknown
@@ -15,7 +16,7 @@ from aurora_smartdriver.topology import Topology
 
 T = TypeVar("T")
 
-__all__ = ["Cluster", "connect"]
+__all__ = ["Cluster", "Session", "connect"]
 
 _ROLES = ("writer", "reader", "any")
 
@@ -76,6 +77,18 @@ def connect(
     return conn
 
 
+def _note_writes(runtime: _runtime.Runtime, conn: Connection, tracker: consistency.Tracker) -> None:
+    """At the end of a borrow that may have written: the writer's position into `tracker`,
+    or, when the connection is no longer on the writer it was lent on (closed, failed over
+    to none, moved), "unsure": the next read asks the writer first."""
+    if conn._closed or conn._detached or not conn._lease.as_writer:
+        tracker.unsure = True
+    elif conn._in_transaction(conn._raw):
+        tracker.unsure = True  # cannot happen after commit/rollback; never read mid-transaction
+    else:
+        _causal.capture(runtime, conn._raw, tracker)
+
+
 class Cluster:
     """A cluster with pooled connections: ``writer()``, ``reader()``, ``topology``.
 
@@ -115,6 +128,8 @@ class Cluster:
         self._own_runtime = _runtime.acquire(self.spec, credentials)
         self._generation = _runtime.generation()
         self._closed = False
+        self._name = _causal.cluster_name(self.spec)
+        self._threads = threading.local()  # consistency=session outside a session(): per thread
 
     @property
     def _runtime(self) -> _runtime.Runtime:
@@ -135,14 +150,49 @@ class Cluster:
         """The current snapshot (waits for the first one)."""
         return self._runtime.topology(self.spec.settings.connect_timeout)
 
+    def session(self, token: str | None = None) -> Session:
+        """A read-your-writes session: its readers see every write made through it before
+        (and those of ``token``, a :attr:`Session.token` from another request or process).
+
+        >>> with cluster.session(token=request.cookies.get("rw")) as s:  # doctest: +SKIP
+        ...     with s.writer() as conn:
+        ...         conn.execute("INSERT ...")
+        ...     with s.reader() as conn:  # on a replica that has the INSERT, or the writer
+        ...         conn.execute("SELECT ...")
+        ...     response.set_cookie("rw", s.token)
+
+        Raises ``ConsistencyTokenError`` (a ``ValueError``) for a malformed token or one
+        made for another cluster.
+        """
+        return Session(self, consistency.Tracker(self._name, token))
+
+    def _thread_tracker(self) -> consistency.Tracker | None:
+        """With ``consistency=session``, the calling thread's session; else None."""
+        if self.spec.settings.consistency != "session":
+            return None
+        tracker: consistency.Tracker | None = getattr(self._threads, "tracker", None)
+        if tracker is None:
+            tracker = self._threads.tracker = consistency.Tracker(self._name)
+        return tracker
+
     @contextlib.contextmanager
     def connection(self, role: str | None = None) -> Iterator[Connection]:
         """A pooled connection for ``role``: committed on success, rolled back on error."""
+        with self._connection(role, self._thread_tracker()) as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _connection(
+        self, role: str | None, tracker: consistency.Tracker | None
+    ) -> Iterator[Connection]:
         if self._closed:
             raise self._runtime.module.InterfaceError("the cluster is closed")
         runtime = self._runtime
         chosen = _role(role, runtime)
-        lease = runtime.lease(chosen, pooled=True)
+        if tracker is not None and chosen == "reader":
+            lease = _causal.lease_for(runtime, tracker, pooled=True)
+        else:
+            lease = runtime.lease(chosen, pooled=True)
         conn = _proxy_class(runtime)(runtime, chosen, lease, autocommit=runtime.default_autocommit)
         if self._reset is not None:
             conn.__dict__["_reset_hook"] = self._reset
@@ -157,15 +207,25 @@ class Cluster:
             if not conn._closed and conn._in_transaction(conn._raw):
                 conn.commit()
         finally:
+            if tracker is not None and chosen != "reader":
+                _note_writes(runtime, conn, tracker)
             conn.close()
 
     def writer(self) -> contextlib.AbstractContextManager[Connection]:
         """A pooled connection to the writer."""
         return self.connection("writer")
 
-    def reader(self) -> contextlib.AbstractContextManager[Connection]:
-        """A pooled connection to a reader (the writer when none qualifies, unless told to fail)."""
-        return self.connection("reader")
+    def reader(
+        self, *, consistency_token: str | None = None
+    ) -> contextlib.AbstractContextManager[Connection]:
+        """A pooled connection to a reader (the writer when none qualifies, unless told to fail).
+
+        With ``consistency_token`` (a :attr:`Session.token`), only a reader that has the
+        token's writes, or the writer: see :meth:`session`.
+        """
+        if consistency_token is None:
+            return self.connection("reader")
+        return self._connection("reader", consistency.Tracker(self._name, consistency_token))
 
     def run_transaction(
         self,
@@ -183,10 +243,20 @@ class Cluster:
         ``TransactionOutcomeUnknown`` (the connection died during COMMIT) it is re-run only when
         ``idempotent=True``, since the first attempt may have committed.
         """
+        return self._run_transaction(fn, retries, idempotent, role, self._thread_tracker())
+
+    def _run_transaction(
+        self,
+        fn: Callable[[Connection], T],
+        retries: int,
+        idempotent: bool,
+        role: str,
+        tracker: consistency.Tracker | None,
+    ) -> T:
         attempt = 0
         while True:
             try:
-                with self.connection(role) as conn:
+                with self._connection(role, tracker) as conn:
                     # An explicit transaction whatever the DSN's autocommit: with autocommit
                     # each statement of fn would commit on its own, and a failover in the
                     # second would re-run the first.
@@ -229,3 +299,60 @@ class Cluster:
 
     def __repr__(self) -> str:
         return f"<aurora_smartdriver.Cluster {self.spec}>"
+
+
+class Session:
+    """A read-your-writes session of a :class:`Cluster` (see :meth:`Cluster.session`).
+
+    Borrows made through it share one position: a reader is lent only when it has every
+    write the session made (or was given a token for), else the writer serves the read.
+    Thread-safe; it holds no connection, so it can live as long as a user's session does.
+    """
+
+    __slots__ = ("_cluster", "_tracker")
+
+    def __init__(self, cluster: Cluster, tracker: consistency.Tracker) -> None:
+        self._cluster = cluster
+        self._tracker = tracker
+
+    def connection(self, role: str | None = None) -> contextlib.AbstractContextManager[Connection]:
+        """A pooled connection for ``role`` within the session."""
+        return self._cluster._connection(role, self._tracker)
+
+    def writer(self) -> contextlib.AbstractContextManager[Connection]:
+        """A pooled connection to the writer; its writes are the session's."""
+        return self.connection("writer")
+
+    def reader(self) -> contextlib.AbstractContextManager[Connection]:
+        """A pooled connection to a reader that has the session's writes (or the writer)."""
+        return self.connection("reader")
+
+    def run_transaction(
+        self,
+        fn: Callable[[Connection], T],
+        *,
+        retries: int = 3,
+        idempotent: bool = False,
+        role: str = "writer",
+    ) -> T:
+        """:meth:`Cluster.run_transaction` within the session."""
+        return self._cluster._run_transaction(fn, retries, idempotent, role, self._tracker)
+
+    @property
+    def token(self) -> str:
+        """The session's position as a short opaque string ("" before its first write): give
+        it to ``Cluster.session(token=...)`` or ``reader(consistency_token=...)`` elsewhere."""
+        return self._tracker.token
+
+    def absorb(self, token: str) -> None:
+        """Also see the writes of ``token`` (made by another session or process)."""
+        self._tracker.absorb(token)
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"<aurora_smartdriver.Session of {self._cluster.spec} {self._tracker!r}>"

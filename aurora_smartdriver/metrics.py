@@ -139,17 +139,24 @@ class HostMetrics:
 class RoutingMetrics:
     """Routing decisions by role asked: ``decisions`` (a host was chosen; per host in
     `HostMetrics.routed`), ``fallbacks`` (a reader request went to the writer because no reader
-    qualified), ``no_host`` (no host could serve it: the caller got ``NoHostAvailable``)."""
+    qualified), ``no_host`` (no host could serve it: the caller got ``NoHostAvailable``).
+
+    ``session_reads``: reader borrows that had to see a session's writes
+    (``consistency=session``), by how they were served: ``replica`` (a replica had them
+    already), ``replica_after_wait`` (one caught up within ``consistency_wait``), ``writer``
+    (none did: the writer served them)."""
 
     decisions: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
     fallbacks: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
     no_host: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
+    session_reads: Mapping[str, int] = field(default_factory=lambda: _EMPTY)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "decisions": dict(self.decisions),
             "fallbacks": dict(self.fallbacks),
             "no_host": dict(self.no_host),
+            "session_reads": dict(self.session_reads),
         }
 
 
@@ -340,6 +347,7 @@ class Metrics:
         self.routed: Tally[tuple[str, str]] = Tally()  # (role, instance)
         self.fallbacks: Tally[str] = Tally()  # role
         self.no_host: Tally[str] = Tally()  # role
+        self.session_reads: Tally[str] = Tally()  # replica / replica_after_wait / writer
         self.failovers_started: Tally[tuple[str, str]] = Tally()  # (role, cause)
         self.failovers_ended: Tally[tuple[str, str]] = Tally()  # (role, outcome)
         self.failover_seconds = {"succeeded": Histogram(), "failed": Histogram()}
@@ -433,6 +441,7 @@ class Metrics:
                 decisions=_frozen(decisions),
                 fallbacks=_frozen(self.fallbacks.snapshot()),
                 no_host=_frozen(self.no_host.snapshot()),
+                session_reads=_frozen(self.session_reads.snapshot()),
             ),
             failovers=FailoverMetrics(
                 started=_frozen(_sum_by(started, 0)),
@@ -563,6 +572,13 @@ CATALOGUE: tuple[tuple[str, Kind, str, tuple[str, ...], str], ...] = (
     ("routing_decisions", "counter", "", ("role", "instance"), "Routing decisions per host"),
     ("routing_fallbacks", "counter", "", ("role",), "Reader requests sent to the writer"),
     ("routing_no_host", "counter", "", ("role",), "Requests no host could serve"),
+    (
+        "session_reads",
+        "counter",
+        "",
+        ("served_by",),
+        "consistency=session reads: replica, replica_after_wait or writer",
+    ),
     ("failovers_started", "counter", "", ("role",), "Failover procedures started"),
     ("failover_causes", "counter", "", ("cause",), "Failover procedures started, by cause"),
     ("failovers_succeeded", "counter", "", ("role",), "Failover procedures that reconnected"),
@@ -624,6 +640,8 @@ def _samples(m: ClusterMetrics) -> dict[str, list[tuple[Labels, float | Histogra
         put("routing_fallbacks", n, ("role", role))
     for role, n in r.no_host.items():
         put("routing_no_host", n, ("role", role))
+    for served_by, n in r.session_reads.items():
+        put("session_reads", n, ("served_by", served_by))
     for role, n in f.started.items():
         put("failovers_started", n, ("role", role))
     for cause, n in f.causes.items():

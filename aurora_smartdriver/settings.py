@@ -30,6 +30,7 @@ __all__ = [
     "DRIVER_PARAMETERS",
     "PARAMETERS",
     "AuthMethod",
+    "Consistency",
     "Engine",
     "Parameter",
     "ReadOnlyVariable",
@@ -50,6 +51,7 @@ ReaderStrategy = Literal[
     "random", "round_robin", "least_connections", "least_lag", "fastest_response"
 ]
 ReaderFallback = Literal["writer", "fail"]
+Consistency = Literal["eventual", "session"]
 AuthMethod = Literal["password", "iam", "secrets"]
 ReadOnlyVariable = Literal["innodb_read_only", "read_only"]
 
@@ -629,6 +631,24 @@ class Settings:
             _Choice(get_args(ReaderFallback)),
             _ROUTING,
             "What a reader request does when no reader qualifies: use the writer, or fail.",
+        ),
+    )
+    consistency: Consistency = field(
+        default="eventual",
+        metadata=_meta(
+            _Choice(get_args(Consistency)),
+            _ROUTING,
+            "eventual: a reader may not yet have the session's own writes. session: reads see "
+            "every write committed earlier through the same session (see docs/consistency.md).",
+        ),
+    )
+    consistency_wait: float = field(
+        default=0.05,
+        metadata=_meta(
+            _Seconds(positive=False),
+            _ROUTING,
+            "With consistency=session, how long a read waits for a replica to catch up with "
+            "the session's writes before it is served by the writer instead.",
         ),
     )
     # Pools

@@ -50,10 +50,17 @@ def test_lab_up_status_failover_down_from_other_processes() -> None:
         status = json.loads(_cli("status", "--state", state, "--json").stdout)
         assert [n["id"] for n in status["nodes"]] == [n["id"] for n in up["nodes"]]
 
+        reader = next(n for n in up["nodes"] if n["role"] == "reader")
+        lagged = json.loads(_cli("lag", "--state", state, reader["id"], "0.25", "--json").stdout)
+        assert {n["id"]: n["lag"] for n in lagged["nodes"]} == {writer["id"]: 0, reader["id"]: 0.25}
+        refused = _cli("lag", "--state", state, writer["id"], "1", check=False)
+        assert refused.returncode != 0 and "only a replica can lag" in refused.stderr
+
         failover = json.loads(_cli("failover", "--state", state, "--json").stdout)
         assert failover["old_writer"] == writer["id"]
         roles = {n["id"]: n["role"] for n in failover["nodes"]}
         assert roles[failover["new_writer"]] == "writer"
+        assert all(n["lag"] == 0 for n in failover["nodes"])  # a failover ends the fault
         assert Lab.attach(state).writer.id == failover["new_writer"]
     finally:
         _cli("down", "--state", state)

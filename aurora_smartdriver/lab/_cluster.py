@@ -61,6 +61,7 @@ class NodeInfo:
     status: str  # "running" | "crashed" | "hung" | "stopped"
     partitioned: bool
     pid: int | None
+    lag: float = 0.0  # seconds of injected replica lag (Lab.lag)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +73,7 @@ class NodeInfo:
             "status": self.status,
             "partitioned": self.partitioned,
             "pid": self.pid,
+            "lag": self.lag,
         }
 
 
@@ -125,6 +127,7 @@ def _node_info(lab: st.LabState, node: st.NodeState) -> NodeInfo:
         status=status,
         partitioned=node.partitioned,
         pid=node.pid,
+        lag=node.lag,
     )
 
 
@@ -494,6 +497,24 @@ class Lab:
             _firewall.heal(state.prefix, target.id, target.address, target.port)
             target.partitioned = False
 
+    def lag(self, node: str | NodeInfo, seconds: float) -> None:
+        """Make a replica apply the writer's commits ``seconds`` late; 0 undoes it.
+
+        Reads on that replica miss writes younger than ``seconds``, as on a replica that
+        falls behind. PostgreSQL: ``recovery_min_apply_delay`` (millisecond steps); MariaDB:
+        ``MASTER_DELAY`` for whole seconds (see docs/lab.md). A failover ends the fault.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise LabError(f"lag must be a number of seconds, not {seconds!r}")
+        if not 0 <= seconds <= 3600:
+            raise LabError(f"lag must be between 0 and 3600 seconds, not {seconds!r}")
+        with self._change() as state:
+            target = _running(state, _id(node))
+            if target.role != "reader":
+                raise LabError(f"{target.id} is the writer; only a replica can lag")
+            self.engine.set_lag(state, target, float(seconds))
+            target.lag = float(seconds)
+
     def restart(self, node: str | NodeInfo, timeout: float = 30.0) -> None:
         """Start a crashed or stopped node again on its own data, in the role it had."""
         with self._change() as state:
@@ -545,6 +566,10 @@ class Lab:
             if not candidates:
                 old.role = "writer"
                 raise LabError("no running replica to promote; the writer is down")
+            for node in candidates:  # a failover ends the lag fault: promotion must not wait on it
+                if node.lag:
+                    engine.set_lag(state, node, 0.0)
+                    node.lag = 0.0
             positions = self._positions(state, candidates)
             best = max(candidates, key=lambda n: (positions[n.id], -n.index))
             target = best if to is None else state.node(_id(to))
@@ -740,6 +765,10 @@ class Lab:
         while len(self.state().readers) < self.state().replicas_wanted:
             self.add_replica(timeout)
             repaired = True
+        for node in self.state().readers:
+            if node.lag:
+                self.lag(node.id, 0)
+                repaired = True
         with self._change() as state:
             if state.heartbeat_paused:
                 state.heartbeat_paused = False

@@ -85,6 +85,9 @@ class Engine(Protocol):
     def repoint(self, lab: LabState, node: NodeState, writer: NodeState) -> None:
         """Make a replica follow a new writer."""
 
+    def set_lag(self, lab: LabState, node: NodeState, seconds: float) -> None:
+        """Make a replica apply each commit ``seconds`` after the writer made it (0: at once)."""
+
     def probe(self, lab: LabState, node: NodeState, timeout: float) -> Probe:
         """Ask the node for its role and lag (raises when it does not answer)."""
 

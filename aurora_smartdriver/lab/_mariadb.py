@@ -386,6 +386,20 @@ class MariaDB:
         finally:
             conn.close()
 
+    def set_lag(self, lab: LabState, node: NodeState, seconds: float) -> None:
+        if seconds != int(seconds):
+            raise LabError(
+                f"MariaDB delays a replica in whole seconds (MASTER_DELAY), not {seconds}"
+            )
+        conn = self._connect(lab, node, 5.0)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("STOP SLAVE")
+                cur.execute(f"CHANGE MASTER TO MASTER_DELAY = {int(seconds)}")
+                cur.execute("START SLAVE")
+        finally:
+            conn.close()
+
     def probe(self, lab: LabState, node: NodeState, timeout: float) -> Probe:
         conn = self._connect(lab, node, timeout)
         try:

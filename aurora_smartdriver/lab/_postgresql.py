@@ -390,6 +390,13 @@ class PostgreSQL:
             )
             conn.execute("SELECT pg_reload_conf()")
 
+    def set_lag(self, lab: LabState, node: NodeState, seconds: float) -> None:
+        # Replay of each commit waits until `seconds` after the writer committed it; WAL is
+        # still received and flushed at once, so synchronous commit does not slow down.
+        with self._connect(lab, node, 5.0) as conn:
+            conn.execute(f"ALTER SYSTEM SET recovery_min_apply_delay = '{round(seconds * 1000)}ms'")
+            conn.execute("SELECT pg_reload_conf()")
+
     def probe(self, lab: LabState, node: NodeState, timeout: float) -> Probe:
         with self._connect(lab, node, timeout) as conn:
             row = conn.execute(

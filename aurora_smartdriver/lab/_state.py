@@ -42,6 +42,7 @@ class NodeState:
     session_id: str
     pid: int | None = None
     partitioned: bool = False
+    lag: float = 0.0  # seconds of replica lag injected (Lab.lag); 0 = replicates at once
 
     @property
     def endpoint(self) -> tuple[str, int]:
