@@ -1,0 +1,236 @@
+"""The event loop's longest stall while 200 tasks write through a writer crash (aio).
+
+    .venv/bin/python bench/aio_stall.py [--engines postgresql,mariadb] [--tasks 200] [--runs 1]
+
+Per engine a lab cluster is started; 200 tasks insert rows through one ``aio.Cluster``
+(``async with cluster.writer()``, autocommit) while a ticker task sleeps 1 ms at a time and
+records how late each wake-up is: a wake-up late by X ms means the loop's thread was busy (or
+blocked) for about X ms. The writer is crashed and a replica promoted by the lab's command line
+in another process (so the fault's own work is not on this process's GIL). Every callback the
+loop runs is timed, in wall time and in the thread's CPU time: a callback long in wall time but
+short in CPU time was preempted (other processes on the cores, another thread holding the GIL)
+or blocked in a system call; one long in CPU time held the loop with work of its own. Printed:
+the longest callback both ways; the ticker's longest lateness before the fault, from the fault
+to 3 s after it, and overall; the 99th percentile of lateness; what the tasks were told
+(acknowledged, FailoverSucceeded, TransactionOutcomeUnknown, no host, other errors); and the
+time from the fault to the first acknowledged write on the new writer. Nothing is asserted.
+Target (issue #14): longest stall <= 20 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import aurora_smartdriver.aio as aio
+from aurora_smartdriver.aio.connection import PsycopgAsyncConnection
+from aurora_smartdriver.lab import Lab
+
+_TICK = 0.001
+
+
+class _StepTimer:
+    """Times every callback the loop runs (each task step is one): the longest is how long
+    the loop's thread was held at once, whatever the load."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.longest_cpu = 0.0
+        self.what = ""
+        self.since = 0.0
+        self._original = asyncio.events.Handle._run
+
+    def install(self) -> None:
+        timer, original = self, self._original
+
+        def timed(handle: asyncio.events.Handle) -> None:
+            started = time.perf_counter()
+            cpu = time.thread_time()
+            try:
+                original(handle)
+            finally:
+                took = time.perf_counter() - started
+                timer.longest_cpu = max(timer.longest_cpu, time.thread_time() - cpu)
+                if took > timer.longest and started >= timer.since:
+                    timer.longest = took
+                    task = getattr(handle._callback, "__self__", None)
+                    coro = task.get_coro() if isinstance(task, asyncio.Task) else None
+                    timer.what = getattr(coro, "__qualname__", repr(handle))[:80]
+
+        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+
+    def uninstall(self) -> None:
+        asyncio.events.Handle._run = self._original  # type: ignore[method-assign]
+
+
+@dataclass
+class Run:
+    engine: str
+    stall_before_ms: float = 0.0
+    stall_during_ms: float = 0.0
+    stall_max_ms: float = 0.0
+    longest_step_ms: float = 0.0
+    longest_step: str = ""
+    longest_step_cpu_ms: float = 0.0
+    lateness_p99_ms: float = 0.0
+    said: Counter[str] = field(default_factory=Counter)
+    first_write_after_fault_s: float | None = None
+    failover_s: float | None = None
+    new_writer: str = ""
+
+
+async def _ticker(samples: list[tuple[float, float]], stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        start = loop.time()
+        await asyncio.sleep(_TICK)
+        samples.append((start, loop.time() - start - _TICK))
+
+
+async def _execute(conn: Any, sql: str, params: Any = None) -> None:
+    cur = conn.cursor() if isinstance(conn, PsycopgAsyncConnection) else await conn.cursor()
+    await cur.execute(sql, params)
+
+
+async def _writer(
+    cluster: aio.Cluster,
+    stop: asyncio.Event,
+    said: Counter[str],
+    acks: list[tuple[float, str]],
+    pause: float,
+) -> None:
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        try:
+            async with cluster.writer() as conn:
+                await _execute(conn, "INSERT INTO aio_stall VALUES (%s)", (uuid.uuid4().hex,))
+                where = conn.instance_id
+            said["ack"] += 1
+            acks.append((loop.time(), where))
+        except aio.TransactionOutcomeUnknown:
+            said["unknown"] += 1
+        except aio.FailoverSucceeded:
+            said["failover_succeeded"] += 1
+        except (aio.NoHostAvailable, aio.PoolTimeout):
+            said["no_host"] += 1
+            await asyncio.sleep(0.05)
+        except Exception as exc:
+            said[f"error {type(exc).__name__}"] += 1
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(pause)
+
+
+async def _fail_over(lab: Lab) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "aurora_smartdriver",
+        "lab",
+        "failover",
+        "--state",
+        str(lab.state_path),
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    report: dict[str, Any] = json.loads(out)
+    return report
+
+
+async def _run(lab: Lab, tasks: int, pause: float) -> Run:
+    engine = lab.state().engine
+    result = Run(engine)
+    autocommit: Any = "on" if engine == "postgresql" else True
+    cluster = aio.Cluster(
+        lab.dsn,
+        cluster_id=f"stall-{uuid.uuid4().hex[:8]}",
+        fast_refresh_interval="0.05s",
+        pool_max_size=20,
+        autocommit=autocommit,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    samples: list[tuple[float, float]] = []
+    acks: list[tuple[float, str]] = []
+    try:
+        async with cluster.writer() as conn:
+            await _execute(conn, "CREATE TABLE IF NOT EXISTS aio_stall (id VARCHAR(64))")
+        ticker = asyncio.create_task(_ticker(samples, stop))
+        writers = [
+            asyncio.create_task(_writer(cluster, stop, result.said, acks, pause))
+            for _ in range(tasks)
+        ]
+        await asyncio.sleep(2.0)  # warm: pools full, every task writing
+        steps = _StepTimer()
+        steps.since = time.perf_counter()  # connections opened at start-up are not counted
+        steps.install()
+        fault = loop.time()
+        report = await _fail_over(lab)
+        result.failover_s = report.get("duration_s")
+        result.new_writer = str(report.get("new_writer", ""))
+        await asyncio.sleep(max(0.0, fault + 4.0 - loop.time()))
+        stop.set()
+        await asyncio.gather(ticker, *writers)
+        steps.uninstall()
+        result.longest_step_ms = steps.longest * 1000
+        result.longest_step = steps.what
+        result.longest_step_cpu_ms = steps.longest_cpu * 1000
+    finally:
+        await cluster.close()
+    before = [late for at, late in samples if at < fault]
+    during = [late for at, late in samples if fault <= at < fault + 3.0]
+    every = [late for _, late in samples]
+    result.stall_before_ms = max(before, default=0.0) * 1000
+    result.stall_during_ms = max(during, default=0.0) * 1000
+    result.stall_max_ms = max(every, default=0.0) * 1000
+    if len(every) > 100:
+        result.lateness_p99_ms = statistics.quantiles(every, n=100)[98] * 1000
+    after = [at for at, where in acks if at >= fault and where == result.new_writer]
+    if after:
+        result.first_write_after_fault_s = min(after) - fault
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engines", default="postgresql,mariadb")
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument(
+        "--pause", type=float, default=0.05, help="seconds each task waits between writes"
+    )
+    args = parser.parse_args()
+    for engine in args.engines.split(","):
+        lab = Lab.start(engine, replicas=2, name=f"{engine[:2]}stall")
+        try:
+            for _ in range(args.runs):
+                started = time.monotonic()
+                run = asyncio.run(_run(lab, args.tasks, args.pause))
+                first = run.first_write_after_fault_s
+                print(
+                    f"{engine}: {args.tasks} tasks, {args.pause:g} s apart; longest callback "
+                    f"{run.longest_step_ms:.1f} ms wall ({run.longest_step}), "
+                    f"{run.longest_step_cpu_ms:.1f} ms of CPU; ticker lateness: "
+                    f"{run.stall_before_ms:.1f} ms before the crash, "
+                    f"{run.stall_during_ms:.1f} ms in the 3 s after, {run.stall_max_ms:.1f} ms "
+                    f"overall (p99 lateness {run.lateness_p99_ms:.2f} ms); lab failover "
+                    f"{run.failover_s} s; first write on the new writer "
+                    f"{'-' if first is None else f'{first:.3f}'} s after the crash began; "
+                    f"told: {dict(run.said)} ({time.monotonic() - started:.0f} s)",
+                    flush=True,
+                )
+                lab.restore()
+        finally:
+            lab.down()
+
+
+if __name__ == "__main__":
+    main()
