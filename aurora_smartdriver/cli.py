@@ -47,6 +47,7 @@ def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str | None = None
 
 def _lab_command(args: argparse.Namespace) -> int:
     from aurora_smartdriver import lab
+    from aurora_smartdriver.lab import LabError
 
     if args.lab_cmd == "up":
         started = time.monotonic()
@@ -101,6 +102,13 @@ def _lab_command(args: argparse.Namespace) -> int:
         node = cluster.add_replica()
         _emit(args, {"node": node.to_json(), "nodes": [n.to_json() for n in cluster.nodes]})
     elif args.lab_cmd == "lag":
+        if cluster.state().engine != "postgresql" and args.seconds != int(args.seconds):
+            # Below a second MariaDB's lag is a thread of the lab's process (Lab.lag): it
+            # would end with this command.
+            raise LabError(
+                "MariaDB lags a replica in whole seconds from the command line; use Lab.lag() "
+                "in the lab's own process for less"
+            )
         cluster.lag(args.node, args.seconds)
         _emit(args, {"nodes": [n.to_json() for n in cluster.nodes]})
     elif args.lab_cmd == "restore":

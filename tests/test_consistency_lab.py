@@ -216,3 +216,24 @@ def test_tokens_of_another_cluster_or_malformed_are_refused(
             one.reader(consistency_token="not a token!")
         with pytest.raises(ConsistencyTokenError, match="malformed"):
             one.session(token=token[:-3])
+
+
+def test_mariadb_replicas_lag_below_a_second_and_catch_up(aurora_lab_mariadb: Lab) -> None:
+    """MASTER_DELAY counts whole seconds; below that the lab holds the SQL thread back."""
+    lab = aurora_lab_mariadb
+    _table(lab)
+    _lag_readers(lab, 0.4)
+    assert all(n.lag == 0.4 for n in lab.readers)
+    key = uuid.uuid4().hex
+    with asd.Cluster(_dsn(lab, consistency_wait=3)) as cluster:
+        session = cluster.session()
+        with session.writer() as conn:
+            _insert(conn, key)
+        with cluster.reader() as conn:
+            assert not _has(conn, key)
+        with session.reader() as conn:
+            assert conn.instance_id != lab.writer.id
+            assert _has(conn, key)
+        assert dict(cluster.metrics().routing.session_reads) == {"replica_after_wait": 1}
+    _lag_readers(lab, 0)
+    lab.wait_replicated(10)  # the SQL threads run again: every replica catches up

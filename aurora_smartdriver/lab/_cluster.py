@@ -30,6 +30,7 @@ from urllib.parse import quote
 from aurora_smartdriver.lab import _firewall, _net, _procs
 from aurora_smartdriver.lab import _state as st
 from aurora_smartdriver.lab._engine import Engine, Fresh, LabError, Unsupported, node_dir
+from aurora_smartdriver.lab._mariadb_lag import Lagger
 from aurora_smartdriver.lab._proxy import FaultProxy
 
 LAB_DIR_PREFIX = "asd-lab-"
@@ -171,6 +172,7 @@ class Lab:
         self.state_path = Path(state_path)
         self._claim = claim
         self._proxies: dict[str, FaultProxy] = {}
+        self._laggers: dict[str, Lagger] = {}  # MariaDB sub-second lag, held by this process
         self._engine: Engine | None = None
         self._lock = threading.RLock()
 
@@ -502,7 +504,9 @@ class Lab:
 
         Reads on that replica miss writes younger than ``seconds``, as on a replica that
         falls behind. PostgreSQL: ``recovery_min_apply_delay`` (millisecond steps); MariaDB:
-        ``MASTER_DELAY`` for whole seconds (see docs/lab.md). A failover ends the fault.
+        ``MASTER_DELAY`` for whole seconds, otherwise a thread of this process that holds the
+        replica's SQL thread back (ended with the lab object; see docs/lab.md). A failover ends
+        the fault.
         """
         if isinstance(seconds, bool) or not isinstance(seconds, int | float):
             raise LabError(f"lag must be a number of seconds, not {seconds!r}")
@@ -512,8 +516,28 @@ class Lab:
             target = _running(state, _id(node))
             if target.role != "reader":
                 raise LabError(f"{target.id} is the writer; only a replica can lag")
-            self.engine.set_lag(state, target, float(seconds))
-            target.lag = float(seconds)
+            self._set_lag(state, target, float(seconds))
+
+    def _set_lag(self, state: st.LabState, node: st.NodeState, seconds: float) -> None:
+        lagger = self._laggers.pop(node.id, None)
+        if lagger is not None:
+            lagger.stop()
+        whole = seconds == int(seconds)
+        if state.engine == "postgresql" or whole:
+            self.engine.set_lag(state, node, seconds)
+        else:
+            self.engine.set_lag(state, node, 0.0)
+            writer = state.writer
+            if writer is None:
+                raise LabError("the lab has no writer for a replica to lag behind")
+            engine: Any = self.engine
+            self._laggers[node.id] = Lagger(
+                lambda: engine._connect(state, writer, 5.0),
+                lambda: engine._connect(state, node, 5.0),
+                seconds,
+                node.id,
+            )
+        node.lag = seconds
 
     def restart(self, node: str | NodeInfo, timeout: float = 30.0) -> None:
         """Start a crashed or stopped node again on its own data, in the role it had."""
@@ -567,9 +591,8 @@ class Lab:
                 old.role = "writer"
                 raise LabError("no running replica to promote; the writer is down")
             for node in candidates:  # a failover ends the lag fault: promotion must not wait on it
-                if node.lag:
-                    engine.set_lag(state, node, 0.0)
-                    node.lag = 0.0
+                if node.lag or node.id in self._laggers:
+                    self._set_lag(state, node, 0.0)
             positions = self._positions(state, candidates)
             best = max(candidates, key=lambda n: (positions[n.id], -n.index))
             target = best if to is None else state.node(_id(to))
@@ -788,6 +811,10 @@ class Lab:
     # -- tear-down -----------------------------------------------------------------------
     def down(self) -> None:
         """Stop every process, remove firewall rules and delete the lab's directory."""
+        for lagger in self._laggers.values():
+            with contextlib.suppress(Exception):
+                lagger.stop()
+        self._laggers.clear()
         for proxy in self._proxies.values():
             proxy.stop()
         self._proxies.clear()
