@@ -103,13 +103,13 @@ def _lab_command(args: argparse.Namespace) -> int:
         _emit(args, {"node": node.to_json(), "nodes": [n.to_json() for n in cluster.nodes]})
     elif args.lab_cmd == "lag":
         if cluster.state().engine != "postgresql" and args.seconds != int(args.seconds):
-            # Below a second MariaDB's lag is a thread of the lab's process (Lab.lag): it
-            # would end with this command.
+            # MariaDB's finer lag is a thread of the process that asks (Lab.lag): it would end
+            # with this command. MASTER_DELAY, which outlives it, counts whole seconds.
             raise LabError(
                 "MariaDB lags a replica in whole seconds from the command line; use Lab.lag() "
                 "in the lab's own process for less"
             )
-        cluster.lag(args.node, args.seconds)
+        cluster.lag(args.node, args.seconds, in_process=False)
         _emit(args, {"nodes": [n.to_json() for n in cluster.nodes]})
     elif args.lab_cmd == "restore":
         repaired = cluster.restore()

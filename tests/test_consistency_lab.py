@@ -17,9 +17,10 @@ from aurora_smartdriver import _runtime
 from aurora_smartdriver.consistency import ConsistencyTokenError
 from aurora_smartdriver.lab import Lab
 
-# MariaDB's MASTER_DELAY counts whole seconds against second-resolution event times, so a
-# delay of 2 s holds every commit back by more than 1 s; PostgreSQL's delay is exact.
-LAG = 2.0
+LAG = 1.0
+"""A lag a replica catches up from within a test (reads wait for it)."""
+FAR = 120.0
+"""A lag no step of a test outlasts however loaded the machine (reads that must miss)."""
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +70,7 @@ def test_a_lagging_replica_misses_a_fresh_write_with_eventual_consistency(
     """The fault is real: without a session, a read right after a write misses it."""
     lab = aurora_lab
     _table(lab)
-    _lag_readers(lab, LAG)
+    _lag_readers(lab, FAR)
     key = uuid.uuid4().hex
     with asd.Cluster(_dsn(lab)) as cluster:
         with cluster.writer() as conn:
@@ -82,7 +83,7 @@ def test_a_lagging_replica_misses_a_fresh_write_with_eventual_consistency(
 def test_a_session_reads_its_writes_on_the_writer_when_replicas_lag(aurora_lab: Lab) -> None:
     lab = aurora_lab
     _table(lab)
-    _lag_readers(lab, LAG)
+    _lag_readers(lab, FAR)
     with asd.Cluster(_dsn(lab)) as cluster:
         session = cluster.session()
         keys = [uuid.uuid4().hex for _ in range(3)]
@@ -100,7 +101,7 @@ def test_a_session_read_waits_for_a_replica_within_consistency_wait(aurora_lab: 
     _table(lab)
     _lag_readers(lab, LAG)
     key = uuid.uuid4().hex
-    with asd.Cluster(_dsn(lab, consistency_wait=LAG * 3)) as cluster:
+    with asd.Cluster(_dsn(lab, consistency_wait=LAG * 10)) as cluster:
         with cluster.session() as session:
             with session.writer() as conn:
                 _insert(conn, key)
@@ -129,7 +130,7 @@ def test_session_reads_stay_on_replicas_when_they_keep_up(aurora_lab: Lab) -> No
 def test_a_token_carries_a_write_to_another_process(aurora_lab: Lab) -> None:
     lab = aurora_lab
     _table(lab)
-    _lag_readers(lab, LAG)
+    _lag_readers(lab, FAR)
     dsn = _dsn(lab)
     key = uuid.uuid4().hex
     script = (
@@ -163,7 +164,7 @@ def test_a_token_carries_a_write_to_another_process(aurora_lab: Lab) -> None:
 def test_consistency_session_on_the_dsn_makes_each_thread_a_session(aurora_lab: Lab) -> None:
     lab = aurora_lab
     _table(lab)
-    _lag_readers(lab, LAG)
+    _lag_readers(lab, FAR)
     key = uuid.uuid4().hex
     with asd.Cluster(_dsn(lab, consistency="session")) as cluster:
         with cluster.writer() as conn:
@@ -186,7 +187,7 @@ def test_a_write_whose_position_could_not_be_read_is_still_seen(aurora_lab: Lab)
     the writer before the next read instead."""
     lab = aurora_lab
     _table(lab)
-    _lag_readers(lab, LAG)
+    _lag_readers(lab, FAR)
     key = uuid.uuid4().hex
     with asd.Cluster(_dsn(lab)) as cluster:
         session = cluster.session()
@@ -218,14 +219,14 @@ def test_tokens_of_another_cluster_or_malformed_are_refused(
             one.session(token=token[:-3])
 
 
-def test_mariadb_replicas_lag_below_a_second_and_catch_up(aurora_lab_mariadb: Lab) -> None:
-    """MASTER_DELAY counts whole seconds; below that the lab holds the SQL thread back."""
+def test_mariadb_lags_to_a_fraction_of_a_second_and_catches_up(aurora_lab_mariadb: Lab) -> None:
+    """MariaDB's MASTER_DELAY counts whole seconds; Lab.lag holds the SQL thread back instead."""
     lab = aurora_lab_mariadb
     _table(lab)
-    _lag_readers(lab, 0.4)
-    assert all(n.lag == 0.4 for n in lab.readers)
+    _lag_readers(lab, 2.5)
+    assert all(n.lag == 2.5 for n in lab.readers)
     key = uuid.uuid4().hex
-    with asd.Cluster(_dsn(lab, consistency_wait=3)) as cluster:
+    with asd.Cluster(_dsn(lab, consistency_wait=30)) as cluster:
         session = cluster.session()
         with session.writer() as conn:
             _insert(conn, key)
@@ -237,3 +238,27 @@ def test_mariadb_replicas_lag_below_a_second_and_catch_up(aurora_lab_mariadb: La
         assert dict(cluster.metrics().routing.session_reads) == {"replica_after_wait": 1}
     _lag_readers(lab, 0)
     lab.wait_replicated(10)  # the SQL threads run again: every replica catches up
+
+
+def test_mariadb_master_delay_lag_outlives_the_process(aurora_lab_mariadb: Lab) -> None:
+    """The command line's kind of lag: MASTER_DELAY on the server, whole seconds."""
+    lab = aurora_lab_mariadb
+    _table(lab)
+    reader = lab.readers[0]
+    lab.lag(reader, 30, in_process=False)
+    assert lab.execute(reader, "SELECT 1") == [(1,)]
+    key = uuid.uuid4().hex
+    conn = asd.connect(lab.dsn, autocommit=True)
+    try:
+        _insert(conn, key)
+    finally:
+        conn.close()
+    import pymysql
+
+    direct = pymysql.connect(**lab.connect_kwargs(reader), autocommit=True)
+    try:
+        assert not _has(direct, key)
+    finally:
+        direct.close()
+    lab.lag(reader, 0, in_process=False)
+    lab.wait_replicated(10)

@@ -499,14 +499,15 @@ class Lab:
             _firewall.heal(state.prefix, target.id, target.address, target.port)
             target.partitioned = False
 
-    def lag(self, node: str | NodeInfo, seconds: float) -> None:
+    def lag(self, node: str | NodeInfo, seconds: float, *, in_process: bool = True) -> None:
         """Make a replica apply the writer's commits ``seconds`` late; 0 undoes it.
 
         Reads on that replica miss writes younger than ``seconds``, as on a replica that
-        falls behind. PostgreSQL: ``recovery_min_apply_delay`` (millisecond steps); MariaDB:
-        ``MASTER_DELAY`` for whole seconds, otherwise a thread of this process that holds the
-        replica's SQL thread back (ended with the lab object; see docs/lab.md). A failover ends
-        the fault.
+        falls behind. PostgreSQL: ``recovery_min_apply_delay`` (millisecond steps). MariaDB:
+        a thread of this process that holds the replica's SQL thread back (any lag; it ends
+        with the lab object), or with ``in_process=False`` ``MASTER_DELAY`` (whole seconds
+        only, against second-resolution event times; it outlives this process, as the CLI
+        needs). See docs/lab.md. A failover ends the fault.
         """
         if isinstance(seconds, bool) or not isinstance(seconds, int | float):
             raise LabError(f"lag must be a number of seconds, not {seconds!r}")
@@ -516,14 +517,15 @@ class Lab:
             target = _running(state, _id(node))
             if target.role != "reader":
                 raise LabError(f"{target.id} is the writer; only a replica can lag")
-            self._set_lag(state, target, float(seconds))
+            self._set_lag(state, target, float(seconds), in_process=in_process)
 
-    def _set_lag(self, state: st.LabState, node: st.NodeState, seconds: float) -> None:
+    def _set_lag(
+        self, state: st.LabState, node: st.NodeState, seconds: float, *, in_process: bool = True
+    ) -> None:
         lagger = self._laggers.pop(node.id, None)
         if lagger is not None:
             lagger.stop()
-        whole = seconds == int(seconds)
-        if state.engine == "postgresql" or whole:
+        if state.engine == "postgresql" or not in_process or seconds == 0:
             self.engine.set_lag(state, node, seconds)
         else:
             self.engine.set_lag(state, node, 0.0)
