@@ -359,16 +359,14 @@ class SharedCluster:
                 conflict,
             )
 
-    def _probe_opener(self, target: Target) -> Callable[[float], Any]:
+    def _probe_opener(self, target: Target, at: str | None) -> Callable[[float], Any]:
         """The watchdog's probe connections: the shared login, no session set-up (a probe
-        only pings)."""
+        only pings), to the address ``at`` the watched connections went to."""
 
         def open_probe(timeout: float) -> Any:
-            address = (
-                self.resolver.resolve(target.host).addresses[0]
-                if self.spec.settings.resolve
-                else None
-            )
+            address = at
+            if address is None and self.spec.settings.resolve:
+                address = self.resolver.resolve(target.host).addresses[0]
             return auth.connect(
                 self.adapter,
                 self.credentials,
@@ -381,16 +379,19 @@ class SharedCluster:
 
         return open_probe
 
-    def host_dead(self, target: Target, silent: float) -> None:
-        """The watchdog's verdict: ``target`` stopped answering."""
+    def host_dead(self, target: Target, silent: float, address: str | None) -> None:
+        """The watchdog's verdict: ``target`` stopped answering at ``address``."""
         self.metrics.unresponsive.add(target.instance_id)
         self.events.emit(
             "host_unresponsive", instance=target.instance_id, silent_s=round(silent, 3)
         )
-        try:
-            addresses = tuple(self.resolver.resolve(target.host).addresses)
-        except Exception:
-            addresses = ()
+        if address is not None:
+            addresses: tuple[str, ...] = (address,)
+        else:  # connections go by name (resolve=off): where the name leads now
+            try:
+                addresses = tuple(self.resolver.resolve(target.host).addresses)
+            except Exception:
+                addresses = ()
         self.monitor.host_silent(target.host, addresses)
         self.suspect(target, f"no answer for {silent:.1f}s")
 
@@ -599,6 +600,7 @@ class Runtime:
             autocommit=self.default_autocommit,
             error=self.auth_failed,
         )
+        self.watchdog.opened(raw, address)
         try:
             self._prepare_session(raw)
         except BaseException:
@@ -787,8 +789,8 @@ class Runtime:
         )
         raise keep_driver_details(failed, cause, default_code=_CR_CONN_HOST_ERROR) from cause
 
-    def _host_dead(self, target: Target, silent: float) -> None:
-        self._shared.host_dead(target, silent)
+    def _host_dead(self, target: Target, silent: float, address: str | None = None) -> None:
+        self._shared.host_dead(target, silent, address)
 
     def suspect(self, target: Target, why: str) -> None:
         """A connection to ``target`` failed as if the node were gone or demoted."""

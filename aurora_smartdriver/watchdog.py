@@ -9,6 +9,13 @@ is declared dead and the sockets of every connection in use on it are cut: the w
 statements fail as lost connections, and the failover procedure takes over. The cost: one extra
 connection per instance in use, and one ping per interval on it.
 
+An instance is watched at the address its connections in use went to, not at its name: a name
+that follows the writer (a cluster endpoint, a `static` source's writer) may answer from another
+node by the time a probe connects, and a probe there would hear the new node while the old one,
+holding the connections, stays silent. So connections are grouped by the address they were
+opened to (`Watchdog.opened`), each group has a watch of its own, its probe goes to that address
+(the name still verified by TLS), and a verdict names that address.
+
 Only silence on a connected probe is evidence. Failing to *open* the probe (a DNS failure,
 ``max_connections`` reached, a refused login, a ``session_init`` error, a connect timeout) says
 nothing about the connections already open, and a ping answered with an error (the probe's
@@ -29,7 +36,7 @@ from typing import Any
 from aurora_smartdriver.drivers import DriverAdapter
 from aurora_smartdriver.pool import Target
 
-__all__ = ["HostWatch", "Watchdog"]
+__all__ = ["HostWatch", "OnDead", "Watchdog"]
 
 log = logging.getLogger("aurora_smartdriver.watchdog")
 
@@ -39,6 +46,10 @@ _OPEN_RETRY_MAX = 5.0
 """Longest wait between two attempts to open the probe, when opening keeps failing."""
 _TIMER_SLACK = 0.02
 """A ping that failed this close to its bound (seconds) timed out: it heard nothing."""
+
+OnDead = Callable[[Target, float, "str | None"], None]
+"""The verdict's callback: the instance, seconds it was silent, the address it was silent at
+(None when connections go by name, ``resolve=off``)."""
 
 
 class HostWatch:
@@ -50,9 +61,12 @@ class HostWatch:
         opener: Callable[[float], Any],
         adapter: DriverAdapter,
         detection_time: float,
-        on_dead: Callable[[Target, float], None],
+        on_dead: OnDead,
+        *,
+        address: str | None = None,
     ) -> None:
         self.target = target
+        self.address = address
         self._opener = opener
         self._adapter = adapter
         self._detection = detection_time
@@ -70,6 +84,11 @@ class HostWatch:
         self.open_failures = 0
 
     @property
+    def _label(self) -> str:
+        at = f" at {self.address}" if self.address else ""
+        return f"{self.target.instance_id}{at}"
+
+    @property
     def probing(self) -> bool:
         """Whether the probe is connected: only from then on can silence be noticed."""
         return self._probing
@@ -81,7 +100,7 @@ class HostWatch:
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
                     target=self._run,
-                    name=f"aurora-smartdriver-watch {self.target.instance_id}",
+                    name=f"aurora-smartdriver-watch {self._label}",
                     daemon=True,
                 )
                 self._thread.start()
@@ -143,12 +162,12 @@ class HostWatch:
                     if not heard_nothing:
                         # An error is an answer (a killed session, a closing server): open a
                         # new probe; the connections in use will see a real failure themselves.
-                        log.debug("%s: probe failed: %s", self.target.instance_id, exc)
+                        log.debug("%s: probe failed: %s", self._label, exc)
                         continue
                     # The ping's bound ran to the end of the window: the instance has been
                     # silent for failure_detection_time (a new probe could not tell more: a
                     # hung node's connect times out, and that is never a verdict).
-                    log.debug("%s did not answer (%.1fs): %s", self.target.instance_id, silent, exc)
+                    log.debug("%s did not answer (%.1fs): %s", self._label, silent, exc)
                     if self._busy():
                         self._declare_dead(silent)
                     continue
@@ -168,7 +187,7 @@ class HostWatch:
             probe = self._opener(self._detection)
         except Exception as exc:
             self.open_failures += 1
-            log.debug("%s: the probe cannot be opened: %s", self.target.instance_id, exc)
+            log.debug("%s: the probe cannot be opened: %s", self._label, exc)
             return None
         self._probing = True
         return probe
@@ -186,57 +205,75 @@ class HostWatch:
             users = list(self._users)
             log.warning(
                 "%s has not answered for %.1fs: cutting %d connection(s)",
-                self.target.instance_id,
+                self._label,
                 silent,
                 len(users),
             )
             for raw in users:
                 self._adapter.abort(raw)
-        self._on_dead(self.target, silent)
+        self._on_dead(self.target, silent, self.address)
 
 
 class Watchdog:
-    """The hung-host watches of one cluster, one per instance with connections in use."""
+    """The hung-host watches of one cluster, one per instance and address with connections in use.
+
+    `opener_for(target, address)` makes the probe opener of a watch: it connects to ``address``
+    (verifying ``target.host``), or resolves ``target.host`` itself when ``address`` is None.
+    """
 
     def __init__(
         self,
-        opener_for: Callable[[Target], Callable[[float], Any]],
+        opener_for: Callable[[Target, str | None], Callable[[float], Any]],
         adapter: DriverAdapter,
         detection_time: float,
-        on_dead: Callable[[Target, float], None],
+        on_dead: OnDead,
     ) -> None:
         self._opener_for = opener_for
         self._adapter = adapter
         self._detection = detection_time
         self._on_dead = on_dead
-        self._watches: dict[str, HostWatch] = {}
+        self._watches: dict[tuple[str, str | None], HostWatch] = {}
+        # The address each open driver connection went to (weak: gone with the connection).
+        self._addresses: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
+
+    def opened(self, raw: Any, address: str | None) -> None:
+        """``raw`` was just opened to ``address`` (None: to its name, resolved by the driver)."""
+        if address is not None:
+            with self._lock:
+                self._addresses[raw] = address
 
     def watch(self, target: Target, raw: Any) -> None:
         """``raw`` is in use on ``target`` from now on."""
         with self._lock:
-            watch = self._watches.get(target.instance_id)
+            key = (target.instance_id, self._addresses.get(raw))
+            watch = self._watches.get(key)
             if watch is None or watch.target != target:
                 if watch is not None:
                     watch.close()
                 watch = HostWatch(
-                    target, self._opener_for(target), self._adapter, self._detection, self._on_dead
+                    target,
+                    self._opener_for(target, key[1]),
+                    self._adapter,
+                    self._detection,
+                    self._on_dead,
+                    address=key[1],
                 )
-                self._watches[target.instance_id] = watch
+                self._watches[key] = watch
         watch.add(raw)
 
     def unwatch(self, target: Target, raw: Any) -> None:
         """``raw`` is no longer in use."""
         with self._lock:
-            watch = self._watches.get(target.instance_id)
+            watch = self._watches.get((target.instance_id, self._addresses.get(raw)))
         if watch is not None:
             watch.discard(raw)
 
     def probing(self, instance_id: str) -> bool:
-        """Whether ``instance_id``'s probe is connected (hung-host detection is armed)."""
+        """Whether a probe of ``instance_id`` is connected (hung-host detection is armed)."""
         with self._lock:
-            watch = self._watches.get(instance_id)
-        return watch is not None and watch.probing
+            watches = [w for (iid, _), w in self._watches.items() if iid == instance_id]
+        return any(w.probing for w in watches)
 
     def verdicts(self) -> int:
         with self._lock:

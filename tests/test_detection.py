@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,7 +25,9 @@ import aurora_smartdriver as asd
 from aurora_smartdriver import events
 from aurora_smartdriver._runtime import Runtime
 from aurora_smartdriver.dsn import parse
-from aurora_smartdriver.lab import Lab, partition_available
+from aurora_smartdriver.lab import Lab, NodeInfo, partition_available
+from aurora_smartdriver.lab._dns import ARecord, DNSServer, Zone
+from aurora_smartdriver.lab._supervisor import zone_of
 from aurora_smartdriver.pool import Target
 from aurora_smartdriver.resolver import TcpKeepalive
 from aurora_smartdriver.watchdog import HostWatch
@@ -61,7 +64,7 @@ def _statement_under_a_watch(
 ) -> tuple[BaseException | None, HostWatch]:
     """Run ``sql`` on ``raw`` while a watch with ``opener`` as its probe watches it."""
     watch = HostWatch(
-        target, opener, runtime.adapter, detection_time=_DETECTION, on_dead=lambda t, s: None
+        target, opener, runtime.adapter, detection_time=_DETECTION, on_dead=lambda t, s, a: None
     )
     watch.add(raw)
     try:
@@ -296,3 +299,66 @@ def test_a_statement_on_a_partitioned_node_fails_without_any_probe(aurora_lab: L
     assert len(outcome) == 1
     assert isinstance(outcome[0], runtime.adapter.Error)
     assert runtime.adapter.error_kind(outcome[0]) == "disconnect"
+
+
+@contextlib.contextmanager
+def _moving_name(
+    lab: Lab, first: NodeInfo
+) -> Iterator[tuple[str, str, Callable[[NodeInfo], None]]]:
+    """A DNS server of the test's own: the lab's names and one more, which leads to ``first``
+    until moved (TTL 0), as a cluster endpoint follows the writer. Yields the server (as the
+    ``dns_server`` setting), the name and the function that moves it to another node."""
+    name = f"moving-{uuid.uuid4().hex[:8]}.{lab.state().origin}"
+    leads_to = [first.address]
+
+    def zone() -> Zone:
+        base = zone_of(lab.state(), time.time())
+        return Zone(base.origin, {**base.records, name + ".": ARecord((leads_to[0],), 0)})
+
+    def move(node: NodeInfo) -> None:
+        leads_to[0] = node.address
+
+    with DNSServer("127.0.0.1", 0, zone) as server:
+        address, port = server.address
+        yield f"{address}:{port}", name, move
+
+
+@pytest.mark.skipif(not partition_available(), reason="needs root and iptables")
+def test_a_node_is_watched_where_its_connections_went_not_where_its_name_leads_now(
+    aurora_lab: Lab,
+) -> None:
+    """A connection opened through a name that has moved to another node since (a cluster
+    endpoint, a static writer, after a failover) is watched on the node it went to: when that
+    node falls silent, the verdict comes although the name now answers from a healthy node."""
+    old, new = aurora_lab.readers[0], aurora_lab.readers[1]
+    with (
+        _moving_name(aurora_lab, old) as (dns_server, name, move),
+        _runtime(
+            aurora_lab,
+            dns_server=dns_server,
+            dns_ttl_cap="0s",
+            failure_detection_time=f"{_DETECTION}s",
+        ) as runtime,
+    ):
+        target = Target(old.id, name, old.port)
+        raw = runtime.open(target)  # through the name, to the old node
+        move(new)
+        runtime.watchdog.watch(target, raw)
+        try:
+            deadline = time.monotonic() + 30
+            while not runtime.watchdog.probing(old.id) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert runtime.watchdog.probing(old.id)
+            aurora_lab.partition(old.id)
+            deadline = time.monotonic() + 30 * _DETECTION
+            while runtime.watchdog.verdicts() == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            verdicts = runtime.watchdog.verdicts()
+            with pytest.raises(runtime.adapter.Error) as cut:
+                runtime.adapter.query(raw, "SELECT 1")
+        finally:
+            runtime.watchdog.unwatch(target, raw)
+            runtime.adapter.close(raw)
+            aurora_lab.heal(old.id)
+    assert verdicts == 1, "the silent node's connection was never judged"
+    assert runtime.adapter.error_kind(cut.value) == "disconnect"

@@ -1,4 +1,4 @@
-"""HostWatch's bookkeeping of the connections in use on its instance."""
+"""HostWatch's bookkeeping of the connections in use on its instance; Watchdog's watches."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from aurora_smartdriver.drivers import adapter_for
 from aurora_smartdriver.pool import Target
-from aurora_smartdriver.watchdog import HostWatch
+from aurora_smartdriver.watchdog import HostWatch, Watchdog
 
 
 class _Raw:
@@ -25,7 +25,7 @@ def _watch() -> HostWatch:
         _never_opens,
         adapter_for("postgresql"),
         detection_time=600.0,
-        on_dead=lambda target, silent: None,
+        on_dead=lambda target, silent, address: None,
     )
 
 
@@ -53,3 +53,30 @@ def test_a_connection_dropped_without_being_given_back_does_not_keep_the_watch_b
     watch.add(_Raw())
     gc.collect()
     assert not watch._busy()
+
+
+def test_connections_of_one_instance_at_two_addresses_are_watched_at_each() -> None:
+    """A name that moved (a cluster endpoint after a failover) leaves connections of one
+    instance on two nodes: each address gets a watch, whose probe goes to that address."""
+    asked: list[tuple[str, str | None]] = []
+
+    def opener_for(target: Target, address: str | None) -> Any:
+        asked.append((target.instance_id, address))
+        return _never_opens
+
+    watchdog = Watchdog(
+        opener_for, adapter_for("postgresql"), 600.0, lambda target, silent, address: None
+    )
+    target = Target("writer", "orders.cluster-x.example.test", 5432)
+    before, after, by_name = _Raw(), _Raw(), _Raw()
+    watchdog.opened(before, "10.0.0.1")
+    watchdog.opened(after, "10.0.0.2")
+    try:
+        for raw in (before, after, by_name, before):
+            watchdog.watch(target, raw)
+        assert asked == [("writer", "10.0.0.1"), ("writer", "10.0.0.2"), ("writer", None)]
+        for raw in (before, after, by_name):
+            watchdog.unwatch(target, raw)
+        assert not any(w._busy() for w in watchdog._watches.values())
+    finally:
+        watchdog.close()
