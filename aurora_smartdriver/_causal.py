@@ -31,6 +31,9 @@ __all__ = [
     "lease_for",
     "lease_reader",
     "observed",
+    "settle",
+    "verified",
+    "verified_for",
     "wait_for",
     "writer_position",
 ]
@@ -161,9 +164,10 @@ def capture(runtime: Runtime, raw: Any, tracker: consistency.Tracker) -> None:
         tracker.advance(position)
 
 
-def _settle_unsure(runtime: Runtime, tracker: consistency.Tracker, *, pooled: bool) -> None:
-    """Read the writer's position on a writer lease of its own (after a failed capture)."""
-    lease = runtime.lease("writer", pooled=pooled)
+def settle(runtime: Runtime, tracker: consistency.Tracker) -> None:
+    """Read the writer's position on a writer lease of its own (after a failed capture, or
+    for a connection that is not on the writer now)."""
+    lease = runtime.lease("writer", pooled=True)
     try:
         position = writer_position(runtime.adapter, lease.raw, kind(runtime.spec))
     except BaseException:
@@ -176,8 +180,17 @@ def _settle_unsure(runtime: Runtime, tracker: consistency.Tracker, *, pooled: bo
 def lease_for(runtime: Runtime, tracker: consistency.Tracker, *, pooled: bool) -> Lease:
     """A reader lease that sees every write `tracker` knows of (see `lease_reader`)."""
     if tracker.unsure:
-        _settle_unsure(runtime, tracker, pooled=pooled)
+        settle(runtime, tracker)
     return lease_reader(runtime, tracker.position, pooled=pooled)
+
+
+def verified_for(
+    runtime: Runtime, lease: Lease, tracker: consistency.Tracker, *, pooled: bool
+) -> Lease:
+    """`verified` for what `tracker` knows (asking the writer first when it is unsure)."""
+    if tracker.unsure:
+        settle(runtime, tracker)
+    return verified(runtime, lease, tracker.position, pooled=pooled)
 
 
 def lease_reader(runtime: Runtime, want: Position | None, *, pooled: bool) -> Lease:
@@ -190,12 +203,8 @@ def lease_reader(runtime: Runtime, want: Position | None, *, pooled: bool) -> Le
     """
     if want is None:
         return runtime.lease("reader", pooled=pooled)
-    settings = runtime.spec.settings
-    engine = kind(runtime.spec)
-    shared = runtime.shared
-    topo = runtime.topology(settings.connect_timeout)
-    readers = frozenset(r.instance_id for r in topo.readers) if topo is not None else frozenset()
-    seen = observed(shared)
+    readers = _readers(runtime)
+    seen = observed(runtime.shared)
     ready = frozenset(i for i in readers if i in seen and consistency.covers(seen[i], want))
     if ready:
         lease = runtime.lease("reader", pooled=pooled, exclude=readers - ready)
@@ -203,20 +212,36 @@ def lease_reader(runtime: Runtime, want: Position | None, *, pooled: bool) -> Le
             runtime.metrics.session_reads.add("replica")
             return lease
         lease.give_back()
-    lease = runtime.lease("reader", pooled=pooled)
+    return verified(runtime, runtime.lease("reader", pooled=pooled), want, pooled=pooled)
+
+
+def _readers(runtime: Runtime) -> frozenset[str]:
+    topo = runtime.topology(runtime.spec.settings.connect_timeout)
+    return frozenset(r.instance_id for r in topo.readers) if topo is not None else frozenset()
+
+
+def verified(runtime: Runtime, lease: Lease, want: Position | None, *, pooled: bool) -> Lease:
+    """`lease` when its node has every transaction within `want` (waiting up to
+    ``consistency_wait``), else a lease on the writer in its place (see `lease_reader`)."""
+    if want is None:
+        return lease
+    readers = _readers(runtime)
     if lease.target.instance_id not in readers:  # no reader qualified: the writer it is
         runtime.metrics.session_reads.add("writer")
         return lease
     try:
         caught_up, waited, position = wait_for(
-            runtime.adapter, lease.raw, engine, want, settings.consistency_wait
+            runtime.adapter,
+            lease.raw,
+            kind(runtime.spec),
+            want,
+            runtime.spec.settings.consistency_wait,
         )
     except Exception as exc:  # the replica failed the check: not a reader for this session
         log.info("%s: position check failed (%s); using another host", lease.target, exc)
-        broken = runtime.adapter.closed(lease.raw)
-        lease.give_back(broken=broken)
+        lease.give_back(broken=runtime.adapter.closed(lease.raw))
     else:
-        _note(shared, lease.target.instance_id, position)
+        _note(runtime.shared, lease.target.instance_id, position)
         if caught_up:
             runtime.metrics.session_reads.add("replica_after_wait" if waited else "replica")
             return lease

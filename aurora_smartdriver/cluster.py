@@ -63,16 +63,31 @@ def connect(
     ``mysql://`` and ``mariadb://``). Keyword arguments override the DSN. ``credentials``, a
     ``aurora_smartdriver.auth.CredentialsProvider`` or a function returning ``(user,
     password)``, replaces the DSN's user and password (see docs/authentication.md).
+
+    With ``consistency=session`` the connection is a read-your-writes session: moved to a
+    reader (``read_only = True``), it reads on one that has its writes. ``consistency_token``
+    (a token from another session or process) makes it see that token's writes too.
     """
+    token = kwargs.pop("consistency_token", None)
     spec = _spec(dsn, _engine, kwargs)
     runtime = _runtime.acquire(spec, credentials)
     try:
         role = _role(spec.settings.role, runtime)
-        lease = runtime.lease(role, pooled=False)
+        tracker = (
+            consistency.Tracker(_causal.cluster_name(spec), token)
+            if token is not None or spec.settings.consistency == "session"
+            else None
+        )
+        if tracker is not None and role != "writer":
+            lease = _causal.lease_for(runtime, tracker, pooled=False)
+        else:
+            lease = runtime.lease(role, pooled=False)
     except BaseException:
         _runtime.release(runtime)
         raise
     conn = _proxy_class(runtime)(runtime, role, lease, autocommit=runtime.default_autocommit)
+    if tracker is not None:
+        conn.__dict__["_tracker"] = tracker
     conn._on_close(lambda: _runtime.release(runtime))
     return conn
 
@@ -194,6 +209,8 @@ class Cluster:
         else:
             lease = runtime.lease(chosen, pooled=True)
         conn = _proxy_class(runtime)(runtime, chosen, lease, autocommit=runtime.default_autocommit)
+        if tracker is not None:
+            conn.__dict__["_tracker"] = tracker  # a move to a reader inside the borrow too
         if self._reset is not None:
             conn.__dict__["_reset_hook"] = self._reset
         try:

@@ -24,7 +24,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from aurora_smartdriver import _runtime, outcome
+from aurora_smartdriver import _causal, _runtime, consistency, outcome
 from aurora_smartdriver._dbapi import error_class, keep_driver_details
 from aurora_smartdriver._runtime import Lease, Runtime
 from aurora_smartdriver.errors import AuroraSmartDriverError
@@ -425,6 +425,25 @@ class Connection:
         return bool(self._closed or getattr(self._raw, "closed", False))
 
     @property
+    def consistency_token(self) -> str:
+        """Read-your-writes: this connection's position as a token for
+        ``Cluster.session(token=...)`` or ``Cluster.reader(consistency_token=...)`` elsewhere
+        (see docs/consistency.md); from now on its own reads honour it too."""
+        self._check_open()
+        with self._lock:
+            tracker = self.__dict__.get("_tracker")
+            if tracker is None:
+                tracker = self.__dict__["_tracker"] = consistency.Tracker(
+                    _causal.cluster_name(self._runtime.spec)
+                )
+            lease = self._lease
+            if lease.as_writer and not self._detached and not self._in_transaction(self._raw):
+                _causal.capture(self._runtime, self._raw, tracker)
+            elif tracker.unsure or lease.as_writer:
+                _causal.settle(self._runtime, tracker)
+            return tracker.token
+
+    @property
     def _detached(self) -> bool:
         return getattr(self._lease, "detached", False) is True
 
@@ -573,6 +592,13 @@ class Connection:
     def _move(self) -> None:
         """Continue on a node of the role now asked for, with the same session state."""
         old = self._lease
+        tracker = self.__dict__.get("_tracker")
+        if tracker is not None and self.role != "writer":
+            # Read-your-writes: the writer's position, before leaving it (see _causal).
+            if old.as_writer and not self._detached:
+                _causal.capture(self._runtime, old.raw, tracker)
+            else:
+                tracker.unsure = True
         try:
             lease = self._fresh_lease(self.role, old.pooled)
         except BaseException:
@@ -599,8 +625,13 @@ class Connection:
         yet), the failover procedure finds the right node.
         """
         runtime = self._runtime
+        tracker = self.__dict__.get("_tracker") if role != "writer" else None
         if failed is None:
-            lease: Lease = runtime.lease(role, pooled=pooled)
+            lease: Lease = (
+                runtime.lease(role, pooled=pooled)
+                if tracker is None
+                else _causal.lease_for(runtime, tracker, pooled=pooled)
+            )
             try:
                 self._replay(lease.raw)
                 return lease
@@ -613,6 +644,8 @@ class Connection:
                 lease.give_back(broken=True)
                 raise
         lease = runtime.fail_over(role, failed, kind, pooled=pooled, cause=cause)
+        if tracker is not None:  # a replica the failover found must have the session's writes
+            lease = _causal.verified_for(runtime, lease, tracker, pooled=pooled)
         try:
             self._replay(lease.raw)
         except BaseException as replay_error:

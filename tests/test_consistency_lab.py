@@ -262,3 +262,69 @@ def test_mariadb_master_delay_lag_outlives_the_process(aurora_lab_mariadb: Lab) 
         direct.close()
     lab.lag(reader, 0, in_process=False)
     lab.wait_replicated(10)
+
+
+def test_a_connection_with_consistency_session_reads_its_writes_after_moving(
+    aurora_lab: Lab,
+) -> None:
+    lab = aurora_lab
+    _table(lab)
+    _lag_readers(lab, FAR)
+    key, other = uuid.uuid4().hex, uuid.uuid4().hex
+    dsn = _dsn(lab)  # one cluster id: a token is for the cluster it was made on
+    plain = asd.connect(dsn)
+    session = asd.connect(dsn, consistency="session")
+    try:
+        for conn, k in ((plain, other), (session, key)):
+            _insert(conn, k)
+            conn.commit()
+            conn.read_only = True
+        assert plain.instance_id != lab.writer.id and not _has(plain, other)
+        assert _has(session, key)  # no replica has it: the writer serves the session's reads
+        session.rollback()
+        token = session.consistency_token
+        assert token
+    finally:
+        plain.close()
+        session.close()
+    with asd.Cluster(dsn) as cluster, cluster.reader(consistency_token=token) as conn:
+        assert _has(conn, key)
+    reader = asd.connect(dsn, role="reader", consistency_token=token)
+    try:
+        assert _has(reader, key)
+    finally:
+        reader.close()
+
+
+def test_a_sqlalchemy_session_reads_its_writes_on_readers(aurora_lab: Lab) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.orm import Session
+
+    from aurora_smartdriver.sqlalchemy import ReadYourWrites, engine_url
+
+    lab = aurora_lab
+    _table(lab)
+    _lag_readers(lab, FAR)
+    engine = create_engine(engine_url(_dsn(lab)))  # one cluster id for the engine's life
+    try:
+        rw = ReadYourWrites()
+        key = uuid.uuid4().hex
+        with Session(engine.execution_options(aurora_read_your_writes=rw)) as orm:
+            orm.execute(text("INSERT INTO rw_items (id) VALUES (:k)"), {"k": key})
+            orm.commit()
+            reads = orm.connection(execution_options={"aurora_role": "reader"})
+            found = reads.execute(text("SELECT count(*) FROM rw_items WHERE id = :k"), {"k": key})
+            assert found.scalar() == 1
+            orm.commit()
+        assert rw.token
+        with Session(engine.execution_options(aurora_role="reader")) as orm:  # no session
+            found = orm.execute(text("SELECT count(*) FROM rw_items WHERE id = :k"), {"k": key})
+            assert found.scalar() == 0
+        later = ReadYourWrites(token=rw.token)  # the next request, given the token
+        with engine.connect().execution_options(
+            aurora_read_your_writes=later, aurora_role="reader"
+        ) as conn:
+            found = conn.execute(text("SELECT count(*) FROM rw_items WHERE id = :k"), {"k": key})
+            assert found.scalar() == 1
+    finally:
+        engine.dispose()

@@ -24,6 +24,7 @@ from aurora_smartdriver.sqlalchemy._dialects import (
     AuroraMySQLDialect_pymysql,
     AuroraPGDialect_psycopg,
     AuroraRoleCharacteristic,
+    ReadYourWrites,
 )
 from aurora_smartdriver.sqlalchemy._options import ROLE_OPTION, engine_url_parts
 
@@ -33,6 +34,7 @@ __all__ = [
     "AuroraMySQLDialect_pymysql",
     "AuroraPGDialect_psycopg",
     "AuroraRoleCharacteristic",
+    "ReadYourWrites",
     "engine_url",
 ]
 

@@ -35,7 +35,7 @@ from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.engine.interfaces import ConnectArgsType, DBAPIConnection, IsolationLevel
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState, QueuePool
 
-from aurora_smartdriver import _runtime, dsn
+from aurora_smartdriver import _causal, _runtime, consistency, dsn
 from aurora_smartdriver.cluster import _role
 from aurora_smartdriver.connection import Connection, PsycopgConnection, PyMySQLConnection
 from aurora_smartdriver.errors import (
@@ -179,6 +179,88 @@ class AuroraRoleCharacteristic(ConnectionCharacteristic):
         return "reader" if getattr(dbapi_conn, "read_only", False) else "writer"
 
 
+class ReadYourWrites:
+    """A read-your-writes session for SQLAlchemy: the value of the ``aurora_read_your_writes``
+    execution option (see docs/consistency.md).
+
+    Every connection that carries it reads, on a reader, only where the writes made through
+    any of them before are visible (else on the writer). Keep one per user session or request;
+    ``token`` carries its position to another request or process.
+    """
+
+    __slots__ = ("_lock", "_token", "_tracker")
+
+    def __init__(self, token: str | None = None) -> None:
+        """``token``: a position from another session or process (``ReadYourWrites.token``,
+        ``Session.token``), checked against the cluster at the first use."""
+        import threading
+
+        self._token = token
+        self._tracker: consistency.Tracker | None = None
+        self._lock = threading.Lock()
+
+    def _bind(self, cluster: str) -> consistency.Tracker:
+        with self._lock:
+            if self._tracker is None:
+                self._tracker = consistency.Tracker(cluster, self._token)
+            elif self._tracker.cluster != cluster:
+                raise ConfigError(
+                    f"{_options.RYW_OPTION} was made for another cluster",
+                    parameter=_options.RYW_OPTION,
+                    suggestion="use one ReadYourWrites per cluster",
+                )
+            return self._tracker
+
+    @property
+    def token(self) -> str:
+        """The session's position as a token ("" before its first write)."""
+        tracker = self._tracker
+        return (self._token or "") if tracker is None else tracker.token
+
+    def __repr__(self) -> str:
+        return f"<ReadYourWrites {self._tracker!r}>"
+
+
+class ReadYourWritesCharacteristic(ConnectionCharacteristic):
+    """The ``aurora_read_your_writes`` execution option: a `ReadYourWrites` whose writes the
+    connection's reads on a reader must see. Applied before ``aurora_role``."""
+
+    transactional: ClassVar[bool] = False
+
+    def reset_characteristic(self, dialect: Any, dbapi_conn: DBAPIConnection) -> None:
+        if not isinstance(dbapi_conn, Connection):
+            return
+        tracker = dbapi_conn.__dict__.pop("_tracker", None)
+        lease = dbapi_conn._lease
+        if (
+            tracker is not None
+            and not dbapi_conn._closed
+            and not dbapi_conn._detached
+            and lease.as_writer
+            and not dbapi_conn._in_transaction(dbapi_conn._raw)
+        ):
+            # Checked in on the writer: what it wrote is the session's (one round trip).
+            _causal.capture(dbapi_conn._runtime, dbapi_conn._raw, tracker)
+
+    def set_characteristic(self, dialect: Any, dbapi_conn: DBAPIConnection, value: Any) -> None:
+        if value is None:
+            self.reset_characteristic(dialect, dbapi_conn)
+            return
+        if not isinstance(value, ReadYourWrites):
+            raise ConfigError(
+                f"{_options.RYW_OPTION} takes a ReadYourWrites, not {value!r}",
+                parameter=_options.RYW_OPTION,
+                value=repr(value),
+                suggestion="aurora_smartdriver.sqlalchemy.ReadYourWrites(token=...)",
+            )
+        if isinstance(dbapi_conn, Connection):
+            spec = dbapi_conn._runtime.spec
+            dbapi_conn.__dict__["_tracker"] = value._bind(_causal.cluster_name(spec))
+
+    def get_characteristic(self, dialect: Any, dbapi_conn: DBAPIConnection) -> Any:
+        return getattr(dbapi_conn, "__dict__", {}).get("_tracker")
+
+
 def _back_to_writer(
     dbapi_connection: DBAPIConnection, record: ConnectionPoolEntry, state: PoolResetState
 ) -> None:
@@ -231,6 +313,13 @@ class _AuroraDialect(DefaultDialect):
     def _prepare(self, raw: Any) -> None:
         """Driver-level set-up for a driver connection this dialect uses (idempotent)."""
 
+    def _set_connection_characteristics(self, connection: Any, characteristics: Any) -> None:
+        # The read-your-writes session first: a move to a reader in the same call honours it.
+        if _options.RYW_OPTION in characteristics and len(characteristics) > 1:
+            first = {_options.RYW_OPTION: characteristics[_options.RYW_OPTION]}
+            characteristics = {**first, **characteristics}
+        super()._set_connection_characteristics(connection, characteristics)  # type: ignore[no-untyped-call]
+
     @classmethod
     def engine_created(cls, engine: Engine) -> None:
         super().engine_created(engine)
@@ -279,7 +368,13 @@ class _AuroraDialect(DefaultDialect):
 def _characteristics(base: Mapping[str, ConnectionCharacteristic]) -> Any:
     from sqlalchemy.util import immutabledict
 
-    return immutabledict({**base, _options.ROLE_OPTION: AuroraRoleCharacteristic()})
+    return immutabledict(
+        {
+            **base,
+            _options.ROLE_OPTION: AuroraRoleCharacteristic(),
+            _options.RYW_OPTION: ReadYourWritesCharacteristic(),
+        }
+    )
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------

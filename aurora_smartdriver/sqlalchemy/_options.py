@@ -17,6 +17,7 @@ __all__ = [
     "DRIVERNAMES",
     "ROLES",
     "ROLE_OPTION",
+    "RYW_OPTION",
     "connect_kwargs",
     "engine_url_parts",
     "is_reader",
@@ -25,6 +26,9 @@ __all__ = [
 
 ROLE_OPTION: Final = "aurora_role"
 """The execution option that routes a SQLAlchemy connection's work: writer (default) or reader."""
+
+RYW_OPTION: Final = "aurora_read_your_writes"
+"""The execution option that makes a connection's reads see a session's writes."""
 
 ROLES: Final = ("writer", "reader")
 
