@@ -1,10 +1,14 @@
 """The chaos table: failure scenarios under load, the library beside a bare driver, both engines.
 
     .venv/bin/python bench/chaos.py [--runs 3] [--engines postgresql,mariadb] [--scenarios ...]
+                                    [--sources aurora,probe,static]
 
-For each scenario a lab cluster is loaded by writer and reader threads through the library
-(``Cluster`` with pools) and, side by side in the same run, by bare-driver writers reconnecting
-through the cluster endpoint name (what applications do today). Each insert carries a unique id;
+For each scenario and topology source a lab cluster is loaded by writer and reader threads
+through the library (``Cluster`` with pools) and, side by side in the same run, by bare-driver
+writers reconnecting through the cluster endpoint name (what applications do today). The
+library's DSN per source is `source_failover.source_dsn`'s: ``aurora`` the lab's own (the
+Aurora metadata, detected), ``probe`` the nodes' addresses, ``static`` the cluster endpoint
+first (a name that follows the writer) and the readers' addresses. Each insert carries a unique id;
 the clients record which ones the database acknowledged. Printed per scenario (medians over
 the runs): acknowledged writes lost (must be 0), the ledger of `aurora_smartdriver.lab._ledger`
 (applied twice and reported-rolled-back-but-present must be 0; unknown outcomes counted), write
@@ -21,6 +25,8 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from source_failover import SOURCES, source_dsn
 
 from aurora_smartdriver._demo import LibraryLoad, lost_writes, write_gap
 from aurora_smartdriver.lab import Lab, partition_available
@@ -107,9 +113,25 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
-def run_once(lab: Lab, scenario: Scenario, settle: float) -> tuple[Row, Row]:
-    ours = LibraryLoad(lab).start()
-    ledger = Ledger(lab.dsn, lab.state().engine, fast_refresh_interval="0.05s").start()
+class _Through(Lab):
+    """The bench's lab, seen through the DSN of one topology source (`LibraryLoad` connects
+    with ``lab.dsn``)."""
+
+    def __init__(self, lab: Lab, dsn: str) -> None:
+        super().__init__(lab.state_path)
+        self._through = dsn
+
+    @property
+    def dsn(self) -> str:
+        return self._through
+
+
+def run_once(
+    lab: Lab, scenario: Scenario, settle: float, source: str = "aurora"
+) -> tuple[Row, Row]:
+    dsn = source_dsn(lab, source)
+    ours = LibraryLoad(_Through(lab, dsn)).start()
+    ledger = Ledger(dsn, lab.state().engine, fast_refresh_interval="0.05s").start()
     naive = WriteLoad(lab, threads=4).start()
     time.sleep(1.5)
     fault = time.time()
@@ -153,11 +175,15 @@ def _med(values: list[float | None]) -> str:
     return f"{statistics.median(known):.2f} s"
 
 
+Measured = list[tuple[Row, Row]]
+"""(library, bare) per run."""
+
+
 @dataclass(frozen=True)
 class ChaosResult:
     runs: int
     settle: float
-    rows: list[tuple[str, str, list[tuple[Row, Row]]]]  # engine, scenario, (library, bare) per run
+    rows: list[tuple[str, str, dict[str, Measured]]]  # engine, scenario, source -> runs
     skipped: list[str]
 
 
@@ -167,58 +193,74 @@ def run(
     runs: int = 3,
     settle: float = 6.0,
     progress: Callable[[str], None] | None = None,
+    sources: tuple[str, ...] = ("aurora",),
 ) -> ChaosResult:
     names = list(scenarios)
     skipped = []
     if "writer partition" in names and not partition_available():
         names.remove("writer partition")
         skipped.append("writer partition (needs root and iptables)")
-    rows: list[tuple[str, str, list[tuple[Row, Row]]]] = []
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown:
+        raise ValueError(f"unknown sources {unknown}: choose among {', '.join(SOURCES)}")
+    rows: list[tuple[str, str, dict[str, Measured]]] = []
     for engine in engines:
         with Lab.start(engine, replicas=2) as lab:
             for name in names:
-                measured: list[tuple[Row, Row]] = []
-                for _ in range(runs):
-                    lab.restore()
-                    measured.append(run_once(lab, SCENARIOS[name], settle))
-                rows.append((engine, name, measured))
+                by_source: dict[str, Measured] = {}
+                for source in sources:
+                    for _ in range(runs):
+                        lab.restore()
+                        measured = run_once(lab, SCENARIOS[name], settle, source)
+                        by_source.setdefault(source, []).append(measured)
+                rows.append((engine, name, by_source))
                 if progress is not None:
                     progress(f"chaos: {engine} {name} done")
     return ChaosResult(runs, settle, rows, skipped)
 
 
+def _line(engine: str, name: str, client: str, source: str, picked: list[Row]) -> str:
+    library = client == "library"
+    return (
+        f"| {engine} | {name} | {client} | {source} | {sum(r.lost for r in picked)} | "
+        + (
+            f"{sum(r.twice for r in picked)} | {sum(r.unknown for r in picked)} | "
+            f"{sum(r.phantom for r in picked)} | "
+            if library
+            else "- | - | - | "
+        )
+        + f"{_med([r.gap_s for r in picked])} | "
+        f"{_med([r.after_writable_s for r in picked])} | "
+        f"{int(statistics.median(r.read_errors for r in picked)) if library else '-'} | "
+        f"{int(statistics.median(r.opened for r in picked))} | "
+        f"{max(r.peak_connects for r in picked) if library else '-'} |"
+    )
+
+
 def markdown(result: ChaosResult) -> str:
     lines = [
         f"Median of {result.runs} runs, {result.settle:g} s of load after each fault; 4 writers "
-        "+ 4 readers through the library, 4 bare-driver writers beside them. *lost* is summed "
+        "+ 4 readers through the library, 4 bare-driver writers beside them. *source* is the "
+        "library's topology source: *aurora* the Aurora metadata (the cluster endpoint in the "
+        "DSN), *probe* the nodes' addresses in the DSN, each asked its role, *static* the "
+        "cluster endpoint first (a name that follows the writer) and the readers' addresses. "
+        "The bare row is over the runs of every source of its scenario. *lost* is summed "
         "over the runs; *max conc.* is the most concurrent connection attempts to one host. "
         "Beside them, a ledger (6 writers through connect(), Cluster and SQLAlchemy, in "
-        "autocommit and in transactions, re-running only on FailoverSucceeded): *twice* is "
-        "operations applied twice, *unknown* those reported TransactionOutcomeUnknown, "
-        "*phantom* those reported not committed yet present (all summed over the runs; twice "
-        "and phantom must be 0).",
+        "autocommit and in transactions, re-running only on FailoverSucceeded, with the same "
+        "source): *twice* is operations applied twice, *unknown* those reported "
+        "TransactionOutcomeUnknown, *phantom* those reported not committed yet present (all "
+        "summed over the runs; twice and phantom must be 0).",
         "",
-        "| engine | scenario | client | lost | twice | unknown | phantom | write unavailability "
-        "| new writer -> 1st write | read errors | opened | max conc. |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| engine | scenario | client | source | lost | twice | unknown | phantom "
+        "| write unavailability | new writer -> 1st write | read errors | opened | max conc. |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for engine, name, measured in result.rows:
-        for label, pick in (("library", 0), ("bare", 1)):
-            picked = [r[pick] for r in measured]
-            lines.append(
-                f"| {engine} | {name} | {label} | {sum(r.lost for r in picked)} | "
-                + (
-                    f"{sum(r.twice for r in picked)} | {sum(r.unknown for r in picked)} | "
-                    f"{sum(r.phantom for r in picked)} | "
-                    if pick == 0
-                    else "- | - | - | "
-                )
-                + f"{_med([r.gap_s for r in picked])} | "
-                f"{_med([r.after_writable_s for r in picked])} | "
-                f"{int(statistics.median(r.read_errors for r in picked)) if pick == 0 else '-'} | "
-                f"{int(statistics.median(r.opened for r in picked))} | "
-                f"{max(r.peak_connects for r in picked) if pick == 0 else '-'} |"
-            )
+    for engine, name, by_source in result.rows:
+        for source, measured in by_source.items():
+            lines.append(_line(engine, name, "library", source, [r[0] for r in measured]))
+        bare = [r[1] for measured in by_source.values() for r in measured]
+        lines.append(_line(engine, name, "bare", "-", bare))
     if result.skipped:
         lines += ["", "Skipped: " + ", ".join(result.skipped) + "."]
     return "\n".join(lines)
@@ -230,11 +272,15 @@ def main() -> None:
     parser.add_argument("--engines", default="postgresql,mariadb")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--settle", type=float, default=6.0, help="seconds of load after a fault")
+    parser.add_argument(
+        "--sources", default="aurora", help=f"topology sources, among {','.join(SOURCES)}"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the library's warnings would interleave the table
     engines = tuple(e for e in args.engines.split(",") if e)
     scenarios = tuple(n for n in args.scenarios.split(",") if n)
-    print(markdown(run(engines, scenarios, args.runs, args.settle, progress=print)))
+    sources = tuple(n for n in args.sources.split(",") if n)
+    print(markdown(run(engines, scenarios, args.runs, args.settle, print, sources)))
 
 
 if __name__ == "__main__":

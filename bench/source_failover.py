@@ -13,6 +13,8 @@ writes (``FailoverReport.writable_at``) to the first write acknowledged on it (m
 max over the runs), and when the monitor left fast mode (seen after ``failover()`` returned),
 from the same moment. Nothing is asserted.
 
+- ``aurora``: the lab's own DSN (the cluster endpoint; the Aurora metadata source, detected),
+  for comparison.
 - ``probe``: the DSN's host list is the nodes' addresses (a self-managed cluster's view).
 - ``static``: the DSN's first host is the cluster endpoint, a name that follows the writer
   (``dns_ttl_cap=0``, the failover flips DNS at once); static's writer is whatever answers at
@@ -31,6 +33,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import aurora_smartdriver as asd
 from aurora_smartdriver import _runtime
@@ -40,11 +43,20 @@ WRITE_EVERY = 0.005
 SETTLE = 1.0  # seconds of writes before the failover
 
 
+SOURCES = ("aurora", "probe", "static")
+
+
 def source_dsn(lab: Lab, source: str) -> str:
-    """The DSN the bench uses for ``source`` (see the module docstring)."""
+    """The DSN the benches use for ``source`` (see the module docstring).
+
+    Several hosts go in one ``host`` query item, a form that ``connect()`` and the SQLAlchemy
+    dialects both read; no ``cluster_id`` (callers give their own, as a keyword).
+    """
+    if source == "aurora":
+        return lab.dsn
     state = lab.state()
     scheme = "postgresql" if state.engine == "postgresql" else "mariadb"
-    params = {"topology_source": source, "cluster_id": uuid.uuid4().hex}
+    params = {"topology_source": source}
     if source == "static":
         hosts = [f"{state.cluster_endpoint}:{state.port}"] + [
             f"{n.address}:{n.port}" for n in lab.readers
@@ -53,9 +65,10 @@ def source_dsn(lab: Lab, source: str) -> str:
         params["dns_ttl_cap"] = "0s"
     else:
         hosts = [f"{n.address}:{n.port}" for n in lab.nodes]
+    params = {"host": ",".join(hosts), **params}
     return (
-        f"{scheme}://{state.user}:{state.password}@{','.join(hosts)}/{state.database}?"
-        + "&".join(f"{k}={v}" for k, v in params.items())
+        f"{scheme}://{quote(state.user, safe='')}:{quote(state.password, safe='')}@/"
+        f"{state.database}?" + "&".join(f"{k}={v}" for k, v in params.items())
     )
 
 
@@ -104,7 +117,7 @@ SCENARIOS: dict[str, Callable[[Lab], FailoverReport]] = {
 
 def one_run(lab: Lab, source: str, scenario: Callable[[Lab], FailoverReport] = _crash) -> Run:
     """One failover under a steady write load through a ``Cluster`` of ``source``."""
-    cluster = asd.Cluster(source_dsn(lab, source))
+    cluster = asd.Cluster(source_dsn(lab, source), cluster_id=uuid.uuid4().hex)
     which = _server_id_sql(lab)
     acked: list[tuple[float, str]] = []
     errors = [0]

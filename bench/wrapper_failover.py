@@ -244,7 +244,11 @@ def _med(values: list[float | None]) -> str:
 _CLIENTS = ["library", "aws wrapper", "bare psycopg", "bare PyMySQL"]
 
 
-def _fault_cell(pairs: list[tuple[float | None, float | None]]) -> str:
+Pairs = list[tuple[float | None, float | None]]
+"""(fault -> first write, new writer -> first write) per run; None: no write."""
+
+
+def _fault_cell(pairs: Pairs) -> str:
     if not pairs:
         return "-"
     gap = _med([p[0] for p in pairs])
@@ -260,34 +264,42 @@ def _fault_table(result: WrapperFailoverResult) -> list[str]:
         f"{CLUSTER_DETECTION:g} s later: total write unavailability (fault -> the client's "
         f"first acknowledged write) and, in brackets, new writer accepting writes -> that "
         f'write; median of {result.runs} runs, default settings, "never" = no write within '
-        f"{result.settle:g} s of the promotion. Library / bare driver is the ratio of the "
-        f"unavailabilities. AWS wrapper: {result.wrapper}.",
+        f"{result.settle:g} s of the promotion. The ratios are of the unavailabilities "
+        f"(medians): below 1, the library was back sooner. AWS wrapper: {result.wrapper}.",
         "",
-        "| engine | fault | " + " | ".join(shown) + " | library / bare |",
-        "| --- | --- |" + " ---: |" * (len(shown) + 1),
+        "| engine | fault | "
+        + " | ".join(shown)
+        + " | library / bare | library / aws wrapper | aws wrapper / bare |",
+        "| --- | --- |" + " ---: |" * (len(shown) + 3),
     ]
     for (engine, fault), by in result.faults.items():
         bare = next((runs for c, runs in by.items() if c.startswith("bare")), [])
         library = by.get("library", [])
-        cells = [_fault_cell(library), _fault_cell(by.get("aws wrapper", [])), _fault_cell(bare)]
-        lines.append(
-            f"| {engine} | {fault} | " + " | ".join(cells) + f" | {_ratio(library, bare)} |"
-        )
+        wrapper = by.get("aws wrapper", [])
+        cells = [_fault_cell(library), _fault_cell(wrapper), _fault_cell(bare)]
+        ratios = [
+            _ratio(library, bare, ("library", "bare")),
+            _ratio(library, wrapper, ("library", "aws wrapper")),
+            _ratio(wrapper, bare, ("aws wrapper", "bare")),
+        ]
+        lines.append(f"| {engine} | {fault} | " + " | ".join(cells + ratios) + " |")
     if result.skipped:
         lines += ["", "Skipped: " + ", ".join(result.skipped) + "."]
     return lines
 
 
-def _ratio(
-    library: list[tuple[float | None, float | None]], bare: list[tuple[float | None, float | None]]
-) -> str:
-    ours = [p[0] for p in library if p[0] is not None]
-    theirs = [p[0] for p in bare if p[0] is not None]
-    if not ours:
+def _ratio(ours: Pairs, theirs: Pairs, names: tuple[str, str]) -> str:
+    """Median unavailability of ``ours`` over that of ``theirs`` (``names`` are theirs, in
+    that order); "-" when either was not measured; who never recovered, when one did not."""
+    if not ours or not theirs:
         return "-"
-    if not theirs:
-        return "bare never recovered"
-    return f"{statistics.median(ours) / statistics.median(theirs):.2f}"
+    mine = [p[0] for p in ours if p[0] is not None]
+    other = [p[0] for p in theirs if p[0] is not None]
+    if not mine and not other:
+        return "neither recovered"
+    if not mine or not other:
+        return f"{names[0] if not mine else names[1]} never recovered"
+    return f"{statistics.median(mine) / statistics.median(other):.2f}"
 
 
 def markdown(result: WrapperFailoverResult) -> str:

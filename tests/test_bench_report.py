@@ -9,8 +9,11 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from sqlalchemy import create_engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -19,9 +22,11 @@ import monitor_load
 import overhead_bench
 import pool_bench
 import report
+import source_failover
 import storm
 import wrapper_failover
 
+from aurora_smartdriver.dsn import parse
 from aurora_smartdriver.lab import FailoverReport
 
 
@@ -137,14 +142,97 @@ def test_failover_table_orders_clients_and_counts_misses() -> None:
     assert "| 5 s | 0.15 s | 5.00 s (1 never) |" in text
 
 
+def test_fault_table_puts_the_wrapper_beside_as_ratios_and_names_who_never_recovered() -> None:
+    faults: wrapper_failover.FaultRows = {
+        ("postgresql", "hang"): {
+            "library": [(1.0, 0.1), (2.0, 0.2)],
+            "aws wrapper": [(3.0, 2.0), (None, None)],
+            "bare psycopg": [(6.0, 5.0), (6.0, 5.0)],
+        },
+        ("postgresql", "partition"): {
+            "library": [(1.5, 0.4)],
+            "aws wrapper": [(None, None)],
+            "bare psycopg": [(None, None)],
+        },
+    }
+    result = wrapper_failover.WrapperFailoverResult(2, "3.1.0", {}, faults, 5.0)
+    text = wrapper_failover.markdown(result)
+    assert (
+        "| engine | fault | library | aws wrapper | bare driver | library / bare "
+        "| library / aws wrapper | aws wrapper / bare |" in text
+    )
+    assert (
+        "| postgresql | hang | 1.50 s (0.15 s) | 3.00 s (1 never) (2.00 s (1 never)) "
+        "| 6.00 s (5.00 s) | 0.25 | 0.50 | 0.50 |" in text
+    )
+    assert (
+        "| postgresql | partition | 1.50 s (0.40 s) | never (never) | never (never) "
+        "| bare never recovered | aws wrapper never recovered | neither recovered |" in text
+    )
+
+
 def test_chaos_table() -> None:
     lib = chaos.Row(0, 0.2, 0.05, 1, 16, 4, twice=0, unknown=3, phantom=0)
     bare = chaos.Row(0, 5.1, 5.0, 0, 300, 0)
-    result = chaos.ChaosResult(1, 2.0, [("postgresql", "writer crash", [(lib, bare)])], [])
+    result = chaos.ChaosResult(
+        1, 2.0, [("postgresql", "writer crash", {"aurora": [(lib, bare)]})], []
+    )
     text = chaos.markdown(result)
-    row = "| postgresql | writer crash | library | 0 | 0 | 3 | 0 | 0.20 s | 0.05 s | 1 | 16 | 4 |"
+    row = (
+        "| postgresql | writer crash | library | aurora | 0 | 0 | 3 | 0 | 0.20 s | 0.05 s "
+        "| 1 | 16 | 4 |"
+    )
     assert row in text
     assert (
-        "| postgresql | writer crash | bare | 0 | - | - | - | 5.10 s | 5.00 s | - | 300 | - |"
+        "| postgresql | writer crash | bare | - | 0 | - | - | - | 5.10 s | 5.00 s | - | 300 | - |"
         in text
     )
+
+
+def test_chaos_table_has_a_row_per_source_and_one_bare_row_over_all_their_runs() -> None:
+    fast = chaos.Row(0, 0.2, 0.1, 0, 16, 4, twice=0, unknown=1, phantom=0)
+    slow = chaos.Row(1, 2.0, 0.9, 2, 20, 5, twice=0, unknown=0, phantom=0)
+    bare = [chaos.Row(0, gap, gap, 0, 100, 0) for gap in (5.0, 6.0, 7.0)]
+    by_source = {"probe": [(fast, bare[0])], "static": [(slow, bare[1]), (slow, bare[2])]}
+    text = chaos.markdown(chaos.ChaosResult(2, 6.0, [("mariadb", "writer hang", by_source)], []))
+    lines = [line for line in text.splitlines() if line.startswith("| mariadb | writer hang |")]
+    assert [line.split(" | ", 2)[2] for line in lines] == [
+        "library | probe | 0 | 0 | 1 | 0 | 0.20 s | 0.10 s | 0 | 16 | 4 |",
+        "library | static | 2 | 0 | 0 | 0 | 2.00 s | 0.90 s | 2 | 20 | 5 |",
+        "bare | - | 0 | - | - | - | 6.00 s | 6.00 s | - | 100 | - |",
+    ]
+
+
+def test_source_dsns_name_their_hosts_in_one_query_item() -> None:
+    """connect() and the SQLAlchemy dialects (the ledger's writers) both read that form."""
+    lab: Any = SimpleNamespace(
+        dsn="postgresql://app:pw@c.lab.test:5432/app?dns_server=127.0.0.2:53",
+        state=lambda: SimpleNamespace(
+            engine="postgresql",
+            user="app",
+            password="p@ss/w?rd",
+            database="app",
+            port=5432,
+            cluster_endpoint="c.lab.test",
+            dns=SimpleNamespace(address="127.0.0.2", port=53),
+        ),
+        nodes=[SimpleNamespace(address=f"127.0.0.{i}", port=5432) for i in (11, 12, 13)],
+    )
+    lab.readers = lab.nodes[1:]
+    assert source_failover.source_dsn(lab, "aurora") == lab.dsn
+    probe = parse(source_failover.source_dsn(lab, "probe"))
+    assert [h for h, _ in probe.hosts] == ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
+    assert probe.settings.topology_source == "probe"
+    assert probe.password == "p@ss/w?rd"
+    static = source_failover.source_dsn(lab, "static")
+    assert [h for h, _ in parse(static).hosts] == ["c.lab.test", "127.0.0.12", "127.0.0.13"]
+    # As the ledger makes its SQLAlchemy engine: the same DSN, its settings appended.
+    engine = create_engine(
+        "postgresql+aurora_psycopg://" + static.split("://", 1)[1] + "&cluster_id=x"
+    )
+    args, kwargs = engine.dialect.create_connect_args(engine.url)
+    assert [h for h, _ in parse(args[0], **kwargs).hosts] == [
+        "c.lab.test",
+        "127.0.0.12",
+        "127.0.0.13",
+    ]
