@@ -104,6 +104,24 @@ class FakeClock:
         return self.now
 
 
+class HoldingClock(FakeClock):
+    """A fake clock that stops the thread `hold` names at its next reading, until `go` is set:
+    a borrower woken from its wait reads the clock first, so it stops where the test can
+    look at what the waking left behind. `held` is set once it stopped."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        super().__init__(now)
+        self.hold: threading.Thread | None = None
+        self.held = threading.Event()
+        self.go = threading.Event()
+
+    def __call__(self) -> float:
+        if threading.current_thread() is self.hold and not self.go.is_set():
+            self.held.set()
+            self.go.wait(60)
+        return self.now
+
+
 def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -130,6 +148,7 @@ def make_pool() -> Iterator[Callable[..., tuple[HostPool, Opener, Events]]]:
         reset: Callable[[Any], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], float] = random.random,
+        overtake: float | None = None,
         **settings: Any,
     ) -> tuple[HostPool, Opener, Events]:
         opener = opener or Opener(lab, node)
@@ -143,6 +162,7 @@ def make_pool() -> Iterator[Callable[..., tuple[HostPool, Opener, Events]]]:
             clock=clock,
             listener=events,
             rng=rng,
+            overtake=overtake,
         )
         pools.append(pool)
         return pool, opener, events
@@ -272,6 +292,129 @@ def test_a_waiting_borrower_gets_the_connection_given_back(aurora_lab: Lab, make
     waiter.join(30)
     assert got and got[0].raw is held.raw
     assert opener.attempts == 1
+    pool.release(got[0])
+
+
+def _waiting_borrower(pool: HostPool, got: list[Pooled], timeout: float = 30) -> threading.Thread:
+    """A thread that borrows from ``pool`` into ``got``, started once it waits in the queue."""
+    queued = pool.stats().waiting
+    thread = threading.Thread(target=lambda: got.append(pool.borrow(timeout=timeout)))
+    thread.start()
+    assert _wait(lambda: pool.stats().waiting == queued + 1)
+    return thread
+
+
+def test_a_newcomer_may_take_a_returned_connection_ahead_of_a_borrower_waiting_less_than_overtake(
+    aurora_lab: Lab, make_pool: Any
+) -> None:
+    clock = HoldingClock()
+    pool, _, _ = make_pool(
+        aurora_lab, aurora_lab.writer.id, pool_max_size=1, clock=clock, overtake=60.0
+    )
+    held = pool.borrow()
+    got: list[Pooled] = []
+    waiter = _waiting_borrower(pool, got)
+    clock.hold = waiter
+    pool.release(held)
+    assert clock.held.wait(30)  # the waiting borrower was woken, and stopped before taking it
+    again = pool.borrow(timeout=0)  # the running thread borrows again at once
+    assert again.raw is held.raw
+    assert pool.stats().waiting == 1
+    clock.go.set()  # the woken borrower finds nothing and waits again
+    pool.release(again)
+    waiter.join(30)
+    assert got and got[0].raw is held.raw
+    pool.release(got[0])
+    _assert_books_balance(pool)
+
+
+def test_a_connection_returned_once_a_borrower_waited_overtake_is_handed_to_it(
+    aurora_lab: Lab, make_pool: Any
+) -> None:
+    clock = HoldingClock()
+    pool, _, _ = make_pool(
+        aurora_lab, aurora_lab.writer.id, pool_max_size=1, clock=clock, overtake=1.0
+    )
+    held = pool.borrow()
+    got: list[Pooled] = []
+    waiter = _waiting_borrower(pool, got)
+    clock.hold = waiter
+    clock.now += 2.0
+    pool.release(held)
+    assert clock.held.wait(30)
+    with pytest.raises(PoolTimeout):
+        pool.borrow(timeout=0)  # handed over already, although its taker has not run yet
+    clock.go.set()
+    waiter.join(30)
+    assert got and got[0].raw is held.raw
+    pool.release(got[0])
+    _assert_books_balance(pool)
+
+
+def test_nobody_takes_an_idle_connection_ahead_of_a_borrower_that_waited_overtake(
+    aurora_lab: Lab, make_pool: Any
+) -> None:
+    clock = HoldingClock()
+    pool, _, _ = make_pool(
+        aurora_lab, aurora_lab.writer.id, pool_max_size=1, clock=clock, overtake=1.0
+    )
+    held = pool.borrow()
+    got: list[Pooled] = []
+    waiter = _waiting_borrower(pool, got)
+    clock.hold = waiter
+    pool.release(held)  # waited less than overtake: made idle, the borrower woken
+    assert clock.held.wait(30)
+    clock.now += 2.0  # it has waited overtake by the time a newcomer comes
+    with pytest.raises(PoolTimeout):
+        pool.borrow(timeout=0)
+    assert pool.stats().idle == 1
+    clock.go.set()
+    waiter.join(30)
+    assert got and got[0].raw is held.raw
+    pool.release(got[0])
+    _assert_books_balance(pool)
+
+
+def test_connections_returned_together_wake_as_many_waiting_borrowers(
+    aurora_lab: Lab, make_pool: Any
+) -> None:
+    clock = HoldingClock()
+    pool, _, _ = make_pool(
+        aurora_lab, aurora_lab.writer.id, pool_max_size=2, clock=clock, overtake=60.0
+    )
+    held = [pool.borrow(), pool.borrow()]
+    got: list[Pooled] = []
+    # Each would get a connection at its deadline at the latest: far beyond the joins below.
+    first, second = (_waiting_borrower(pool, got, timeout=600) for _ in range(2))
+    clock.hold = first
+    pool.release(held[0])  # wakes the longest waiting borrower
+    assert clock.held.wait(30)
+    pool.release(held[1])  # it is woken already and has not run: nobody else is woken
+    clock.go.set()  # it takes one, and wakes the next for the other
+    for thread in (first, second):
+        thread.join(60)
+    assert len(got) == 2 and {id(p.raw) for p in got} == {id(p.raw) for p in held}
+    for pooled in got:
+        pool.release(pooled)
+    _assert_books_balance(pool)
+
+
+def test_overtaking_is_off_with_overtake_zero(aurora_lab: Lab, make_pool: Any) -> None:
+    clock = HoldingClock()
+    pool, _, _ = make_pool(
+        aurora_lab, aurora_lab.writer.id, pool_max_size=1, clock=clock, overtake=0.0
+    )
+    held = pool.borrow()
+    got: list[Pooled] = []
+    waiter = _waiting_borrower(pool, got)
+    clock.hold = waiter
+    pool.release(held)
+    assert clock.held.wait(30)
+    with pytest.raises(PoolTimeout):
+        pool.borrow(timeout=0)  # first come, first served
+    clock.go.set()
+    waiter.join(30)
+    assert got and got[0].raw is held.raw
     pool.release(got[0])
 
 
@@ -507,7 +650,15 @@ def test_pool_set_retires_the_pools_of_hosts_whose_role_changed_in_a_failover(
         assert monitor.wait_for_writer(15, not_id=report.old_writer) is not None
         assert _wait(lambda: old_writer.stats().idle == 0 and promoted.stats().idle == 0)
 
-        by_host = {(f["instance_id"], f["why"]) for f in events.named("discard")}
+        def discarded() -> set[tuple[str, str]]:
+            return {(f["instance_id"], f["why"]) for f in events.named("discard")}
+
+        # A discard is told once the connection is closed, after it left the pool's books.
+        old_gone = {(report.old_writer, "retired"), (report.old_writer, "closed")}
+        assert _wait(
+            lambda: (report.new_writer, "retired") in discarded() and bool(old_gone & discarded())
+        )
+        by_host = discarded()
         assert (report.new_writer, "retired") in by_host
         assert (report.old_writer, "retired") in by_host or (report.old_writer, "closed") in by_host
         held.mark_broken()  # its server is gone

@@ -65,7 +65,11 @@ class PoolSet:
         A pool for the same instance id at another endpoint is replaced (and closed).
         """
         pool = self._pools.get(target.instance_id)
-        if pool is not None and pool.target == target and not pool.closed:
+        if (
+            pool is not None
+            and (pool.target is target or pool.target == target)
+            and not pool.closed
+        ):
             return pool
         with self._lock:
             if self._closed:
