@@ -459,6 +459,16 @@ class Runtime:
         self.credentials_source = credentials
         """What ``credentials`` was given (to acquire the same runtime again: a reopen)."""
         self._pool_key = _sharing.pool_key(self.login, settings)
+        value = spec.driver_params.get("autocommit", False)
+        self.default_autocommit = (
+            value if isinstance(value, bool) else str(value).lower() in ("1", "true", "on", "yes")
+        )
+        """The DSN's ``autocommit`` (off unless given): what a connection starts with and is
+        put back to before it returns to its pool."""
+        self._pool_set: PoolSet | None = None
+        self._writer_choice: tuple[Topology, _Choice, tuple[str, str]] | None = None
+        """The last writer decision and the topology it was made on: the same snapshot gives
+        the same writer, so a borrow on an unchanged topology skips the routing."""
         self.adapter = shared.adapter
         self.module: ModuleType = shared.module
         self.watchdog = shared.watchdog
@@ -513,7 +523,10 @@ class Runtime:
     def pools(self) -> PoolSet:
         """The pools of this login and pool configuration, made on first use (``connect()``
         alone needs none); `PoolClosed` once the cluster is closed."""
-        return self._shared.pools(self._pool_key, self._make_pools)
+        found = self._pool_set
+        if found is None:  # the shared cluster keeps it for good: no lookup after the first
+            found = self._pool_set = self._shared.pools(self._pool_key, self._make_pools)
+        return found
 
     @property
     def _pools(self) -> PoolSet | None:
@@ -533,6 +546,11 @@ class Runtime:
 
     def choose(self, role: str, exclude: frozenset[str] = frozenset()) -> _Choice:
         """The host that serves ``role`` now, or the driver's ``NoHostAvailable`` saying why."""
+        if role == "writer" and not exclude:
+            known = self._writer_choice
+            if known is not None and known[0] is self.monitor.topology:
+                self.metrics.routed.add(known[2])
+                return known[1]
         topo = self.topology(self.spec.settings.connect_timeout)
         request = self._requests[role]
         if exclude:
@@ -571,11 +589,16 @@ class Runtime:
             detail = f" (monitor: {trouble})" if trouble else ""
             none = self.no_host(f"no host for a {role} connection: {decision.reason}{detail}")
             raise keep_driver_details(none, None, default_code=_CR_CONN_HOST_ERROR)
-        self.metrics.routed.add((role, decision.host.instance_id))
+        routed = (role, decision.host.instance_id)
+        self.metrics.routed.add(routed)
         if decision.fell_back:
             self.metrics.fallbacks.add(role)
             log.info("%s", decision.reason)
-        return _Choice(_target(decision.host), decision)
+        choice = _Choice(_target(decision.host), decision)
+        if role == "writer" and not exclude and topo is not None:
+            # A writer decision depends on the snapshot alone (no load, no turn, no down set).
+            self._writer_choice = (topo, choice, routed)
+        return choice
 
     # -- connections ----------------------------------------------------------------------
     def _opener_for(self, target: Target) -> Callable[[float], Any]:
@@ -609,13 +632,6 @@ class Runtime:
             raise
         return raw
 
-    @property
-    def default_autocommit(self) -> bool:
-        value = self.spec.driver_params.get("autocommit", False)
-        return (
-            value if isinstance(value, bool) else str(value).lower() in ("1", "true", "on", "yes")
-        )
-
     def _prepare_session(self, raw: Any) -> None:
         settings = self.spec.settings
         statements = list(settings.session_init)
@@ -648,11 +664,11 @@ class Runtime:
         """
         if _abandoned:
             give_back_abandoned()
-        tried: set[str] = set(exclude)
+        tried = exclude
         may_wait = role == "writer" and wait and self.spec.settings.failover
         waiting: _WriterWait | None = None  # made on the first failure: borrows stay lean
         while True:
-            choice = self.choose(role, frozenset(tried))
+            choice = self.choose(role, tried)
             target = choice.target
             try:
                 if not pooled:
@@ -669,7 +685,7 @@ class Runtime:
                     waiting = waiting or _WriterWait(self)
                     waiting.wait(target, "disconnect", exc)
                     continue
-                tried.add(target.instance_id)
+                tried = tried | {target.instance_id}
             except PoolClosed as exc:
                 pools = self._pools
                 if self._shared.closed or pools is None or pools.closed:
@@ -687,7 +703,7 @@ class Runtime:
                     none = self.no_host(f"the writer {target.instance_id}: {exc}")
                     raise keep_driver_details(none, exc, default_code=_CR_CONN_HOST_ERROR) from exc
                 self.suspect(target, f"resolve: {exc}")
-                tried.add(target.instance_id)
+                tried = tried | {target.instance_id}
             except PoolTimeout as exc:
                 raise self.pool_timeout(str(exc)) from exc
             except self.adapter.Error as exc:
@@ -699,7 +715,7 @@ class Runtime:
                 if kind == "auth" or role == "writer":
                     raise
                 self.suspect(target, f"{kind}: {exc}")
-                tried.add(target.instance_id)
+                tried = tried | {target.instance_id}
 
     def _open_counted(self, target: Target) -> Any:
         """`open` for a connection of its own (``connect()``), counted in the metrics (the
