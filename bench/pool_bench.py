@@ -1,33 +1,46 @@
-"""Borrow + return throughput: HostPool against psycopg_pool and SQLAlchemy's QueuePool.
+"""Borrow + return throughput: the library against psycopg_pool and SQLAlchemy's QueuePool.
 
     .venv/bin/python bench/pool_bench.py [--seconds 1.0] [--rounds 5] [--size 4]
+                                         [--threads 1,4,16,64]
 
-Starts a one-node lab PostgreSQL, puts the same number of connections to it in each pool, and
-measures borrow+return cycles per second (nothing is run on the connections: this is the
-pools' own cost) with 1 thread, with as many threads as connections, and with four times as
-many threads as connections (borrowers wait for each other). The pools take turns, round
-after round, and the best round of each counts, so a noisy neighbour on a shared machine hurts
-all three alike. Prints ops/s and HostPool's ratio to each; nothing is asserted.
+Starts a one-node lab PostgreSQL, puts the same number of connections to it (``--size``) in
+every pool, and measures borrow+return cycles per second (nothing is run on the connections:
+this is the pools' own cost) at each thread count (borrowers wait for each other beyond
+``--size`` threads). Two layers, side by side in one run:
 
-Each pool runs as configured by default, except sizes: psycopg_pool's `check` is off by
-default (as is HostPool's ping of connections idle for less than `validate_after_idle`);
-QueuePool rolls back on return (`reset_on_return="rollback"`), as HostPool does only when a
-transaction is open.
+- what applications write, with reset-on-return in place: ``with cluster.writer() as conn:``
+  (routing, the DB-API proxy, and the library's reset of the session on return: any open
+  transaction rolled back, autocommit, isolation level, read-only and deferrable put back)
+  against ``with pool.connection() as conn:`` of psycopg_pool with a ``reset`` callback that
+  puts back the same four attributes (psycopg_pool rolls back on its own), the same without
+  ``reset``, and SQLAlchemy's QueuePool ``connect()``/``close()`` with a ``reset`` event doing
+  the same (after its default rollback on return);
+- the pool layer alone: ``HostPool.borrow``/``release``, psycopg_pool ``getconn``/``putconn``,
+  QueuePool ``connect()``/``close()``.
+
+Every pool runs with its defaults except sizes, and every connection with the driver's
+default (autocommit off). The contenders take turns, in a rotating order, round after round,
+so a noisy neighbour on a shared machine hurts all alike; a contender's figure is its median
+round, a ratio is the median of the ratios taken within each round, with the lowest and
+highest of those ratios beside it. Nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import psycopg_pool
+from sqlalchemy import event
 from sqlalchemy.pool import QueuePool
 
+import aurora_smartdriver as asd
 from aurora_smartdriver import dsn
 from aurora_smartdriver.drivers import adapter_for
 from aurora_smartdriver.lab import Lab
@@ -35,16 +48,121 @@ from aurora_smartdriver.pool import HostPool, Target
 from aurora_smartdriver.settings import Settings
 
 Cycle = Callable[[], None]
+Built = tuple[Cycle, Callable[[], None]]
+
+THREADS = (1, 4, 16, 64)
+
+CLUSTER = "Cluster.writer()"
+PSYCOPG_RESET = "psycopg_pool + reset"
+PSYCOPG_CONTEXT = "psycopg_pool.connection()"
+QUEUE_RESET = "QueuePool + reset"
+API = (CLUSTER, PSYCOPG_RESET, PSYCOPG_CONTEXT, QUEUE_RESET)
+"""What applications write: the library's public API and the pools' own context managers."""
+
+HOSTPOOL = "HostPool"
+PSYCOPG_LAYER = "psycopg_pool"
+QUEUE_LAYER = "QueuePool"
+LAYER = (HOSTPOOL, PSYCOPG_LAYER, QUEUE_LAYER)
+"""The pool layer alone (the names are those of earlier runs of this bench)."""
 
 
-def ours(lab: Lab, size: int) -> tuple[Cycle, Callable[[], None]]:
+def reset_psycopg(conn: psycopg.Connection[Any]) -> None:
+    """What the library puts back on a psycopg connection returning to its pool (open
+    transactions are rolled back by every pool itself)."""
+    conn.autocommit = False
+    conn.isolation_level = None
+    conn.read_only = None
+    conn.deferrable = None
+
+
+def cluster_cycle(lab: Lab, size: int) -> Built:
+    cluster = asd.Cluster(lab.dsn, pool_max_size=size, pool_min_size=size)
+    held = [cluster.writer() for _ in range(size)]
+    for manager in held:  # every connection opened before measuring
+        manager.__enter__()
+    for manager in held:
+        manager.__exit__(None, None, None)
+    writer = cluster.writer
+
+    def cycle() -> None:
+        with writer():
+            pass
+
+    return cycle, cluster.close
+
+
+def _conninfo(lab: Lab) -> str:
+    return psycopg.conninfo.make_conninfo(**lab.connect_kwargs(lab.writer))
+
+
+def _psycopg_pool(lab: Lab, size: int, **kwargs: Any) -> psycopg_pool.ConnectionPool[Any]:
+    pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+        _conninfo(lab), min_size=size, max_size=size, open=True, **kwargs
+    )
+    pool.wait(30)
+    return pool
+
+
+def psycopg_reset_cycle(lab: Lab, size: int) -> Built:
+    pool = _psycopg_pool(lab, size, reset=reset_psycopg)
+    connection = pool.connection
+
+    def cycle() -> None:
+        with connection():
+            pass
+
+    return cycle, pool.close
+
+
+def psycopg_context_cycle(lab: Lab, size: int) -> Built:
+    pool = _psycopg_pool(lab, size)
+    connection = pool.connection
+
+    def cycle() -> None:
+        with connection():
+            pass
+
+    return cycle, pool.close
+
+
+def _queue_pool(lab: Lab, size: int) -> QueuePool:
+    kwargs = lab.connect_kwargs(lab.writer)
+
+    def creator() -> Any:
+        return psycopg.connect(**kwargs)
+
+    pool = QueuePool(creator, pool_size=size, max_overflow=0)
+    held = [pool.connect() for _ in range(size)]
+    for conn in held:
+        conn.close()
+    return pool
+
+
+def queue_reset_cycle(lab: Lab, size: int) -> Built:
+    pool = _queue_pool(lab, size)
+
+    def on_reset(dbapi_connection: Any, record: Any, state: Any) -> None:
+        reset_psycopg(dbapi_connection)
+
+    event.listen(pool, "reset", on_reset)
+    connect = pool.connect
+
+    def cycle() -> None:
+        connect().close()
+
+    return cycle, pool.dispose
+
+
+def hostpool_cycle(lab: Lab, size: int) -> Built:
     spec = dsn.parse(lab.dsn)
     adapter = adapter_for(spec.engine)
     node = lab.writer
     target = Target(node.id, node.host, node.port)
 
     def opener(timeout: float) -> Any:
-        return adapter.connect(spec, node.host, node.port, address=node.address, timeout=timeout)
+        return adapter.connect(
+            spec, node.host, node.port, address=node.address, timeout=timeout, autocommit=False
+        )
 
     pool = HostPool(
         target, opener, settings=Settings(pool_max_size=size, pool_min_size=size), adapter=adapter
@@ -60,13 +178,8 @@ def ours(lab: Lab, size: int) -> tuple[Cycle, Callable[[], None]]:
     return cycle, pool.close
 
 
-def psycopg_pool_cycle(lab: Lab, size: int) -> tuple[Cycle, Callable[[], None]]:
-    kwargs = lab.connect_kwargs(lab.writer)
-    conninfo = psycopg.conninfo.make_conninfo(**kwargs)
-    pool: psycopg_pool.ConnectionPool[psycopg.Connection[Any]] = psycopg_pool.ConnectionPool(
-        conninfo, min_size=size, max_size=size, kwargs={"autocommit": True}, open=True
-    )
-    pool.wait(30)
+def psycopg_layer_cycle(lab: Lab, size: int) -> Built:
+    pool = _psycopg_pool(lab, size)
     getconn, putconn = pool.getconn, pool.putconn
 
     def cycle() -> None:
@@ -75,22 +188,25 @@ def psycopg_pool_cycle(lab: Lab, size: int) -> tuple[Cycle, Callable[[], None]]:
     return cycle, pool.close
 
 
-def queue_pool_cycle(lab: Lab, size: int) -> tuple[Cycle, Callable[[], None]]:
-    kwargs = lab.connect_kwargs(lab.writer)
-
-    def creator() -> Any:
-        return psycopg.connect(**kwargs, autocommit=True)
-
-    pool = QueuePool(creator, pool_size=size, max_overflow=0)
-    held = [pool.connect() for _ in range(size)]
-    for conn in held:
-        conn.close()
+def queue_layer_cycle(lab: Lab, size: int) -> Built:
+    pool = _queue_pool(lab, size)
     connect = pool.connect
 
     def cycle() -> None:
         connect().close()
 
     return cycle, pool.dispose
+
+
+BUILDERS: Mapping[str, Callable[[Lab, int], Built]] = {
+    CLUSTER: cluster_cycle,
+    PSYCOPG_RESET: psycopg_reset_cycle,
+    PSYCOPG_CONTEXT: psycopg_context_cycle,
+    QUEUE_RESET: queue_reset_cycle,
+    HOSTPOOL: hostpool_cycle,
+    PSYCOPG_LAYER: psycopg_layer_cycle,
+    QUEUE_LAYER: queue_layer_cycle,
+}
 
 
 def rate(cycle: Cycle, threads: int, seconds: float) -> float:
@@ -126,48 +242,105 @@ class PoolResult:
     rounds: int
     seconds: float
     best: dict[tuple[str, int], float]  # (pool, threads) -> best cycles per second
+    runs: Mapping[tuple[str, int], tuple[float, ...]] = field(default_factory=dict)
+    """(pool, threads) -> cycles per second of each round, in round order."""
 
     @property
     def threads(self) -> list[int]:
         return sorted({threads for _, threads in self.best})
 
+    def samples(self, name: str, threads: int) -> tuple[float, ...]:
+        """Each round's rate (the best alone when the rounds were not kept)."""
+        return self.runs.get((name, threads)) or (self.best[name, threads],)
 
-BUILDERS = {"HostPool": ours, "psycopg_pool": psycopg_pool_cycle, "QueuePool": queue_pool_cycle}
+    def median(self, name: str, threads: int) -> float:
+        return statistics.median(self.samples(name, threads))
+
+    def ratios(self, mine: str, theirs: str, threads: int) -> list[float]:
+        """``mine``'s rate over ``theirs`` within each round."""
+        pairs = zip(self.samples(mine, threads), self.samples(theirs, threads), strict=True)
+        return [a / b for a, b in pairs]
 
 
-def run(seconds: float = 1.0, rounds: int = 5, size: int = 4) -> PoolResult:
-    """Best borrow+return rate of each pool with 1, ``size`` and 4 x ``size`` threads."""
+def run(
+    seconds: float = 1.0, rounds: int = 5, size: int = 4, threads: Sequence[int] = THREADS
+) -> PoolResult:
+    """Every contender's borrow+return rate at each thread count, ``rounds`` times."""
     lab = Lab.start("postgresql", replicas=0, name="poolbench")
     try:
-        pools = {name: build(lab, size) for name, build in BUILDERS.items()}
-        best: dict[tuple[str, int], float] = {}
-        for _ in range(rounds):
-            for threads in (1, size, 4 * size):
-                for name, (cycle, _close) in pools.items():
-                    measured = rate(cycle, threads, seconds)
-                    best[name, threads] = max(best.get((name, threads), 0.0), measured)
-        for _cycle, close in pools.values():
-            close()
+        pools: dict[str, Built] = {}
+        try:
+            for name, build in BUILDERS.items():
+                pools[name] = build(lab, size)
+            names = list(pools)
+            runs: dict[tuple[str, int], list[float]] = {}
+            for turn in range(rounds):
+                order = names[turn % len(names) :] + names[: turn % len(names)]
+                for count in threads:
+                    for name in order:
+                        runs.setdefault((name, count), []).append(
+                            rate(pools[name][0], count, seconds)
+                        )
+        finally:
+            for _cycle, close in pools.values():
+                close()
     finally:
         lab.down()
-    return PoolResult(size, rounds, seconds, best)
+    best = {key: max(values) for key, values in runs.items()}
+    return PoolResult(size, rounds, seconds, best, {k: tuple(v) for k, v in runs.items()})
+
+
+def _ratio(result: PoolResult, mine: str, theirs: str, threads: int) -> str:
+    return f"{statistics.median(result.ratios(mine, theirs, threads)):.2f}x"
+
+
+def _spread(result: PoolResult, mine: str, theirs: str, threads: int) -> str:
+    ratios = result.ratios(mine, theirs, threads)
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
+
+
+def _has(result: PoolResult, names: Sequence[str]) -> bool:
+    return all((name, threads) in result.best for name in names for threads in result.threads)
 
 
 def markdown(result: PoolResult) -> str:
-    lines = [
-        f"Borrow+return cycles per second, {result.size} connections per pool, best of "
-        f"{result.rounds} x {result.seconds:g}s per pool, pools taking turns.",
-        "",
-        "| threads | HostPool | psycopg_pool | QueuePool | vs psycopg_pool | vs QueuePool |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    head = (
+        f"Borrow+return cycles per second, {result.size} connections per pool, median of "
+        f"{result.rounds} x {result.seconds:g}s per pool, pools taking turns; a ratio is the "
+        "median of the ratios within each round, its range beside it."
+    )
+    lines = [head, ""]
+    if _has(result, API):
+        lines += [
+            "What applications write, reset-on-return in place: `with cluster.writer()`, "
+            "`with pool.connection()` (psycopg_pool, with and without `reset`), QueuePool "
+            "`connect()`/`close()` with a `reset` event.",
+            "",
+            f"| threads | {CLUSTER} | {PSYCOPG_RESET} | {PSYCOPG_CONTEXT} | {QUEUE_RESET} "
+            f"| vs psycopg_pool + reset | range | vs psycopg_pool | range | vs QueuePool + reset "
+            "| range |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for threads in result.threads:
+            rates = " | ".join(f"{result.median(name, threads):,.0f}" for name in API)
+            cells = " | ".join(
+                f"{_ratio(result, CLUSTER, theirs, threads)} | "
+                f"{_spread(result, CLUSTER, theirs, threads)}"
+                for theirs in (PSYCOPG_RESET, PSYCOPG_CONTEXT, QUEUE_RESET)
+            )
+            lines.append(f"| {threads} | {rates} | {cells} |")
+        lines += ["", "The pool layer alone: borrow and return, no proxy, no reset.", ""]
+    lines += [
+        "| threads | HostPool | psycopg_pool | QueuePool | vs psycopg_pool | vs QueuePool "
+        "| range vs psycopg_pool |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for threads in result.threads:
-        mine = result.best["HostPool", threads]
-        theirs = result.best["psycopg_pool", threads]
-        queue = result.best["QueuePool", threads]
+        rates = " | ".join(f"{result.median(name, threads):,.0f}" for name in LAYER)
         lines.append(
-            f"| {threads} | {mine:,.0f} | {theirs:,.0f} | {queue:,.0f} | "
-            f"{mine / theirs:.2f}x | {mine / queue:.2f}x |"
+            f"| {threads} | {rates} | {_ratio(result, HOSTPOOL, PSYCOPG_LAYER, threads)} | "
+            f"{_ratio(result, HOSTPOOL, QUEUE_LAYER, threads)} | "
+            f"{_spread(result, HOSTPOOL, PSYCOPG_LAYER, threads)} |"
         )
     return "\n".join(lines)
 
@@ -175,10 +348,16 @@ def markdown(result: PoolResult) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one measurement")
-    parser.add_argument("--rounds", type=int, default=5, help="turns per pool; the best counts")
+    parser.add_argument("--rounds", type=int, default=5, help="turns per pool; the median counts")
     parser.add_argument("--size", type=int, default=4, help="connections in each pool")
+    parser.add_argument(
+        "--threads",
+        default=",".join(map(str, THREADS)),
+        help="comma-separated thread counts (default %(default)s)",
+    )
     args = parser.parse_args()
-    print(markdown(run(args.seconds, args.rounds, args.size)))
+    threads = [int(part) for part in args.threads.split(",") if part]
+    print(markdown(run(args.seconds, args.rounds, args.size, threads)))
 
 
 if __name__ == "__main__":
