@@ -321,3 +321,24 @@ async def test_application_errors_reach_the_application_unchanged(aurora_lab: La
         assert await _query(conn, "SELECT 1") == [(1,)]
     finally:
         await _close(conn)
+
+
+async def test_set_read_only_moves_a_writer_connection_to_a_reader_between_transactions(
+    aurora_lab: Lab,
+) -> None:
+    conn = await _connect(aurora_lab)
+    try:
+        await _query(conn, "SELECT 1")  # a transaction is open: the move waits for its end
+        await conn.set_read_only(True)
+        assert conn.instance_id == aurora_lab.writer.id
+        await conn.commit()
+        assert conn.role == "reader"
+        assert conn.instance_id in {node.id for node in aurora_lab.readers}
+        replica = "SELECT pg_is_in_recovery()" if _pg(aurora_lab) else "SELECT @@read_only"
+        assert (await _query(conn, replica))[0][0]
+        await conn.rollback()
+        await conn.set_read_only(False)
+        assert conn.instance_id == aurora_lab.writer.id
+        assert not (await _query(conn, replica))[0][0]
+    finally:
+        await _close(conn)

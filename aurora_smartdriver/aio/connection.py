@@ -145,6 +145,12 @@ class AsyncCursor:
     def __aiter__(self) -> Any:
         return self._raw.__aiter__()
 
+    def _close(self) -> None:
+        """psycopg's local cursor close (SQLAlchemy's adapter calls it)."""
+        raw = self._raw
+        if raw is not None:
+            raw._close()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["_raw"], name)
 
@@ -181,6 +187,10 @@ class AsyncConnection:
         d["_closers"] = []
         d["_reset_hook"] = None
         d["_give_back_task"] = None
+        d["_read_only"] = False  # routed to a reader (a writer connection asked for one)
+        d["_read_only_set"] = False
+        d["_pending_move"] = False
+        d["_discard"] = False  # closed for good: the driver connection is not lent again
 
     # -- the library's view -----------------------------------------------------------------
     @property
@@ -190,7 +200,8 @@ class AsyncConnection:
 
     @property
     def role(self) -> str:
-        return str(self._role)
+        """The role asked for now: ``writer``, ``reader`` or ``any`` (``reader`` when read-only)."""
+        return "reader" if self._read_only and self._role == "writer" else str(self._role)
 
     @property
     def _detached(self) -> bool:
@@ -215,6 +226,7 @@ class AsyncConnection:
             raise
         else:
             self._settled(raw)
+        await self._boundary()
 
     async def rollback(self) -> None:
         self._check_open()
@@ -228,6 +240,7 @@ class AsyncConnection:
             await self._recover(exc, "rollback", None, before, failed=raw)
         else:
             self._settled(raw)
+        await self._boundary()
 
     def _settled(self, raw: Any) -> None:
         self.__dict__["_interrupted"] = False
@@ -244,14 +257,18 @@ class AsyncConnection:
         for callback in self._closers:
             callback()
 
-    async def _give_back(self, lease: AsyncLease) -> None:
-        broken = False
+    async def _give_back(self, lease: AsyncLease, *, read_only: bool | None = None) -> None:
+        """Return ``lease`` to its pool reset to the defaults (or close it); ``read_only``:
+        whether its driver connection is in read-only mode (default: as this connection)."""
+        broken = bool(self._discard)
         raw = lease.raw
-        if lease.pooled:
+        if lease.pooled and not broken:
             try:
                 if _drivers.in_transaction(self._adapter, raw) or self._rows_since_boundary(raw):
                     await raw.rollback()
-                await self._restore_defaults(raw)
+                await self._restore_defaults(
+                    raw, read_only=self._read_only if read_only is None else read_only
+                )
                 for name, value in self._driver_defaults.items():
                     if value is _MISSING:
                         broken = True
@@ -281,7 +298,7 @@ class AsyncConnection:
         return False
 
     def _session_read_only(self) -> bool:
-        return False
+        return bool(self._read_only)
 
     async def _raw_cursor(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
@@ -289,8 +306,99 @@ class AsyncConnection:
     async def _apply_session(self, raw: Any) -> None:
         raise NotImplementedError
 
-    async def _restore_defaults(self, raw: Any) -> None:
+    async def _restore_defaults(self, raw: Any, *, read_only: bool) -> None:
+        """Undo what this connection changed on ``raw`` (``read_only``: whether ``raw`` was
+        switched to read-only) before it goes back to a pool."""
         raise NotImplementedError
+
+    async def _apply_read_only(self, raw: Any) -> None:
+        raise NotImplementedError
+
+    # -- routing between the writer and a reader ------------------------------------------
+    async def _set_read_only(self, value: bool) -> None:
+        """Move between the writer and a reader, at the next transaction boundary (the sync
+        proxy's rule: a connection asked for the writer that is set read-only moves)."""
+        self._check_open()
+        value = bool(value)
+        d = self.__dict__
+        d["_read_only_set"] = True
+        if value == self._read_only:
+            return
+        if self._raw is None:
+            d["_read_only"] = value  # the next statement connects to that role
+            return
+        if self._role != "writer":
+            d["_read_only"] = value
+            try:
+                await self._apply_read_only(self._raw)  # psycopg refuses it inside a transaction
+            except BaseException:
+                d["_read_only"] = not value
+                raise
+            return
+        d["_read_only"] = value
+        if _drivers.in_transaction(self._adapter, self._raw) or self._rows_since_boundary(
+            self._raw
+        ):
+            d["_pending_move"] = True
+        else:
+            await self._move()
+
+    async def _route_lazily(self, read_only: bool) -> None:
+        """Ask for the writer (or a reader) without connecting now: the driver connection goes
+        back to its pool, and the next statement borrows one of the role asked for.
+
+        For a connection parked between uses (SQLAlchemy's pool): putting it back on the
+        writer must not wait for a writer, least of all while the writer is down.
+        """
+        if self._closed:
+            return
+        d = self.__dict__
+        was = self._read_only
+        d["_read_only"] = bool(read_only)
+        d["_pending_move"] = False
+        if self._raw is not None:
+            lease = self._lease
+            d["_raw"] = None
+            d["_generation"] += 1
+            await self._give_back(lease, read_only=was)
+
+    async def _boundary(self) -> None:
+        if not self._pending_move:
+            return
+        self.__dict__["_pending_move"] = False
+        wanted = self._read_only
+        try:
+            await self._move()
+        except Exception:
+            # The transaction ended fine; the move is for the next one: on no node until then.
+            self.__dict__["_read_only"] = wanted
+            if self._raw is not None:
+                self._detach()
+
+    async def _move(self) -> None:
+        """Continue on a node of the role now asked for, with the same session state."""
+        old = self._lease
+        runtime = self._runtime
+        try:
+            lease = await runtime.lease(self.role, pooled=old.pooled)
+            try:
+                await self._take(lease)
+            except self._errors as exc:
+                # Borrowed from a node that died a moment ago: the failover finds the right one.
+                if _drivers.error_kind(self._adapter, exc) != "disconnect":
+                    raise
+                lease = await runtime.fail_over(
+                    self.role, lease.target, "disconnect", pooled=old.pooled, cause=exc
+                )
+                await self._take(lease)
+        except BaseException:
+            self.__dict__["_read_only"] = not self._read_only  # still where it was: say so
+            raise
+        # Back to its pool clean: read-only above all must not follow it to its next borrower.
+        await self._give_back(old, read_only=not self._read_only)
+        runtime.events.emit(
+            "connection_moved", old=old.target.instance_id, new=lease.target.instance_id
+        )
 
     def _is_failover_error(self, exc: BaseException) -> bool:
         if isinstance(exc, self._detached_error):
@@ -298,7 +406,7 @@ class AsyncConnection:
         return outcome.is_failover_signal(
             _drivers.error_kind(self._adapter, exc),
             failover=bool(self._runtime.settings.failover),
-            asked_writer=self._role == "writer",
+            asked_writer=self.role == "writer",
             session_read_only=self._session_read_only(),
             lent_as_writer=bool(self._lease.as_writer),
         )
@@ -461,7 +569,7 @@ class AsyncConnection:
         old = self._lease
         self._detach()
         lease = await self._runtime.fail_over(
-            self._role, old.target, kind, pooled=old.pooled, cause=exc
+            self.role, old.target, kind, pooled=old.pooled, cause=exc
         )
         await self._take(lease)
         self._runtime.events.emit(
@@ -471,7 +579,7 @@ class AsyncConnection:
     async def _attach(self) -> None:
         """Put a connection that is on no node on one of its role (waiting for a writer as
         a new connection does)."""
-        lease = await self._runtime.lease(self._role, pooled=self._lease.pooled)
+        lease = await self._runtime.lease(self.role, pooled=self._lease.pooled)
         await self._take(lease)
 
     async def _take(self, lease: AsyncLease) -> None:
@@ -488,6 +596,8 @@ class AsyncConnection:
 
     async def _replay(self, raw: Any) -> None:
         await self._apply_session(raw)
+        if self._read_only:
+            await self._apply_read_only(raw)
         for name, value in self._driver_attrs.items():
             self._driver_defaults.setdefault(name, getattr(raw, name, _MISSING))
             setattr(raw, name, value)
@@ -540,7 +650,7 @@ class AsyncConnection:
             state = f"on no node (was {self.instance_id})"
         else:
             state = f"on {self.instance_id}"
-        return f"<aurora_smartdriver.aio {type(self).__name__} role={self._role} {state}>"
+        return f"<aurora_smartdriver.aio {type(self).__name__} role={self.role} {state}>"
 
 
 class PsycopgAsyncConnection(AsyncConnection):
@@ -586,13 +696,31 @@ class PsycopgAsyncConnection(AsyncConnection):
         await self._switch("isolation_level", value)
 
     async def set_read_only(self, value: bool | None) -> None:
-        await self._switch("read_only", value)
+        """``AsyncConnection.set_read_only``: True moves a writer connection to a reader (at
+        the next transaction boundary) and makes its transactions read-only, as the sync
+        proxy's ``read_only``."""
+        await self._set_read_only(bool(value))
+        self.__dict__["_read_only_set"] = value is not None
+
+    @property
+    def read_only(self) -> bool | None:
+        """None until set (the server's default), as psycopg's; True routes to a reader."""
+        if self._read_only:
+            return True
+        return False if self._read_only_set else None
 
     async def set_deferrable(self, value: bool | None) -> None:
         await self._switch("deferrable", value)
 
     def _session_read_only(self) -> bool:
-        return self._session.get("read_only") is True
+        return bool(self._read_only) or (
+            self._raw is not None and getattr(self._raw, "read_only", None) is True
+        )
+
+    async def _apply_read_only(self, raw: Any) -> None:
+        # On a reader the server refuses writes anyway; on the writer (a reader request that
+        # fell back) psycopg's own switch makes transactions READ ONLY, as the caller asked.
+        await raw.set_read_only(True if self._read_only else None)
 
     async def close(self) -> None:
         """Give the driver connection back (to its pool, or close it); idempotent."""
@@ -632,12 +760,14 @@ class PsycopgAsyncConnection(AsyncConnection):
         for name, value in self._session.items():
             await getattr(raw, f"set_{name}")(value)
 
-    async def _restore_defaults(self, raw: Any) -> None:
+    async def _restore_defaults(self, raw: Any, *, read_only: bool) -> None:
         default = self._runtime.default_autocommit
         if raw.autocommit != default:
             await raw.set_autocommit(default)
         for name in self._session:
             await getattr(raw, f"set_{name}")(None)
+        if raw.read_only is not None:
+            await raw.set_read_only(None)  # a local attribute in psycopg: no round trip
 
 
 class _CursorOpening:
@@ -750,10 +880,26 @@ class AiomysqlConnection(AsyncConnection):
             status, rows_since_boundary=rows, sent=not _drivers.not_sent(self._adapter, exc)
         )
 
+    async def set_read_only(self, value: bool) -> None:
+        """Route to a reader (True) or back to the writer, at the next transaction boundary,
+        with the session's transactions READ ONLY while on a reader (the sync proxy's
+        ``read_only``; aiomysql has no switch of its own)."""
+        await self._set_read_only(bool(value))
+
+    @property
+    def read_only(self) -> bool:
+        return bool(self._read_only)
+
     async def _apply_session(self, raw: Any) -> None:
         await raw.autocommit(self._autocommit)
 
-    async def _restore_defaults(self, raw: Any) -> None:
+    async def _apply_read_only(self, raw: Any) -> None:
+        mode = "READ ONLY" if self._read_only else "READ WRITE"
+        await _drivers.run(self._adapter, raw, f"SET SESSION TRANSACTION {mode}")
+
+    async def _restore_defaults(self, raw: Any, *, read_only: bool) -> None:
         default = self._runtime.default_autocommit
         if self._autocommit != default:
             await raw.autocommit(default)
+        if read_only:
+            await _drivers.run(self._adapter, raw, "SET SESSION TRANSACTION READ WRITE")

@@ -223,23 +223,21 @@ class ReadYourWrites:
 
 class ReadYourWritesCharacteristic(ConnectionCharacteristic):
     """The ``aurora_read_your_writes`` execution option: a `ReadYourWrites` whose writes the
-    connection's reads on a reader must see. Applied before ``aurora_role``."""
+    connection's reads on a reader must see. Applied before ``aurora_role``; set between
+    transactions (a connection already on a reader is re-routed at its next statement)."""
 
-    transactional: ClassVar[bool] = False
+    transactional: ClassVar[bool] = True
 
     def reset_characteristic(self, dialect: Any, dbapi_conn: DBAPIConnection) -> None:
         if not isinstance(dbapi_conn, Connection):
             return
         tracker = dbapi_conn.__dict__.pop("_tracker", None)
-        lease = dbapi_conn._lease
-        if (
-            tracker is not None
-            and not dbapi_conn._closed
-            and not dbapi_conn._detached
-            and lease.as_writer
-            and not dbapi_conn._in_transaction(dbapi_conn._raw)
-        ):
-            # Checked in on the writer: what it wrote is the session's (one round trip).
+        if tracker is None or not dbapi_conn._autocommit:
+            return  # each commit read its position (Connection.commit)
+        if dbapi_conn._closed or dbapi_conn._detached:
+            tracker.mark_unsure()
+        elif _causal.on_writer(dbapi_conn._runtime, dbapi_conn._lease):
+            # Checked in on the writer after autocommit work: its position (one round trip).
             _causal.capture(dbapi_conn._runtime, dbapi_conn._raw, tracker)
 
     def set_characteristic(self, dialect: Any, dbapi_conn: DBAPIConnection, value: Any) -> None:
@@ -256,6 +254,13 @@ class ReadYourWritesCharacteristic(ConnectionCharacteristic):
         if isinstance(dbapi_conn, Connection):
             spec = dbapi_conn._runtime.spec
             dbapi_conn.__dict__["_tracker"] = value._bind(_causal.cluster_name(spec))
+            if (
+                not dbapi_conn._detached
+                and not dbapi_conn._closed
+                and not _causal.on_writer(dbapi_conn._runtime, dbapi_conn._lease)
+            ):
+                # Already on a reader, chosen without the session: choose again, with it.
+                dbapi_conn._route_lazily(read_only=dbapi_conn._read_only)
 
     def get_characteristic(self, dialect: Any, dbapi_conn: DBAPIConnection) -> Any:
         return getattr(dbapi_conn, "__dict__", {}).get("_tracker")
@@ -399,6 +404,14 @@ class AuroraPGDialect_psycopg(_AuroraDialect, PGDialect_psycopg):
         from aurora_smartdriver import psycopg
 
         return psycopg
+
+    @classmethod
+    def get_async_dialect_cls(cls, url: URL) -> type[DefaultDialect]:
+        """``create_async_engine("postgresql+aurora_psycopg://...")``: the asyncio dialect
+        over the library (SQLAlchemy's own would bypass it)."""
+        from aurora_smartdriver.sqlalchemy._async import AuroraPGDialectAsync_psycopg
+
+        return AuroraPGDialectAsync_psycopg
 
     def on_connect(self) -> Callable[[Any], None] | None:
         # SQLAlchemy's adds a notice handler, which _prepare does for every driver connection.
