@@ -28,6 +28,8 @@ highest of those ratios beside it. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import threading
 import time
@@ -211,6 +213,22 @@ BUILDERS: Mapping[str, Callable[[Lab, int], Built]] = {
 
 def rate(cycle: Cycle, threads: int, seconds: float) -> float:
     """Cycles per second over `seconds`, summed over `threads` threads started together."""
+    return rates(cycle, threads, seconds)[0]
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rates(cycle: Cycle, threads: int, seconds: float) -> tuple[float, float]:
+    """Cycles per second of wall time and per second of the process's CPU time, over
+    `seconds`, summed over `threads` threads started together.
+
+    The second does not depend on how much of the machine the process got: on a loaded
+    machine the scheduler shares the cores per thread, so a pool with threads of its own
+    (psycopg_pool's workers) gets more of them than one without.
+    """
     counts = [0] * threads
     go = threading.Event()
     stop = threading.Event()
@@ -227,13 +245,16 @@ def rate(cycle: Cycle, threads: int, seconds: float) -> float:
     workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
     for worker in workers:
         worker.start()
+    cpu = _cpu()
     started = time.perf_counter()
     go.set()
     time.sleep(seconds)
     stop.set()
     for worker in workers:
         worker.join()
-    return sum(counts) / (time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    cpu = _cpu() - cpu
+    return sum(counts) / wall, sum(counts) / max(cpu, 1e-9)
 
 
 @dataclass(frozen=True)
@@ -244,6 +265,10 @@ class PoolResult:
     best: dict[tuple[str, int], float]  # (pool, threads) -> best cycles per second
     runs: Mapping[tuple[str, int], tuple[float, ...]] = field(default_factory=dict)
     """(pool, threads) -> cycles per second of each round, in round order."""
+    cpu_runs: Mapping[tuple[str, int], tuple[float, ...]] = field(default_factory=dict)
+    """(pool, threads) -> cycles per second of the process's CPU time, each round."""
+    load: tuple[float, float] | None = None
+    """The machine's 1-minute load average before and after the run."""
 
     @property
     def threads(self) -> list[int]:
@@ -256,9 +281,13 @@ class PoolResult:
     def median(self, name: str, threads: int) -> float:
         return statistics.median(self.samples(name, threads))
 
-    def ratios(self, mine: str, theirs: str, threads: int) -> list[float]:
-        """``mine``'s rate over ``theirs`` within each round."""
-        pairs = zip(self.samples(mine, threads), self.samples(theirs, threads), strict=True)
+    def ratios(self, mine: str, theirs: str, threads: int, *, cpu: bool = False) -> list[float]:
+        """``mine``'s rate over ``theirs`` within each round (per CPU second with ``cpu``)."""
+        runs = self.cpu_runs if cpu else None
+        if runs:
+            pairs = zip(runs[mine, threads], runs[theirs, threads], strict=True)
+        else:
+            pairs = zip(self.samples(mine, threads), self.samples(theirs, threads), strict=True)
         return [a / b for a, b in pairs]
 
 
@@ -266,6 +295,7 @@ def run(
     seconds: float = 1.0, rounds: int = 5, size: int = 4, threads: Sequence[int] = THREADS
 ) -> PoolResult:
     """Every contender's borrow+return rate at each thread count, ``rounds`` times."""
+    load = os.getloadavg()[0]
     lab = Lab.start("postgresql", replicas=0, name="poolbench")
     try:
         pools: dict[str, Built] = {}
@@ -274,24 +304,33 @@ def run(
                 pools[name] = build(lab, size)
             names = list(pools)
             runs: dict[tuple[str, int], list[float]] = {}
+            cpu_runs: dict[tuple[str, int], list[float]] = {}
             for turn in range(rounds):
                 order = names[turn % len(names) :] + names[: turn % len(names)]
                 for count in threads:
                     for name in order:
-                        runs.setdefault((name, count), []).append(
-                            rate(pools[name][0], count, seconds)
-                        )
+                        wall, cpu = rates(pools[name][0], count, seconds)
+                        runs.setdefault((name, count), []).append(wall)
+                        cpu_runs.setdefault((name, count), []).append(cpu)
         finally:
             for _cycle, close in pools.values():
                 close()
     finally:
         lab.down()
     best = {key: max(values) for key, values in runs.items()}
-    return PoolResult(size, rounds, seconds, best, {k: tuple(v) for k, v in runs.items()})
+    return PoolResult(
+        size,
+        rounds,
+        seconds,
+        best,
+        {k: tuple(v) for k, v in runs.items()},
+        {k: tuple(v) for k, v in cpu_runs.items()},
+        (load, os.getloadavg()[0]),
+    )
 
 
-def _ratio(result: PoolResult, mine: str, theirs: str, threads: int) -> str:
-    return f"{statistics.median(result.ratios(mine, theirs, threads)):.2f}x"
+def _ratio(result: PoolResult, mine: str, theirs: str, threads: int, *, cpu: bool = False) -> str:
+    return f"{statistics.median(result.ratios(mine, theirs, threads, cpu=cpu)):.2f}x"
 
 
 def _spread(result: PoolResult, mine: str, theirs: str, threads: int) -> str:
@@ -309,6 +348,11 @@ def markdown(result: PoolResult) -> str:
         f"{result.rounds} x {result.seconds:g}s per pool, pools taking turns; a ratio is the "
         "median of the ratios within each round, its range beside it."
     )
+    if result.load is not None:
+        head += (
+            f" Load average {result.load[0]:.1f} before and {result.load[1]:.1f} after, on "
+            f"{os.cpu_count()} cores."
+        )
     lines = [head, ""]
     if _has(result, API):
         lines += [
@@ -342,6 +386,21 @@ def markdown(result: PoolResult) -> str:
             f"{_ratio(result, HOSTPOOL, QUEUE_LAYER, threads)} | "
             f"{_spread(result, HOSTPOOL, PSYCOPG_LAYER, threads)} |"
         )
+    if result.cpu_runs and _has(result, API):
+        lines += [
+            "",
+            "The same ratios per second of the process's CPU time (what a loaded machine, "
+            "which shares its cores per thread, does not skew):",
+            "",
+            "| threads | Cluster.writer() vs psycopg_pool + reset | vs psycopg_pool | "
+            "vs QueuePool + reset | HostPool vs psycopg_pool | HostPool vs QueuePool |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        pairs = [(CLUSTER, PSYCOPG_RESET), (CLUSTER, PSYCOPG_CONTEXT), (CLUSTER, QUEUE_RESET)]
+        pairs += [(HOSTPOOL, PSYCOPG_LAYER), (HOSTPOOL, QUEUE_LAYER)]
+        for threads in result.threads:
+            cells = " | ".join(_ratio(result, a, b, threads, cpu=True) for a, b in pairs)
+            lines.append(f"| {threads} | {cells} |")
     return "\n".join(lines)
 
 
