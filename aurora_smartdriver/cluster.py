@@ -93,15 +93,18 @@ def connect(
 
 
 def _note_writes(runtime: _runtime.Runtime, conn: Connection, tracker: consistency.Tracker) -> None:
-    """At the end of a borrow that may have written: the writer's position into `tracker`,
-    or, when the connection is no longer on the writer it was lent on (closed, failed over
-    to none, moved), "unsure": the next read asks the writer first."""
-    if conn._closed or conn._detached or not conn._lease.as_writer:
-        tracker.unsure = True
-    elif conn._in_transaction(conn._raw):
-        tracker.unsure = True  # cannot happen after commit/rollback; never read mid-transaction
-    else:
+    """At the end of a borrow that may have written in autocommit (a commit reads the
+    position itself): the writer's position into `tracker`, or, when the connection is no
+    longer on the writer (closed, failed over to none, moved), "unsure": the next read asks
+    the writer first."""
+    if not conn._autocommit:
+        return  # every transaction that committed had its position read by commit()
+    if conn._closed or conn._detached:
+        if conn._base_role != "reader":  # it may have written before it lost its node
+            tracker.mark_unsure()
+    elif _causal.on_writer(runtime, conn._lease):
         _causal.capture(runtime, conn._raw, tracker)
+    # On a reader now: a move there from the writer read the position before leaving it.
 
 
 class Cluster:
@@ -204,7 +207,7 @@ class Cluster:
             raise self._runtime.module.InterfaceError("the cluster is closed")
         runtime = self._runtime
         chosen = _role(role, runtime)
-        if tracker is not None and chosen == "reader":
+        if tracker is not None and chosen != "writer":
             lease = _causal.lease_for(runtime, tracker, pooled=True)
         else:
             lease = runtime.lease(chosen, pooled=True)
@@ -224,9 +227,11 @@ class Cluster:
             if not conn._closed and conn._in_transaction(conn._raw):
                 conn.commit()
         finally:
-            if tracker is not None and chosen != "reader":
-                _note_writes(runtime, conn, tracker)
-            conn.close()
+            try:
+                if tracker is not None:
+                    _note_writes(runtime, conn, tracker)
+            finally:
+                conn.close()
 
     def writer(self) -> contextlib.AbstractContextManager[Connection]:
         """A pooled connection to the writer."""
@@ -242,7 +247,11 @@ class Cluster:
         """
         if consistency_token is None:
             return self.connection("reader")
-        return self._connection("reader", consistency.Tracker(self._name, consistency_token))
+        tracker = consistency.Tracker(self._name, consistency_token)
+        own = self._thread_tracker()
+        if own is not None:  # the thread's own session still counts
+            tracker.joined(own)
+        return self._connection("reader", tracker)
 
     def run_transaction(
         self,

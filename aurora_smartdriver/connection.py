@@ -437,10 +437,15 @@ class Connection:
                     _causal.cluster_name(self._runtime.spec)
                 )
             lease = self._lease
-            if lease.as_writer and not self._detached and not self._in_transaction(self._raw):
-                _causal.capture(self._runtime, self._raw, tracker)
-            elif tracker.unsure or lease.as_writer:
+            writer = not self._detached and _causal.on_writer(self._runtime, lease)
+            if writer and self._in_transaction(self._raw):
+                raise self._runtime.module.ProgrammingError(
+                    "consistency_token inside a transaction cannot cover its writes: commit first"
+                )
+            if tracker.unsure:
                 _causal.settle(self._runtime, tracker)
+            elif writer:
+                _causal.capture(self._runtime, self._raw, tracker)
             return tracker.token
 
     @property
@@ -481,6 +486,9 @@ class Connection:
             raise
         else:
             self._settled(raw)
+            tracker = self.__dict__.get("_tracker")
+            if tracker is not None and _causal.on_writer(self._runtime, self._lease):
+                _causal.capture(self._runtime, raw, tracker)  # read-your-writes: see _causal
         self._boundary()
 
     def rollback(self) -> None:
@@ -593,12 +601,16 @@ class Connection:
         """Continue on a node of the role now asked for, with the same session state."""
         old = self._lease
         tracker = self.__dict__.get("_tracker")
-        if tracker is not None and self.role != "writer":
-            # Read-your-writes: the writer's position, before leaving it (see _causal).
-            if old.as_writer and not self._detached:
-                _causal.capture(self._runtime, old.raw, tracker)
-            else:
-                tracker.unsure = True
+        if (
+            tracker is not None
+            and self._autocommit
+            and self.role != "writer"
+            and not self._detached
+            and _causal.on_writer(self._runtime, old)
+        ):
+            # Read-your-writes: autocommit writes' position, before leaving the writer (a
+            # commit reads it itself; see _causal).
+            _causal.capture(self._runtime, old.raw, tracker)
         try:
             lease = self._fresh_lease(self.role, old.pooled)
         except BaseException:
@@ -936,6 +948,15 @@ class Connection:
         """Let go of the driver connection (back to its pool when ``give_back``, as broken
         otherwise); statements then reconnect (see `_DetachedRaw`)."""
         old = self._lease
+        tracker = self.__dict__.get("_tracker")
+        if (
+            tracker is not None
+            and (old.as_writer or self._base_role != "reader")
+            and (self._autocommit or not give_back)
+        ):
+            # Writes whose position was not read (autocommit, or a COMMIT cut off) may have
+            # been made on the node let go: the next read asks the writer.
+            tracker.mark_unsure()
         if give_back:
             self._give_back(old, read_only=not self._read_only)
         else:

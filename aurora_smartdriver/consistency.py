@@ -266,35 +266,61 @@ class Tracker:
     """The position a session's reads must see: the latest of its writes, and of the
     tokens it was given. Thread-safe; positions only ever grow.
 
-    `unsure` is set when a write's position could not be read (the writer went away at the
-    end of the borrow): the next read first asks the writer for its position, which covers
-    every acknowledged write that survived.
+    *Unsure* marks a write whose position could not be read (its connection lost the writer
+    before the position was read): the next read first asks the writer for its position,
+    which covers every acknowledged write that survived. A mark is cleared only by a position
+    read after it was made (`snapshot` before reading, `advance(..., settles=snapshot)`), so
+    a read racing a new mark never clears it. *Blind* means the writer publishes no position
+    (MySQL with GTIDs off, MariaDB without a binary log): the session reads on the writer.
     """
 
-    __slots__ = ("_lock", "_position", "cluster", "unsure")
+    __slots__ = ("_cleared", "_lock", "_marks", "_position", "blind", "cluster")
 
     def __init__(self, cluster: str, token: str | None = None) -> None:
         self.cluster = cluster
         self._lock = threading.Lock()
         self._position = decode_token(cluster, token) if token else None
-        self.unsure = False
+        self._marks = 0
+        self._cleared = 0
+        self.blind = False
 
     @property
     def position(self) -> Position | None:
         """The position reads must cover, or None when nothing was written yet."""
         return self._position
 
-    def advance(self, position: Position | None, *, sure: bool = True) -> None:
-        """Remember a write (or a token) at `position`; `sure=True` when `position` was read
-        on the writer after the session's writes (it clears `unsure`)."""
+    @property
+    def unsure(self) -> bool:
+        """Whether a write's position is still to be asked of the writer."""
+        return self._marks != self._cleared
+
+    def mark_unsure(self) -> None:
+        """A write may have happened whose position was not read."""
+        with self._lock:
+            self._marks += 1
+
+    def snapshot(self) -> int:
+        """Take before reading a writer's position; give to `advance` as ``settles``."""
+        return self._marks
+
+    def advance(self, position: Position | None, *, settles: int | None = None) -> None:
+        """Remember a write (or a token) at `position`. ``settles``: the `snapshot` taken
+        before `position` was read on the writer; the marks made before it are cleared."""
         with self._lock:
             self._position = merge(self._position, position)
-            if sure:
-                self.unsure = False
+            if settles is not None and settles > self._cleared:
+                self._cleared = settles
 
     def absorb(self, token: str) -> None:
         """Take in a token made elsewhere (another request, another process)."""
-        self.advance(decode_token(self.cluster, token), sure=False)
+        self.advance(decode_token(self.cluster, token))
+
+    def joined(self, other: Tracker) -> None:
+        """Also honour what `other` knows (its position, its unsure and blind state)."""
+        self.advance(other.position)
+        if other.unsure:
+            self.mark_unsure()
+        self.blind = self.blind or other.blind
 
     @property
     def token(self) -> str:
@@ -302,4 +328,5 @@ class Tracker:
         return encode_token(self.cluster, self._position)
 
     def __repr__(self) -> str:
-        return f"<consistency.Tracker at {self._position or 'start'}>"
+        state = " unsure" if self.unsure else ""
+        return f"<consistency.Tracker at {self._position or 'start'}{state}>"

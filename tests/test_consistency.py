@@ -160,8 +160,24 @@ def test_a_tracker_only_moves_forward_and_remembers_tokens() -> None:
     tracker.absorb(c.encode_token("cluster", c.LSN(300)))
     assert tracker.position == c.LSN(300)
     assert c.Tracker("cluster", tracker.token).position == c.LSN(300)
-    tracker.unsure = True
+    snap = tracker.snapshot()
+    tracker.mark_unsure()
     tracker.absorb(c.encode_token("cluster", c.LSN(1)))
     assert tracker.unsure, "a token says nothing of this session's own writes"
-    tracker.advance(c.LSN(301))
-    assert not tracker.unsure
+    tracker.advance(c.LSN(301), settles=snap)
+    assert tracker.unsure, "a position read before the mark cannot settle it"
+    tracker.advance(c.LSN(302), settles=tracker.snapshot())
+    assert not tracker.unsure and tracker.position == c.LSN(302)
+
+
+def test_a_mark_made_while_a_position_is_read_survives_that_read() -> None:
+    """Thread B reads the writer's position; meanwhile thread A's capture fails and marks the
+    tracker; B's (older) position must not clear A's mark."""
+    tracker = c.Tracker("cluster")
+    before_b_reads = tracker.snapshot()
+    tracker.mark_unsure()  # A, during B's read
+    tracker.advance(c.LSN(10), settles=before_b_reads)
+    assert tracker.unsure
+    other = c.Tracker("cluster")
+    other.joined(tracker)
+    assert other.unsure and other.position == c.LSN(10)

@@ -183,8 +183,24 @@ def test_consistency_session_on_the_dsn_makes_each_thread_a_session(aurora_lab: 
 
 
 def test_a_write_whose_position_could_not_be_read_is_still_seen(aurora_lab: Lab) -> None:
-    """The application closed the connection inside the borrow: the position is read from
-    the writer before the next read instead."""
+    """Autocommit writes and the application closed the connection inside the borrow: the
+    position is read from the writer before the next read instead."""
+    lab = aurora_lab
+    _table(lab)
+    _lag_readers(lab, FAR)
+    key = uuid.uuid4().hex
+    with asd.Cluster(_dsn(lab, autocommit="true")) as cluster:
+        session = cluster.session()
+        with session.writer() as conn:
+            _insert(conn, key)
+            conn.close()
+        assert session.token == ""  # nothing known yet, only "ask the writer"
+        with session.reader() as conn:
+            assert _has(conn, key)
+        assert session.token != ""
+
+
+def test_a_commit_reads_the_sessions_position(aurora_lab: Lab) -> None:
     lab = aurora_lab
     _table(lab)
     _lag_readers(lab, FAR)
@@ -194,11 +210,10 @@ def test_a_write_whose_position_could_not_be_read_is_still_seen(aurora_lab: Lab)
         with session.writer() as conn:
             _insert(conn, key)
             conn.commit()
+            assert session.token != ""  # read at the commit
             conn.close()
-        assert session.token == ""  # nothing known yet, only "ask the writer"
         with session.reader() as conn:
             assert _has(conn, key)
-        assert session.token != ""
 
 
 def test_tokens_of_another_cluster_or_malformed_are_refused(
@@ -328,3 +343,138 @@ def test_a_sqlalchemy_session_reads_its_writes_on_readers(aurora_lab: Lab) -> No
             assert found.scalar() == 1
     finally:
         engine.dispose()
+
+
+def test_role_any_in_a_session_reads_its_writes(aurora_lab: Lab) -> None:
+    lab = aurora_lab
+    _table(lab)
+    _lag_readers(lab, FAR)
+    with asd.Cluster(_dsn(lab)) as cluster:
+        session = cluster.session()
+        for _ in range(4):
+            key = uuid.uuid4().hex
+            with session.writer() as conn:
+                _insert(conn, key)
+            with session.connection("any") as conn:
+                assert _has(conn, key)
+
+
+def test_a_token_asked_inside_a_transaction_is_refused_and_after_it_covers(
+    aurora_lab: Lab,
+) -> None:
+    lab = aurora_lab
+    _table(lab)
+    _lag_readers(lab, FAR)
+    dsn = _dsn(lab)
+    key = uuid.uuid4().hex
+    with asd.Cluster(dsn) as cluster:
+        session = cluster.session()
+        with session.writer() as conn:
+            _insert(conn, key)
+            with pytest.raises(Exception, match="commit first") as refused:
+                conn.consistency_token  # noqa: B018 - the property is the call
+            assert isinstance(refused.value, conn._runtime.module.ProgrammingError)
+        token = session.token
+    with asd.Cluster(dsn) as elsewhere, elsewhere.reader(consistency_token=token) as conn:
+        assert _has(conn, key)
+
+
+def test_writes_on_a_connection_that_lost_its_node_are_still_seen(aurora_lab: Lab) -> None:
+    """Autocommit write acknowledged, the writer dies, the failover finds none: the position
+    was never read. When the writer is back, reads of the session still see the write."""
+    lab = aurora_lab
+    _table(lab)
+    _lag_readers(lab, FAR)
+    key = uuid.uuid4().hex
+    conn = asd.connect(_dsn(lab, consistency="session", failover_timeout=1), autocommit=True)
+    try:
+        _insert(conn, key)
+        writer = lab.writer
+        lab.crash(writer)
+        with pytest.raises((asd.NoWriterAvailable, asd.TransactionOutcomeUnknown)):
+            _insert(conn, uuid.uuid4().hex)  # the failover finds no writer
+        lab.restart(writer)
+        conn.read_only = True
+        assert _has(conn, key)
+    finally:
+        conn.close()
+
+
+def test_a_token_given_to_reader_adds_to_the_threads_own_session(aurora_lab: Lab) -> None:
+    lab = aurora_lab
+    _table(lab)
+    dsn = _dsn(lab, consistency="session")
+    with asd.Cluster(dsn) as cluster:
+        older = cluster.session()
+        with older.writer() as conn:
+            _insert(conn, uuid.uuid4().hex)
+        token = older.token
+        _lag_readers(lab, FAR)
+        key = uuid.uuid4().hex
+        with cluster.writer() as conn:  # the thread's own session
+            _insert(conn, key)
+        with cluster.reader(consistency_token=token) as conn:
+            assert _has(conn, key)
+
+
+def test_sqlalchemy_read_your_writes_given_after_the_role_still_holds(aurora_lab: Lab) -> None:
+    from sqlalchemy import create_engine, text
+
+    from aurora_smartdriver.sqlalchemy import ReadYourWrites, engine_url
+
+    lab = aurora_lab
+    _table(lab)
+    _lag_readers(lab, FAR)
+    engine = create_engine(engine_url(_dsn(lab)))
+    try:
+        rw = ReadYourWrites()
+        key = uuid.uuid4().hex
+        with engine.connect().execution_options(aurora_read_your_writes=rw) as conn:
+            conn.execute(text("INSERT INTO rw_items (id) VALUES (:k)"), {"k": key})
+            conn.commit()
+        assert rw.token  # read at the commit, not at the checkin
+        readers = engine.execution_options(aurora_role="reader")
+        for _ in range(3):  # pooled connections attached to a reader, or detached
+            with readers.connect() as plain:
+                plain.execute(text("SELECT 1"))
+                plain.commit()
+                held = plain.execution_options(aurora_read_your_writes=rw)
+                found = held.execute(
+                    text("SELECT count(*) FROM rw_items WHERE id = :k"), {"k": key}
+                )
+                assert found.scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_a_session_pays_one_position_read_per_write_transaction(
+    aurora_lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most one round trip per write transaction, none for reads with nothing to wait for
+    (counted on the library's position queries; PostgreSQL's run without a ROLLBACK)."""
+    from aurora_smartdriver import _causal
+
+    lab = aurora_lab
+    _table(lab)
+    calls: list[str] = []
+    real = _causal._row
+
+    def counted(adapter: Any, raw: Any, engine: Any, sql: str, params: Any = None) -> Any:
+        calls.append(sql)
+        return real(adapter, raw, engine, sql, params)
+
+    monkeypatch.setattr(_causal, "_row", counted)
+    with asd.Cluster(_dsn(lab)) as cluster:
+        session = cluster.session()
+        with session.reader() as conn:
+            _has(conn, "nothing")
+        assert calls == []  # nothing written: nothing to read or wait for
+        with session.writer() as conn:
+            _insert(conn, uuid.uuid4().hex)
+        assert len(calls) == 1  # the commit's
+        with session.writer() as conn:
+            conn.commit()  # an empty transaction still reads it (cannot tell it from a write)
+        calls.clear()
+        with session.reader() as conn:
+            _has(conn, "x")
+        assert len(calls) <= 1  # the replica's position, unless seen a moment ago
