@@ -2,12 +2,14 @@
 
     .venv/bin/python compliance/run.py                       # both engines
     .venv/bin/python compliance/run.py --engine postgresql   # one engine
+    .venv/bin/python compliance/run.py --dialects async      # the asyncio dialects only
     .venv/bin/python compliance/run.py -- -k ComponentReflectionTest   # extra pytest arguments
 
 For each engine: start a lab cluster (one writer, one replica), provision what the suite needs
 (the schemas ``test_schema`` and ``test_schema_2``), run the suite in its own pytest process with
-this directory as rootdir and configuration (setup.cfg), tear the lab down, and print the counts.
-Exits non-zero when a run has failures or errors.
+this directory as rootdir and configuration (setup.cfg), once for the sync dialect and once for
+the asyncio one (``postgresql+aurora_psycopg_async``, ``mariadb+aurora_aiomysql``), tear the lab
+down, and print the counts. Exits non-zero when a run has failures or errors.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from aurora_smartdriver.sqlalchemy import engine_url
 
 HERE = Path(__file__).resolve().parent
 ENGINES = ("postgresql", "mariadb")
+ASYNC_DRIVERS = {"postgresql": "aurora_psycopg_async", "mariadb": "aurora_aiomysql"}
 SCHEMAS = ("test_schema", "test_schema_2")
 PYTEST = (sys.executable, "-m", "pytest", "-c", "setup.cfg", "--rootdir", ".", "-q")
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")
@@ -34,7 +37,7 @@ _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)")
 
 @dataclass
 class Outcome:
-    engine: str
+    engine: str  # the URL's dialect+driver
     counts: dict[str, int]
     seconds: float
     status: int
@@ -58,26 +61,43 @@ def provision(url: str, engine: str) -> None:
         eng.dispose()
 
 
-def run_engine(engine: str, pytest_args: list[str]) -> Outcome:
-    started = time.monotonic()
+def run_engine(engine: str, pytest_args: list[str], dialects: str = "both") -> list[Outcome]:
+    """The suite on one lab of ``engine``: the sync dialect, then the asyncio one."""
+    outcomes: list[Outcome] = []
     with lab.start(engine, replicas=1, name="sqla") as cluster:
-        url = engine_url(cluster.dsn).render_as_string(hide_password=False)
-        provision(url, engine)
-        print(f"==> {engine}: SQLAlchemy compliance suite on lab {cluster.name}", flush=True)
-        done = subprocess.run(
-            [*PYTEST, "--dburi", url, *pytest_args],
-            cwd=HERE,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        url = engine_url(cluster.dsn)
+        provision(url.render_as_string(hide_password=False), engine)
+        urls = []
+        if dialects in ("sync", "both"):
+            urls.append(url)
+        if dialects in ("async", "both"):
+            urls.append(url.set(drivername=f"{url.get_backend_name()}+{ASYNC_DRIVERS[engine]}"))
+        for each in urls:
+            rendered = each.render_as_string(hide_password=False)
+            outcomes.append(_run_suite(cluster.name, rendered, pytest_args))
+    return outcomes
+
+
+def _run_suite(lab_name: str, url: str, pytest_args: list[str]) -> Outcome:
+    started = time.monotonic()
+    name = url.split("://", 1)[0]
+    print(f"==> {name}: SQLAlchemy compliance suite on lab {lab_name}", flush=True)
+    done = subprocess.run(
+        [*PYTEST, "--dburi", url, *pytest_args],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     output = done.stdout + done.stderr
     sys.stdout.write(_shown(output, url))
-    tail = output.strip().splitlines()[-1] if output.strip() else ""
+    # pytest's summary line: the last with counts (plugins may warn after it, on stderr)
+    summaries = [line for line in done.stdout.splitlines() if _COUNT.search(line)]
+    tail = summaries[-1] if summaries else ""
     counts: dict[str, int] = {}
     for number, kind in _COUNT.findall(tail):
         counts["errors" if kind.startswith("error") else kind] = int(number)
-    return Outcome(engine, counts, time.monotonic() - started, done.returncode)
+    return Outcome(name, counts, time.monotonic() - started, done.returncode)
 
 
 def _shown(output: str, url: str) -> str:
@@ -95,10 +115,15 @@ def engine_url_password(url: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", choices=(*ENGINES, "both"), default="both")
+    parser.add_argument("--dialects", choices=("sync", "async", "both"), default="both")
     parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
     args = parser.parse_args(argv)
     engines = ENGINES if args.engine == "both" else (args.engine,)
-    outcomes = [run_engine(engine, args.pytest_args) for engine in engines]
+    outcomes = [
+        outcome
+        for engine in engines
+        for outcome in run_engine(engine, args.pytest_args, args.dialects)
+    ]
     print("==> SQLAlchemy compliance suite")
     for outcome in outcomes:
         print("    " + outcome.line())

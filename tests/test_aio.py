@@ -342,3 +342,13 @@ async def test_set_read_only_moves_a_writer_connection_to_a_reader_between_trans
         assert not (await _query(conn, replica))[0][0]
     finally:
         await _close(conn)
+
+
+async def test_bytes_parameters_round_trip_on_mariadb(aurora_lab_mariadb: Lab) -> None:
+    # aiomysql's own bytes escaping is broken with PyMySQL 1.1+; the library's is PyMySQL's.
+    conn = await _connect(aurora_lab_mariadb)
+    try:
+        payload = bytes(range(256))
+        assert await _query(conn, "SELECT %s = UNHEX(%s)", (payload, payload.hex())) == [(1,)]
+    finally:
+        await _close(conn)

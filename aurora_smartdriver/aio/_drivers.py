@@ -150,6 +150,14 @@ def _named_connection_class() -> type[Any]:
                 self._host = self._tls_name  # the socket is open: from here on, the name
             await super()._get_server_information()
 
+        def escape(self, obj: Any, mapping: Any = None) -> Any:
+            # aiomysql escapes bytes with a PyMySQL helper that PyMySQL 1.1+ replaced by a
+            # string ("DO NOT IMPORT THIS"): every bytes parameter failed with TypeError.
+            # PyMySQL's own answer: a hex literal.
+            if isinstance(obj, bytes | bytearray):
+                return f"X'{obj.hex()}'"
+            return super().escape(obj)
+
     return NamedConnection
 
 
