@@ -1,5 +1,6 @@
-"""examples/fastapi_service.py through a writer failover on both engines: every request served,
-every order stored once (httpx's ASGI transport; the app's own event loop keeps serving)."""
+"""examples/fastapi_service.py through a writer failover: every request served, every order
+stored once (httpx's ASGI transport; the app's own event loop keeps serving). On MariaDB here;
+the example's own run (tests/test_examples.py) does the same on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ def _example() -> ModuleType:
 
 
 @pytest.mark.asyncio
-async def test_every_order_is_served_and_stored_once_through_a_failover(aurora_lab: Lab) -> None:
+async def test_every_order_is_served_and_stored_once_through_a_failover(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    aurora_lab = aurora_lab_mariadb
     service = _example()
     prefix = uuid.uuid4().hex[:8]
     dsn = f"{aurora_lab.dsn}{'&' if '?' in aurora_lab.dsn else '?'}cluster_id={uuid.uuid4().hex}"
