@@ -7,7 +7,7 @@ import importlib
 from types import ModuleType
 
 from aurora_smartdriver.drivers import adapter_for
-from aurora_smartdriver.errors import AuroraSmartDriverError
+from aurora_smartdriver.errors import AuroraSmartDriverError, ConfigError
 
 _PUBLIC_NAME = {"postgresql": "psycopg", "mysql": "pymysql"}
 
@@ -28,6 +28,33 @@ def error_class(engine: str, cls: type[AuroraSmartDriverError]) -> type[Exceptio
         (cls, base),
         {"__module__": f"aurora_smartdriver.{_PUBLIC_NAME[engine]}", "__doc__": cls.__doc__},
     )
+
+
+@functools.cache
+def config_error_class(engine: str) -> type[ConfigError]:
+    """``ConfigError`` as a subclass of the driver's ``ProgrammingError`` too: psycopg reports
+    connection parameters it cannot accept as a ``ProgrammingError``."""
+    base = driver_module(engine).ProgrammingError
+    return type(
+        "ConfigError",
+        (ConfigError, base),
+        {
+            "__module__": f"aurora_smartdriver.{_PUBLIC_NAME[engine]}",
+            "__doc__": ConfigError.__doc__,
+        },
+    )
+
+
+def as_driver_config_error(error: ConfigError, engine: str) -> ConfigError:
+    """``error`` as an instance of `config_error_class` (same message and attributes)."""
+    cls = config_error_class(engine)
+    if isinstance(error, cls):
+        return error
+    converted = cls.__new__(cls)
+    converted.args = error.args
+    converted.__dict__.update(error.__dict__)
+    converted.__dict__.update(_info=None, _encoding="utf-8", _pgconn=None)  # psycopg's fields
+    return converted
 
 
 def keep_driver_details(

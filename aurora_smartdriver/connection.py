@@ -17,6 +17,7 @@ statement reconnect, without a check on the hot path.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import warnings
@@ -31,6 +32,8 @@ from aurora_smartdriver.errors import AuroraSmartDriverError
 from aurora_smartdriver.outcome import Call, Transaction, is_read
 
 __all__ = ["Connection", "Cursor", "PsycopgConnection", "PyMySQLConnection", "is_read"]
+
+log = logging.getLogger(__name__)
 
 _IDLE, _ACTIVE, _INTRANS, _INERROR, _UNKNOWN = 0, 1, 2, 3, 4
 """libpq's PQtransactionStatus values (psycopg's ``pq.TransactionStatus``), without the import."""
@@ -121,6 +124,15 @@ class _DetachedRaw:
         raise self._error_cls(self._why)
 
 
+class _Nowhere:
+    """The target of a connection that was never on a node (PyMySQL's ``defer_connect``)."""
+
+    __slots__ = ()
+    instance_id = ""
+    host = ""
+    port = 0
+
+
 class _DetachedLease:
     """The lease of a connection on no node: nothing to give back."""
 
@@ -181,14 +193,17 @@ class _Deferred:
         return iter(self._old)
 
     def __getattr__(self, name: str) -> Any:
-        if name in _CURSOR_IO:
+        if name in self._owner._io:
             return getattr(self._real(), name)  # on the connection of now, never the old one
         return getattr(self._old, name)
 
 
 _CURSOR_IO = frozenset({"copy", "stream", "nextset", "scroll", "setinputsizes", "results"})
-"""Cursor methods that talk to the server: a deferred cursor makes its new driver cursor for
-them (the old one's connection may be lent to someone else by now)."""
+"""Cursor methods that may talk to the server: a deferred cursor makes its new driver cursor
+for them (the old one's connection may be lent to someone else by now)."""
+_PSYCOPG_CURSOR_IO = frozenset({"copy", "stream"})
+"""The same for psycopg's client-side cursors, which receive every result set of a statement
+with it: ``nextset``, ``set_result``, ``results`` and ``scroll`` move among the rows held."""
 
 
 def _server_side(raw_cursor: Any) -> bool:
@@ -203,6 +218,8 @@ def _server_side(raw_cursor: Any) -> bool:
 
 class Cursor:
     """A driver cursor behind a thin proxy that reports errors to its connection."""
+
+    _io: frozenset[str] = _CURSOR_IO
 
     def __init__(self, conn: Connection, raw: Any, made_with: tuple[Any, ...] = ((), {})) -> None:
         self._conn = conn
@@ -303,6 +320,18 @@ class PsycopgCursor(Cursor):
     """A psycopg cursor: notes the transaction status before each statement (one attribute
     read), since a lost connection no longer knows whether a transaction was open."""
 
+    _io = _PSYCOPG_CURSOR_IO
+
+    def set_result(self, index: int) -> PsycopgCursor:
+        """psycopg's ``set_result``: returns this cursor, as psycopg's returns itself."""
+        self._raw.set_result(index)
+        return self
+
+    def results(self) -> Iterator[PsycopgCursor]:
+        """psycopg's ``results``: this cursor on each result set in turn."""
+        for _ in self._raw.results():
+            yield self
+
     def _bind(self, raw: Any) -> None:
         super()._bind(raw)
         self._pgconn = raw.connection.pgconn
@@ -382,6 +411,9 @@ class Connection:
     """What both drivers' proxies share; use ``aurora_smartdriver.connect`` to get one."""
 
     _cursor_class: type[Cursor] = Cursor
+    _driver_warns_unclosed = False
+    """Whether the driver's own connection warns when collected open (psycopg's does): then a
+    connection of its own (``connect()``) leaves the warning to it, one per connection."""
 
     def __init__(self, runtime: Runtime, role: str, lease: Lease, *, autocommit: bool) -> None:
         d = self.__dict__
@@ -393,6 +425,7 @@ class Connection:
         d["_lease"] = lease
         d["_raw"] = lease.raw
         d["_closed"] = False
+        d["_released"] = False  # the close callbacks ran (the runtime was let go)
         d["_autocommit"] = autocommit
         d["_read_only"] = False
         d["_isolation"] = None
@@ -404,9 +437,33 @@ class Connection:
         d["_driver_defaults"] = {}
         _runtime.give_back_abandoned()
 
+    @classmethod
+    def unconnected(cls, runtime: Runtime, role: str, *, autocommit: bool) -> Connection:
+        """A connection that holds no driver connection yet (PyMySQL's ``defer_connect``):
+        closed to statements until ``connect()``, which borrows one as a reopen does."""
+        why = "not connected yet (defer_connect): call connect()"
+        raw = _DetachedRaw(error_class(runtime.spec.engine, Detached), why)
+        conn = cls(runtime, role, _DetachedLease(raw, _Nowhere(), False), autocommit=autocommit)
+        conn.__dict__["_closed"] = True
+        conn.__dict__["_closed_why"] = why
+        return conn
+
     def _on_close(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` once, after the connection is given back."""
+        """Run ``callback`` once, after the connection is given back.
+
+        The callbacks let go of what the connection holds (its runtime); a closed connection
+        opened again (`_reopen`) acquires a runtime again and replaces them by its release.
+        """
         self._closers.append(callback)
+
+    def _release(self) -> None:
+        """Run the close callbacks, once per opening."""
+        d = self.__dict__
+        if d["_released"]:
+            return
+        d["_released"] = True
+        for callback in self._closers:
+            callback()
 
     # -- the library's view --------------------------------------------------------------
     @property
@@ -508,13 +565,13 @@ class Connection:
     def close(self) -> None:
         """Give the driver connection back (to its pool, or close it); idempotent."""
         if self._closed:
+            self._release()  # never connected (defer_connect), or a reopen failed
             return
         self.__dict__["_closed"] = True
         if getattr(self._runtime, "inherited", False):
             # Made before a fork, in the parent: its socket is the parent's. No rollback, no
             # reset, no goodbye to the server from here: only let go of it.
-            for callback in self._closers:
-                callback()
+            self._release()
             return
         for cur in list(self._cursors):
             try:
@@ -522,13 +579,45 @@ class Connection:
             except Exception:  # noqa: S112 - a cursor of a dead connection may fail to close
                 continue
         self._give_back(self._lease)
-        for callback in self._closers:
-            callback()
+        self._release()
+
+    def _reopen(self) -> None:
+        """Open a closed connection again (PyMySQL's ``connect()``, ``ping(reconnect=True)``).
+
+        A fresh driver connection for the role asked for now, from its pool for a pooled
+        connection, with the session state set through the proxy replayed; cursors made
+        before continue on it. A connection that let go of its runtime at ``close()``
+        acquires it again (or a new one, after a fork). When no node can be had, the
+        connection stays closed and the error is raised.
+        """
+        d = self.__dict__
+        with self._lock:
+            if not d["_closed"]:
+                return
+            old = self._runtime
+            fresh: Runtime | None = None
+            if (d["_released"] and d["_closers"]) or old.inherited:
+                fresh = _runtime.acquire(old.spec, old.credentials_source)
+                d["_runtime"] = fresh
+            try:
+                lease = self._fresh_lease(self.role, self._lease.pooled)
+            except BaseException:
+                if fresh is not None:
+                    d["_runtime"] = old
+                    _runtime.release(fresh)
+                raise
+            if fresh is not None:
+                d["_closers"] = [lambda: _runtime.release(fresh)]
+                d["_released"] = False
+            d["_closed"] = False
+            d.pop("_closed_why", None)
+            d.pop("_interrupted", None)  # a new session: nothing of the old one is in flight
+            self._take(lease)
 
     def _give_back(self, lease: Lease, *, read_only: bool | None = None) -> None:
         """Return ``lease`` to its pool reset to the defaults (or close it)."""
-        broken = False
-        if lease.pooled and not getattr(lease, "detached", False):
+        broken = bool(self.__dict__.get("_patched"))
+        if lease.pooled and not getattr(lease, "detached", False) and not broken:
             raw = lease.raw
             try:
                 if self._in_transaction(raw):
@@ -779,12 +868,14 @@ class Connection:
             except self._error as again:
                 exc = again
         self._recover(exc, call, query, before, retry_reads=False, batch=batch, failed=failed)
-        gave_up = self._runtime.failover_succeeded(
-            f"the call could not be run on a live node in three attempts ({_short(exc)}); "
-            "nothing of it ran: run the work again",
-            transaction_rolled_back=False,
-        )
-        raise keep_driver_details(gave_up, exc) from exc
+        raise keep_driver_details(
+            self._runtime.failover_succeeded(
+                f"the call could not be run on a live node in three attempts ({_short(exc)}); "
+                "nothing of it ran: run the work again",
+                transaction_rolled_back=False,
+            ),
+            exc,
+        ) from exc
 
     def _recover(
         self,
@@ -808,7 +899,11 @@ class Connection:
         twice.
         """
         if self._closed:
-            raise exc  # the application closed it: not a failover, and nothing to reopen
+            # The application closed it: not a failover, and nothing to reopen. A cursor of a
+            # connection that holds no driver connection says so as the driver would.
+            if isinstance(exc, self._detached_error):
+                raise self._closed_error() from None
+            raise exc
         if not self._is_failover_error(exc):
             raise exc
         with self._lock:
@@ -875,23 +970,27 @@ class Connection:
                 self._detach(f"the connection to {lost} was lost ({_short(exc)})")
             if decided.outcome_unknown:
                 self._unknown_event(lost, started)
-                unknown = runtime.outcome_unknown(
-                    f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "
-                    "it may or may not have been committed; and no new node could be "
-                    f"reached ({_short(failure)}): the connection reconnects at its next "
-                    "statement"
-                )
-                raise keep_driver_details(unknown, exc) from failure
+                raise keep_driver_details(
+                    runtime.outcome_unknown(
+                        f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "
+                        "it may or may not have been committed; and no new node could be "
+                        f"reached ({_short(failure)}): the connection reconnects at its next "
+                        "statement"
+                    ),
+                    exc,
+                ) from failure
             raise
         after = round(time.monotonic() - started, 3)
         if decided.outcome_unknown:
             self._unknown_event(lost, started)
-            unknown = runtime.outcome_unknown(
-                f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "
-                "it may or may not have been committed; the connection is now on "
-                f"{self.instance_id}"
-            )
-            raise keep_driver_details(unknown, exc) from exc
+            raise keep_driver_details(
+                runtime.outcome_unknown(
+                    f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "
+                    "it may or may not have been committed; the connection is now on "
+                    f"{self.instance_id}"
+                ),
+                exc,
+            ) from exc
         if decided.rerun:
             if decided.verdict == "retry_read":
                 runtime.events.emit("read_retried", instance=self.instance_id, after_s=after)
@@ -901,13 +1000,16 @@ class Connection:
             runtime.events.emit(
                 "transaction_rolled_back", old=lost, new=self.instance_id, after_s=after
             )
-        succeeded = runtime.failover_succeeded(
-            f"the connection to {lost} was lost ({_short(exc)}); reconnected to {self.instance_id}"
-            + ("; the open transaction was rolled back" if rolled_back else "")
-            + ": run the work again",
-            transaction_rolled_back=rolled_back,
-        )
-        raise keep_driver_details(succeeded, exc) from exc
+        raise keep_driver_details(
+            runtime.failover_succeeded(
+                f"the connection to {lost} was lost ({_short(exc)}); "
+                f"reconnected to {self.instance_id}"
+                + ("; the open transaction was rolled back" if rolled_back else "")
+                + ": run the work again",
+                transaction_rolled_back=rolled_back,
+            ),
+            exc,
+        ) from exc
 
     def _unknown_event(self, lost: str, started: float) -> None:
         self._runtime.events.emit(
@@ -944,9 +1046,13 @@ class Connection:
         for cur in list(self._cursors):
             cur._carry_over(lease.raw)
 
-    def _detach(self, why: str, *, give_back: bool = False) -> None:
+    def _detach(self, why: str, *, give_back: bool = False, read_only: bool | None = None) -> None:
         """Let go of the driver connection (back to its pool when ``give_back``, as broken
-        otherwise); statements then reconnect (see `_DetachedRaw`)."""
+        otherwise); statements then reconnect (see `_DetachedRaw`).
+
+        ``read_only``: whether the driver connection given back is in read-only mode (default:
+        the opposite of what is asked now, as after a lazy route or a failed move).
+        """
         old = self._lease
         tracker = self.__dict__.get("_tracker")
         if (
@@ -958,7 +1064,7 @@ class Connection:
             # been made on the node let go: the next read asks the writer.
             tracker.mark_unsure()
         if give_back:
-            self._give_back(old, read_only=not self._read_only)
+            self._give_back(old, read_only=not self._read_only if read_only is None else read_only)
         else:
             old.mark_broken()
             old.give_back(broken=True)
@@ -998,7 +1104,17 @@ class Connection:
         if isinstance(cls_attr, property):
             object.__setattr__(self, name, value)
         elif name.startswith("_"):
-            self.__dict__[name] = value
+            d = self.__dict__
+            if name in d or cls_attr is not None or d["_closed"] or self._detached:
+                d[name] = value
+            elif hasattr(d["_raw"], name):
+                # The driver's own private attribute (a test patching ``_exec_command``, say):
+                # on the driver connection, as without the library. Not replayed, and the
+                # driver connection is not lent again after it (nothing to put back).
+                setattr(d["_raw"], name, value)
+                d["_patched"] = True
+            else:
+                d[name] = value
         else:
             # A driver attribute (row_factory, ...): follows the connection to a new node and
             # is put back before the driver connection returns to its pool.
@@ -1009,20 +1125,33 @@ class Connection:
                 setattr(raw, name, value)
             self._driver_attrs[name] = value
 
+    def __delattr__(self, name: str) -> None:
+        d = self.__dict__
+        if name in d:
+            del d[name]
+        elif name in getattr(d.get("_raw"), "__dict__", ()):
+            delattr(d["_raw"], name)  # one `__setattr__` put on the driver connection
+        else:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def __del__(self, _warn: Any = warnings.warn) -> None:
         # No I/O and no locks in the garbage collector (a self-deadlock when it runs while
         # this thread holds a pool's lock): warn, and give the connection back later.
         d = self.__dict__
         if d.get("_closed", True):
+            if not d.get("_released", True):  # closed, never connected: let its runtime go
+                d["_released"] = True
+                _runtime.abandon(None, list(d["_closers"]))
             return
         d["_closed"] = True
-        _warn(
-            f"{type(self).__name__} to {d['_lease'].target.instance_id} was never closed: "
-            "close it (or use it as a context manager)",
-            ResourceWarning,
-            stacklevel=2,
-        )
         lease = d["_lease"]
+        if lease.pooled or getattr(lease, "detached", False) or not self._driver_warns_unclosed:
+            _warn(
+                f"{type(self).__name__} to {lease.target.instance_id} was never closed: "
+                "close it (or use it as a context manager)",
+                ResourceWarning,
+                stacklevel=2,
+            )
         closers = list(d["_closers"])
         if lease.pooled:
             _runtime.abandon(lease, closers)  # given back at the next borrow or connect
@@ -1042,7 +1171,16 @@ class Connection:
             state = f"on no node (was {self._lease.target.instance_id})"
         else:
             state = f"on {self._lease.target.instance_id}"
-        return f"<aurora_smartdriver {type(self).__name__} role={self.role} {state}>"
+        summary = self._summary()
+        return (
+            f"<aurora_smartdriver {type(self).__name__} role={self.role} {state}"
+            + (f" {summary}" if summary else "")
+            + ">"
+        )
+
+    def _summary(self) -> str:
+        """The driver's own status summary, for the ``repr`` (no secrets)."""
+        return ""
 
 
 class PsycopgConnection(Connection):
@@ -1054,6 +1192,7 @@ class PsycopgConnection(Connection):
     """
 
     _cursor_class = PsycopgCursor
+    _driver_warns_unclosed = True
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:
@@ -1062,6 +1201,15 @@ class PsycopgConnection(Connection):
     def _closed_error(self) -> Exception:
         error: Exception = self._runtime.module.OperationalError("the connection is closed")
         return error
+
+    def _summary(self) -> str:
+        """psycopg's ``[STATUS] (host=... user=... database=...)``; ``[BAD]`` once closed."""
+        if self._closed:
+            return "[BAD]"
+        if self._detached:
+            return ""
+        summary: str = self._runtime.module.pq.misc.connection_summary(self._raw.pgconn)
+        return summary
 
     def set_autocommit(self, value: bool) -> None:
         """``psycopg.Connection.set_autocommit``: as setting ``autocommit``."""
@@ -1086,6 +1234,7 @@ class PsycopgConnection(Connection):
     @deferrable.setter
     def deferrable(self, value: bool | None) -> None:
         self._check_open()
+        value = None if value is None else bool(value)
         if not self._detached:
             self._raw.deferrable = value
         self.__dict__["_deferrable"] = value
@@ -1111,33 +1260,45 @@ class PsycopgConnection(Connection):
     @isolation_level.setter
     def isolation_level(self, value: Any) -> None:
         self._check_open()
+        if value is not None:
+            value = self._runtime.module.IsolationLevel(value)  # as psycopg: ValueError if bad
         if not self._detached:
             self._raw.isolation_level = value
         self.__dict__["_isolation"] = value
 
     @property
     def read_only(self) -> bool | None:
-        return bool(self._read_only)
+        """None until set (the server's default), as psycopg's; True routes to a reader."""
+        if self._read_only:
+            return True
+        return False if self.__dict__.get("_read_only_set") else None
 
     @read_only.setter
     def read_only(self, value: bool | None) -> None:
         self._check_open()
         self._set_read_only(bool(value))
+        self.__dict__["_read_only_set"] = value is not None
 
-    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Cursor:
-        """``psycopg.Connection.execute``: a new cursor that executed ``query``."""
+    def execute(
+        self, query: Any, params: Any = None, *, prepare: bool | None = None, binary: bool = False
+    ) -> Cursor:
+        """``psycopg.Connection.execute``: a new cursor that executed ``query`` (binary: its
+        results in binary format, as ``cursor.format``)."""
         cur = self.cursor()
-        cur.execute(query, *args, **kwargs)
-        return cur
+        if binary:
+            cur.format = self._runtime.module.pq.Format.BINARY
+        if prepare is None:
+            return cur.execute(query, params)  # type: ignore[no-any-return]
+        return cur.execute(query, params, prepare=prepare)  # type: ignore[no-any-return]
 
     def transaction(
         self, savepoint_name: str | None = None, force_rollback: bool = False
-    ) -> _Transaction:
+    ) -> _TransactionBlock:
         """``psycopg.Connection.transaction``, with its BEGIN and COMMIT seen by the library:
         a connection lost at the COMMIT of the block is ``TransactionOutcomeUnknown``, inside
         the block ``FailoverSucceeded(transaction_rolled_back=True)``."""
         self._check_open()
-        return _Transaction(self, savepoint_name, force_rollback)
+        return _TransactionBlock(self, savepoint_name, force_rollback)
 
     def _before(self, raw: Any) -> Any:
         return raw.pgconn.transaction_status
@@ -1180,73 +1341,67 @@ class PsycopgConnection(Connection):
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        # psycopg's semantics: commit on success, roll back on error, then close.
+        # psycopg's semantics: commit on success, roll back on error, then close; a failed
+        # rollback is logged, not raised over the error that ended the block.
         if self._closed:
             return
         try:
             if exc_type is None:
                 self.commit()
             else:
-                self.rollback()
+                try:
+                    self.rollback()
+                except Exception as exc2:
+                    log.warning("error ignored in rollback on %s: %s", self, exc2)
         finally:
             self.close()
 
 
-class _Transaction:
-    """psycopg's ``Transaction`` block over the library's connection (see
-    `PsycopgConnection.transaction`); it is a ``psycopg.Transaction`` to ``isinstance``, and
-    ``raise psycopg.Rollback(tx)`` works with it as with psycopg's own."""
+class _TransactionBlock:
+    """What `PsycopgConnection.transaction` returns: psycopg's context manager, entered on the
+    driver connection of the moment (connecting first when on no node), with its BEGIN and
+    COMMIT seen by the library. ``with`` gives a `_Transaction`."""
 
     def __init__(
         self, conn: PsycopgConnection, savepoint_name: str | None, force_rollback: bool
     ) -> None:
         self._conn = conn
         self._args = (savepoint_name, force_rollback)
-        self._raw = conn._raw
-        self._block: Any = None if conn._detached else self._raw.transaction(*self._args)
+        self._raw: Any = None
+        self._block: Any = None  # psycopg's context manager, once entered
+        self._tx: _Transaction | None = None
         self._outer = False
-
-    @property  # type: ignore[misc]
-    def __class__(self) -> type:
-        return type(self._block) if self._block is not None else _Transaction
-
-    @property
-    def connection(self) -> PsycopgConnection:
-        return self._conn
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._block, name)
 
     def __enter__(self) -> _Transaction:
         conn = self._conn
-        if self._block is None or self._raw is not conn._raw:  # made while on no node
-            self._raw = conn._raw
-            if conn._detached:
-                conn._attach()
-                self._raw = conn._raw
-            self._block = self._raw.transaction(*self._args)
-        before = conn._before(self._raw)
+        if self._block is not None:
+            raise TypeError("transaction blocks can be used only once")  # as psycopg's
+        if conn._detached:
+            conn._attach()
+        raw = conn._raw
+        before = conn._before(raw)
         self._outer = before == _IDLE
+        block = raw.transaction(*self._args)
         try:
-            self._block.__enter__()
+            tx = block.__enter__()
         except conn._error as exc:
             conn._recover(
-                exc,
-                "statement",
-                "BEGIN" if self._outer else "SAVEPOINT s",
-                before,
-                failed=self._raw,
+                exc, "statement", "BEGIN" if self._outer else "SAVEPOINT s", before, failed=raw
             )
-            self._raw = conn._raw
-            self._block = self._raw.transaction(*self._args)
-            self._block.__enter__()
-        return self
+            raw = conn._raw
+            block = raw.transaction(*self._args)
+            tx = block.__enter__()
+        self._raw, self._block = raw, block
+        self._tx = _Transaction(conn, tx)
+        return self._tx
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
         conn, raw, block = self._conn, self._raw, self._block
         if exc is not None:
-            if getattr(exc, "transaction", None) is self:
-                exc.transaction = block  # psycopg.Rollback(tx) names this block
+            tx = self._tx
+            real = None if tx is None else tx._tx
+            if tx is not None and getattr(exc, "transaction", None) is tx:
+                exc.transaction = real  # psycopg.Rollback(tx) names this block
             if conn._raw is not raw:
                 return False  # already failed over: the error that ended the block tells it
             try:
@@ -1273,6 +1428,44 @@ class _Transaction:
             else:
                 conn._recover(commit_error, "statement", "RELEASE SAVEPOINT s", before, failed=raw)
             return False
+
+
+class _Transaction:
+    """psycopg's ``Transaction`` of a block, with the library's connection as its
+    ``connection``: a ``psycopg.Transaction`` to ``isinstance``; ``savepoint_name``,
+    ``status``, ``force_rollback`` and its ``repr`` are psycopg's, and ``raise
+    psycopg.Rollback(tx)`` ends the block it names, as with psycopg's own."""
+
+    _conn: PsycopgConnection
+    _tx: Any
+
+    def __init__(self, conn: PsycopgConnection, tx: Any) -> None:
+        object.__setattr__(self, "_conn", conn)
+        object.__setattr__(self, "_tx", tx)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return type(self._tx)
+
+    @property
+    def connection(self) -> PsycopgConnection:
+        return self._conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tx, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._tx, name, value)  # read-only properties raise AttributeError, as psycopg
+
+    def __enter__(self) -> _Transaction:
+        self._tx.__enter__()  # psycopg: "transaction blocks can be used only once"
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._tx.__exit__(*exc)
+
+    def __repr__(self) -> str:
+        return repr(self._tx)
 
 
 class PyMySQLConnection(Connection):
@@ -1308,8 +1501,31 @@ class PyMySQLConnection(Connection):
         self.__dict__["_settled_result"] = getattr(raw, "_result", None)
 
     def _closed_error(self) -> Exception:
-        error: Exception = self._runtime.module.err.InterfaceError(0, "the connection is closed")
+        why = self.__dict__.get("_closed_why") or "the connection is closed"
+        error: Exception = self._runtime.module.err.InterfaceError(0, why)
         return error
+
+    def connect(self, sock: Any = None) -> None:
+        """PyMySQL's ``connect()``: opens a closed (or ``defer_connect``) connection through
+        the library, on a node of the role asked for, with the session state replayed.
+
+        On an open connection, as PyMySQL's, a new session replaces the old one, whose open
+        transaction is rolled back. ``sock`` (a socket the application opened) is refused: the
+        library connects to the node it chose itself.
+        """
+        if sock is not None:
+            raise self._runtime.module.err.NotSupportedError(
+                "connect(sock): the library opens its own connection to the node it chose "
+                "(resolved, routed, TLS checked); call connect() without a socket"
+            )
+        with self._lock:
+            if not self._closed:
+                self._detach(
+                    "connect() asked for a new session", give_back=True, read_only=self._read_only
+                )
+                self.__dict__["_closed"] = True
+                self.__dict__["_closed_why"] = "connect() failed: call connect() again"
+            self._reopen()
 
     @property
     def open(self) -> bool:
@@ -1345,23 +1561,42 @@ class PyMySQLConnection(Connection):
 
             self._retry(exc, "statement", "BEGIN", before, again, failed=raw)
 
-    def ping(self, reconnect: bool = True) -> None:
+    def ping(self, reconnect: bool | None = None) -> None:
         """PyMySQL's ``ping``, failing over where PyMySQL would reconnect to the same address.
 
-        PyMySQL's own ``reconnect=True`` reopens a socket to the address the connection was
-        on: after a failover, the dead or demoted writer. Here a lost node starts the failover
-        procedure and the ping returns on the right node, unless a transaction was open:
-        then ``FailoverSucceeded(transaction_rolled_back=True)``, since its work is gone. With
-        ``reconnect=False`` the driver's error is raised, as PyMySQL does.
+        A lost node (by default, or with ``reconnect=True``) starts the failover procedure and
+        the ping returns on the right node, unless a transaction was open: then
+        ``FailoverSucceeded(transaction_rolled_back=True)``, since its work is gone. PyMySQL's
+        own reconnect would reopen a socket to the address the connection was on: after a
+        failover, the dead or demoted writer.
+
+        ``reconnect=False`` asks only "is it alive?": a lost session raises the driver's error
+        (2006/2013), as PyMySQL's, and nothing reconnects; the next statement then continues
+        on a live node and says what became of an open transaction, as after any loss.
+
+        A closed connection is opened again only with ``reconnect=True`` (PyMySQL 1.2's
+        default is False); otherwise the ping raises ``InterfaceError``, as PyMySQL's.
         """
-        self._check_open()
+        if self._closed:
+            if not reconnect:
+                raise self._closed_error()
+            self._reopen()
+            self._raw.ping(reconnect=False)
+            return
         raw = self._raw
         before = self._before(raw)
         try:
+            if reconnect is not False and not raw.open:
+                # PyMySQL closed the socket after an error ("Already closed" to a ping): as
+                # lost as a socket that fails now, and nothing was sent.
+                raise self._runtime.module.err.InterfaceError(0, "")
             raw.ping(reconnect=False)
         except self._error as exc:
             detached = isinstance(exc, self._detached_error)  # the library let go, not the server
-            if not detached and (not reconnect or not self._is_failover_error(exc)):
+            if not detached and (reconnect is False or not self._is_failover_error(exc)):
+                # PyMySQL forgets the last result when it sends the ping: put it back, for
+                # the next statement to see a transaction that only returned rows opened.
+                raw._result = before
                 raise
             self._retry(
                 exc, "ping", None, before, lambda: self._raw.ping(reconnect=False), failed=raw

@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from aurora_smartdriver import errors as _errors
+from aurora_smartdriver._dbapi import as_driver_config_error as _as_driver_config_error
+from aurora_smartdriver._dbapi import config_error_class as _config_error_class
 from aurora_smartdriver._dbapi import driver_module as _driver_module
 from aurora_smartdriver._dbapi import error_class as _error_class
 from aurora_smartdriver.cluster import connect as _connect
@@ -59,9 +61,21 @@ TimestampFromTicks: Any = _driver.TimestampFromTicks
 Binary: Any = _driver.Binary
 
 
+ConfigError: Any = _config_error_class(_ENGINE)
+"""``aurora_smartdriver.ConfigError`` that is also psycopg's ``ProgrammingError``, as psycopg
+reports connection parameters it cannot accept; ``connect`` raises it."""
+
+
 def connect(dsn: str | None = None, /, **kwargs: Any) -> Connection:
-    """A cluster-aware connection; ``dsn`` or the driver's keywords (host=, user=, ...)."""
-    return _connect(dsn, _engine=_ENGINE, **kwargs)
+    """A cluster-aware connection; ``dsn`` or the driver's keywords (host=, user=, ...).
+
+    A parameter the library cannot accept is a `ConfigError` that is also psycopg's
+    ``ProgrammingError`` (psycopg's own answer to an unknown connection option).
+    """
+    try:
+        return _connect(dsn, _engine=_ENGINE, **kwargs)
+    except _errors.ConfigError as exc:
+        raise _as_driver_config_error(exc, _ENGINE).with_traceback(exc.__traceback__) from None
 
 
 def __getattr__(name: str) -> Any:
@@ -78,6 +92,7 @@ __all__ = [
     "STRING",
     "AuthenticationFailed",
     "Binary",
+    "ConfigError",
     "DataError",
     "DatabaseError",
     "Date",

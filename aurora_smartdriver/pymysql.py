@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from aurora_smartdriver import _runtime
 from aurora_smartdriver import errors as _errors
 from aurora_smartdriver._dbapi import driver_module as _driver_module
 from aurora_smartdriver._dbapi import error_class as _error_class
+from aurora_smartdriver.auth import CredentialsSource
+from aurora_smartdriver.cluster import _role, _spec
 from aurora_smartdriver.cluster import connect as _connect
-from aurora_smartdriver.connection import Connection
+from aurora_smartdriver.connection import Connection, PyMySQLConnection
 from aurora_smartdriver.pool import PoolClosed as _PoolClosed
 from aurora_smartdriver.pool import PoolTimeout as _PoolTimeout
 
@@ -59,9 +62,27 @@ TimestampFromTicks: Any = _driver.TimestampFromTicks
 Binary: Any = _driver.Binary
 
 
-def connect(dsn: str | None = None, /, **kwargs: Any) -> Connection:
-    """A cluster-aware connection; ``dsn`` or the driver's keywords (host=, user=, ...)."""
-    return _connect(dsn, _engine=_ENGINE, **kwargs)
+def connect(
+    dsn: str | None = None, /, *, credentials: CredentialsSource | None = None, **kwargs: Any
+) -> Connection:
+    """A cluster-aware connection; ``dsn`` or the driver's keywords (host=, user=, ...).
+
+    With ``defer_connect=True``, as PyMySQL's: nothing is connected until ``conn.connect()``
+    (``conn.open`` is False until then); the DSN is read and the cluster's monitor started now.
+    """
+    asked = "defer_connect" in kwargs or "defer_connect" in (dsn or "")
+    spec = _spec(dsn, _ENGINE, dict(kwargs)) if asked else None
+    if spec is None or not spec.driver_params.get("defer_connect"):
+        return _connect(dsn, _engine=_ENGINE, credentials=credentials, **kwargs)
+    runtime = _runtime.acquire(spec, credentials)
+    try:
+        role = _role(spec.settings.role, runtime)
+    except BaseException:
+        _runtime.release(runtime)
+        raise
+    conn = PyMySQLConnection.unconnected(runtime, role, autocommit=runtime.default_autocommit)
+    conn._on_close(lambda: _runtime.release(runtime))
+    return conn
 
 
 def __getattr__(name: str) -> Any:

@@ -275,6 +275,10 @@ def run_pytest(
         "upstream_plugin",
         "-p",
         "no:aurora_smartdriver_lab",
+        # pytest-asyncio, when installed next to the library, would take over the suites'
+        # own async set-up (psycopg's runs on anyio) and warn, which psycopg's ini makes fatal.
+        "-p",
+        "no:asyncio",
         f"--junitxml={junit}",
         f"--timeout={PYTEST_TIMEOUT}",
         *paths,

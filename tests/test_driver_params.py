@@ -185,8 +185,10 @@ def test_pymysql_compress_on_is_refused_up_front_as_the_driver_refuses_it() -> N
 
 
 @pytest.mark.mariadb
-def test_pymysql_defer_connect_is_accepted(aurora_lab_mariadb: Lab) -> None:
+def test_pymysql_defer_connect_connects_at_connect(aurora_lab_mariadb: Lab) -> None:
     with _open(asd_pymysql, aurora_lab_mariadb.dsn, defer_connect=True) as conn:
+        assert not conn.open  # as PyMySQL's: nothing connected until connect()
+        conn.connect()
         cur = conn.cursor()
         cur.execute("SELECT 1")
         assert cur.fetchone() == (1,)

@@ -4,7 +4,9 @@ garbage collector."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import socket
 import threading
 import time
 import uuid
@@ -18,6 +20,9 @@ from psycopg.rows import dict_row
 from psycopg.types.enum import EnumInfo, register_enum
 
 import aurora_smartdriver as asd
+from aurora_smartdriver import _runtime
+from aurora_smartdriver import psycopg as asd_psycopg
+from aurora_smartdriver import pymysql as asd_pymysql
 from aurora_smartdriver.lab import Lab
 
 
@@ -51,6 +56,210 @@ def test_pymysql_open_is_false_after_close(aurora_lab_mariadb: Lab) -> None:
     assert conn.open is True
     conn.close()
     assert conn.open is False
+
+
+def _thread_id(conn: Any) -> int:
+    cur = conn.cursor()
+    cur.execute("SELECT CONNECTION_ID()")
+    return int(cur.fetchone()[0])
+
+
+def _session_gone(lab: Lab, thread_id: int) -> bool:
+    """Whether the server ended session ``thread_id`` (waits a little: a QUIT is asynchronous)."""
+    sql = f"SELECT COUNT(*) FROM information_schema.processlist WHERE id = {thread_id}"
+    deadline = time.monotonic() + 10
+    while int(str(lab.execute(lab.writer.id, sql)[0][0])) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not int(str(lab.execute(lab.writer.id, sql)[0][0]))
+
+
+def _balance(conn: Any) -> int:
+    """Connections of ``connect()`` opened and not closed, in this cluster's metrics."""
+    counts = conn._runtime.metrics
+    return int(counts.opened.total() - counts.closed.total())
+
+
+def test_pymysql_defer_connect_connects_at_connect(aurora_lab_mariadb: Lab) -> None:
+    conn = asd_pymysql.connect(
+        aurora_lab_mariadb.dsn, cluster_id=uuid.uuid4().hex, defer_connect=True
+    )
+    try:
+        assert conn.open is False  # nothing connected yet, as PyMySQL's
+        assert _balance(conn) == 0
+        conn.connect()
+        assert conn.open is True
+        assert conn.instance_id == aurora_lab_mariadb.writer.id
+        assert _thread_id(conn) > 0
+    finally:
+        conn.close()
+    assert _balance(conn) == 0
+
+
+def test_pymysql_a_deferred_connection_closed_unconnected_lets_its_cluster_go(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    conn = asd_pymysql.connect(
+        aurora_lab_mariadb.dsn, cluster_id=uuid.uuid4().hex, defer_connect=True
+    )
+    key = conn._runtime.shared.key
+    assert _runtime._registry[key].users == 1
+    conn.close()
+    assert _runtime._registry[key].users == 0
+    conn.close()  # idempotent, as every close of the library's (PyMySQL's would raise)
+    assert _runtime._registry[key].users == 0
+
+
+def test_pymysql_ping_reconnect_reopens_a_closed_connection_with_its_settings(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    lab = aurora_lab_mariadb
+    conn = _connect(lab)
+    try:
+        conn.autocommit(True)
+        cur = conn.cursor()  # made before the close: PyMySQL's cursors work after a reopen
+        first = _thread_id(conn)
+        conn.close()
+        assert _session_gone(lab, first)
+        with pytest.raises(pymysql.err.Error):
+            conn.ping()  # as PyMySQL 1.2: no reopen unless asked
+        with pytest.raises(pymysql.err.Error):
+            conn.ping(reconnect=False)
+        conn.ping(reconnect=True)
+        assert conn.open is True
+        assert conn.instance_id == lab.writer.id
+        cur.execute("SELECT @@autocommit, CONNECTION_ID()")
+        autocommit, second = cur.fetchone()
+        assert autocommit == 1  # replayed on the new session
+        assert second != first
+    finally:
+        conn.close()
+    assert _session_gone(lab, second)
+    assert _balance(conn) == 0
+
+
+def test_pymysql_connect_reopens_a_closed_connection_on_the_role_asked_for(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    lab = aurora_lab_mariadb
+    conn = _connect(lab, autocommit=True)
+    try:
+        conn.read_only = True
+        conn.close()
+        conn.connect()  # through the library: a reader, as the connection asks for
+        assert conn.open is True
+        assert conn.instance_id in {node.id for node in lab.readers}
+        cur = conn.cursor()
+        cur.execute("SELECT @@global.read_only")
+        assert cur.fetchone() == (1,)
+    finally:
+        conn.close()
+    assert _balance(conn) == 0
+
+
+def test_pymysql_a_pooled_connection_reopened_in_its_block_is_given_back_once(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    cluster = _cluster(aurora_lab_mariadb, pool_max_size=2)
+    try:
+        with cluster.writer() as conn:
+            conn.close()
+            conn.ping(reconnect=True)  # borrowed again from the writer's pool
+            assert conn.open is True
+            assert _thread_id(conn) > 0
+            assert sum(p.in_use for p in cluster.stats()["pools"].values()) == 1
+        assert sum(p.in_use for p in cluster.stats()["pools"].values()) == 0
+    finally:
+        cluster.close()
+
+
+def test_pymysql_a_deferred_connection_dropped_unclosed_lets_its_cluster_go(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    conn = asd_pymysql.connect(
+        aurora_lab_mariadb.dsn, cluster_id=uuid.uuid4().hex, defer_connect=True
+    )
+    key = conn._runtime.shared.key
+    del conn
+    gc.collect()
+    _runtime.give_back_abandoned()  # outside the garbage collector, as at the next borrow
+    assert _runtime._registry[key].users == 0
+
+
+def test_pymysql_connect_on_an_open_connection_starts_a_new_session_without_a_leak(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    lab = aurora_lab_mariadb
+    conn = _connect(lab, autocommit=True)
+    try:
+        first = _thread_id(conn)
+        conn.connect()
+        second = _thread_id(conn)
+        assert second != first
+        assert _session_gone(lab, first)  # the old session is closed, not left behind
+        assert conn.instance_id == lab.writer.id
+    finally:
+        conn.close()
+    assert _session_gone(lab, second)
+    assert _balance(conn) == 0
+
+
+def test_pymysql_connect_with_a_socket_of_the_application_is_refused(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    conn = asd_pymysql.connect(
+        aurora_lab_mariadb.dsn, cluster_id=uuid.uuid4().hex, defer_connect=True
+    )
+    try:
+        with socket.socket() as sock, pytest.raises(pymysql.err.NotSupportedError):
+            conn.connect(sock)
+        assert conn.open is False
+    finally:
+        conn.close()
+
+
+def test_pymysql_ping_without_reconnect_on_a_lost_session_raises_the_driver_error(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    lab = aurora_lab_mariadb
+    conn = _connect(lab, autocommit=True)
+    try:
+        lab.execute(lab.writer.id, f"KILL {_thread_id(conn)}")
+        with pytest.raises(pymysql.OperationalError) as caught:
+            conn.ping(reconnect=False)  # "is it alive?": no, and nothing reconnected
+        assert not isinstance(caught.value, asd.AuroraSmartDriverError)
+        assert caught.value.args[0] in (1927, 2006, 2013)
+        conn.ping()  # the library's default: continue on a live session
+        assert conn.open is True
+        assert _thread_id(conn) > 0
+    finally:
+        conn.close()
+
+
+def test_pymysql_a_transaction_lost_at_a_ping_without_reconnect_is_reported_at_the_next_use(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    lab = aurora_lab_mariadb
+    table = f"dropin_{uuid.uuid4().hex[:8]}"
+    conn = _connect(lab)  # autocommit off, as PyMySQL's default
+    try:
+        cur = conn.cursor()
+        cur.execute(f"CREATE TABLE {table} (v VARCHAR(40) PRIMARY KEY)")
+        # Rows returned: PyMySQL's status flags do not show the transaction this opened.
+        cur.execute(f"INSERT INTO {table} VALUES ('first') RETURNING v")
+        assert cur.fetchall() == (("first",),)
+        lab.execute(lab.writer.id, f"KILL {_thread_id(conn)}")
+        with pytest.raises(pymysql.OperationalError):
+            conn.ping(reconnect=False)
+        with pytest.raises(asd.FailoverSucceeded) as caught:
+            cur.execute(f"INSERT INTO {table} VALUES ('second')")
+        assert caught.value.transaction_rolled_back  # never the second half alone
+        conn.commit()
+        cur.execute(f"SELECT v FROM {table}")
+        assert cur.fetchall() == ()
+    finally:
+        with contextlib.suppress(Exception):
+            lab.execute(lab.writer.id, f"DROP TABLE IF EXISTS {lab.state().database}.{table}")
+        conn.close()
 
 
 # -- psycopg ----------------------------------------------------------------------------------
@@ -111,6 +320,165 @@ def test_psycopg_cursors_have_no_callproc(aurora_lab_postgresql: Lab) -> None:
         assert not hasattr(conn.cursor(), "callproc")  # as psycopg 3's own cursors
     finally:
         conn.close()
+
+
+def test_psycopg_transaction_gives_psycopgs_transaction_with_the_proxy_as_connection(
+    aurora_lab_postgresql: Lab,
+) -> None:
+    conn = _connect(aurora_lab_postgresql)
+    try:
+        with conn.transaction(savepoint_name="sp") as tx:
+            assert isinstance(tx, psycopg.Transaction)
+            assert tx.connection is conn
+            assert tx.savepoint_name == "sp"
+            assert tx.status == tx.Status.ACTIVE
+            assert "[INTRANS]" in repr(tx)
+            with pytest.raises(AttributeError):
+                tx.savepoint_name = "other"  # type: ignore[misc]
+            with conn.transaction() as inner:
+                assert inner.savepoint_name == "_pg3_2"  # nested: a savepoint, as psycopg's
+        assert tx.status == tx.Status.COMMITTED
+        with pytest.raises(TypeError), tx:
+            pass  # as psycopg: a block is used once
+    finally:
+        conn.close()
+
+
+def test_psycopg_rollback_naming_an_outer_block_ends_that_block(
+    aurora_lab_postgresql: Lab,
+) -> None:
+    conn = _connect(aurora_lab_postgresql)
+    try:
+        conn.execute("CREATE TEMPORARY TABLE dropin_tx (v int)")
+        conn.commit()
+        with conn.transaction() as outer:
+            conn.execute("INSERT INTO dropin_tx VALUES (1)")
+            with conn.transaction():
+                conn.execute("INSERT INTO dropin_tx VALUES (2)")
+                raise psycopg.Rollback(outer)  # ends the outer block, quietly
+        with conn.transaction() as tx:
+            conn.execute("INSERT INTO dropin_tx VALUES (3)")
+            raise psycopg.Rollback(tx)
+        assert tx.status == tx.Status.ROLLED_BACK_EXPLICITLY
+        assert conn.execute("SELECT count(*) FROM dropin_tx").fetchone() == (0,)
+    finally:
+        conn.close()
+
+
+def test_psycopg_set_result_and_results_give_the_librarys_cursor(
+    aurora_lab_postgresql: Lab,
+) -> None:
+    conn = _connect(aurora_lab_postgresql, autocommit="on")
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT 1; SELECT 2")
+        assert cur.set_result(0) is cur
+        assert cur.fetchall() == [(1,)]
+        assert list(cur.results()) == [cur, cur]
+        assert cur.set_result(-1).fetchall() == [(2,)]
+    finally:
+        conn.close()
+
+
+def test_psycopg_a_cursor_carried_to_a_reader_keeps_its_next_result_sets(
+    aurora_lab_postgresql: Lab,
+) -> None:
+    conn = _connect(aurora_lab_postgresql, autocommit="on")
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT 1; SELECT 2")
+        conn.read_only = True  # moves to a reader now
+        assert conn.instance_id != aurora_lab_postgresql.writer.id
+        assert cur.fetchall() == [(1,)]
+        assert cur.nextset() is True  # received with the statement: still there
+        assert cur.fetchall() == [(2,)]
+    finally:
+        conn.close()
+
+
+def test_psycopg_connection_execute_binary_sets_the_cursor_format(
+    aurora_lab_postgresql: Lab,
+) -> None:
+    conn = _connect(aurora_lab_postgresql)
+    try:
+        cur = conn.execute("SELECT %s::int", [7], binary=True)
+        assert cur.format == psycopg.pq.Format.BINARY
+        assert cur.fetchone() == (7,)
+    finally:
+        conn.close()
+
+
+def test_psycopg_session_switches_read_back_as_psycopgs(aurora_lab_postgresql: Lab) -> None:
+    conn = _connect(aurora_lab_postgresql)
+    try:
+        assert conn.read_only is None  # psycopg: None until set (the server's default)
+        conn.isolation_level = 4
+        assert conn.isolation_level is psycopg.IsolationLevel.SERIALIZABLE
+        with pytest.raises(ValueError):
+            conn.set_isolation_level(5)
+        conn.deferrable = 0
+        assert conn.deferrable is False
+        conn.read_only = False
+        assert conn.read_only is False
+    finally:
+        conn.close()
+
+
+def test_psycopg_repr_carries_the_driver_status_and_no_secret(
+    aurora_lab_postgresql: Lab,
+) -> None:
+    conn = _connect(aurora_lab_postgresql)
+    try:
+        assert "[IDLE]" in repr(conn)
+        conn.execute("SELECT 1")
+        assert "[INTRANS]" in repr(conn)
+        assert aurora_lab_postgresql.state().password not in repr(conn)
+    finally:
+        conn.close()
+    assert "[BAD]" in repr(conn)
+
+
+def test_psycopg_connect_refuses_an_unknown_parameter_as_psycopg_does() -> None:
+    with pytest.raises(psycopg.ProgrammingError) as caught:
+        asd_psycopg.connect("postgresql://app@db.example.test/app", nosuchparam=42)
+    assert isinstance(caught.value, asd.ConfigError)
+    assert caught.value.parameter == "nosuchparam"
+
+
+def test_psycopg_a_private_driver_attribute_patched_through_the_proxy_reaches_the_driver(
+    aurora_lab_postgresql: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = _cluster(aurora_lab_postgresql, pool_max_size=1)
+    try:
+        with cluster.writer() as conn:
+            seen: list[bytes] = []
+            original = conn._exec_command
+
+            def spy(command: Any, *args: Any, **kwargs: Any) -> Any:
+                seen.append(bytes(command))
+                return original(command, *args, **kwargs)
+
+            monkeypatch.setattr(conn, "_exec_command", spy)
+            with conn.transaction():
+                pass
+            assert seen == [b"BEGIN", b"COMMIT"]
+            pid = conn.pgconn.backend_pid
+        with cluster.writer() as other:  # the patched driver connection is not lent again
+            assert other.pgconn.backend_pid != pid
+            assert "_exec_command" not in vars(other._raw)
+    finally:
+        cluster.close()
+
+
+def test_psycopg_a_failed_rollback_at_the_end_of_a_with_block_does_not_hide_the_error(
+    aurora_lab_postgresql: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(ZeroDivisionError), _connect(aurora_lab_postgresql) as conn:
+        block = conn.transaction()
+        block.__enter__()  # a block left open: psycopg refuses rollback() inside it
+        1 / 0  # noqa: B018
+    assert "error ignored in rollback" in caplog.text  # logged, as psycopg does
+    assert conn.closed
 
 
 def test_row_factory_follows_the_connection_through_a_failover(
@@ -210,8 +578,11 @@ def test_a_connection_never_closed_is_given_back_outside_the_garbage_collector(
                 conn.cursor().execute("SELECT 1")
                 del conn
                 gc.collect()
-        ours = [w for w in caught if "was never closed" in str(w.message)]
-        assert len(ours) == 20
+        # One warning each: the library's, or for a psycopg connection of its own the
+        # driver's (psycopg warns for its own connection collected open).
+        unclosed = ("was never closed", "was deleted while still open")
+        warned = [w for w in caught if any(text in str(w.message) for text in unclosed)]
+        assert len(warned) == 20
         _connect(aurora_lab, cluster_id=cluster_id).close()  # gives back the abandoned ones
         assert closed.total() - before == 21
     finally:
@@ -263,7 +634,7 @@ def test_a_refused_read_only_switch_is_not_reported_as_done(aurora_lab_postgresq
         conn.execute("SELECT 1")  # a transaction is open: psycopg refuses the switch
         with pytest.raises(psycopg.ProgrammingError):
             conn.read_only = True
-        assert conn.read_only is False
+        assert conn.read_only is None  # as psycopg: the value before the refused switch
     finally:
         conn.close()
 
