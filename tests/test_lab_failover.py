@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Any, cast
 
 import pytest
 
-from aurora_smartdriver.lab import Lab, LabError
+from aurora_smartdriver.lab import Lab, LabError, partition_available
+from aurora_smartdriver.lab._mariadb import MariaDB
 from aurora_smartdriver.lab._workload import WriteLoad
 from tests import plain
 
@@ -115,3 +117,50 @@ def test_reader_endpoint_and_metadata_follow_the_failover(aurora_lab: Lab) -> No
             " WHERE SESSION_ID = 'MASTER_SESSION_ID'"
         )
     assert aurora_lab.execute(report.new_writer, sql) == [(report.new_writer,)]
+
+
+def _replica_status(lab: Lab, node: str) -> dict[str, Any]:
+    engine = cast(MariaDB, lab.engine)
+    state = lab.state()
+    conn = engine._connect(state, state.node(node), 5.0)
+    try:
+        return engine._status(conn)
+    finally:
+        conn.close()
+
+
+@pytest.mark.skipif(not partition_available(), reason="needs root and iptables")
+def test_mariadb_promotion_does_not_wait_on_a_partitioned_writer(aurora_lab_mariadb: Lab) -> None:
+    # A semi-sync replica's I/O thread, on its way out, connects to its master to kill the dump
+    # thread there; a partitioned master never answers, and a plain STOP SLAVE waits for it.
+    # The lab kills each I/O thread first and stops replication once the thread sits in that
+    # connect, which STOP SLAVE's first interrupt then ends.
+    lab = aurora_lab_mariadb
+    engine = cast(MariaDB, lab.engine)
+    engine.stops.clear()
+    old = lab.writer
+    replicas = [n.id for n in lab.readers]
+    lab.partition(old.id)
+    report = lab.failover()
+    assert sorted(engine.stops) == sorted(replicas)  # the promoted one and the repointed ones
+    for node in replicas:
+        stop = engine.stops[node]
+        assert stop.io_thread_killed and stop.master_unreachable, (node, stop)
+    # What the lab promises still holds after the quick stop.
+    assert lab.node(old.id).status == "crashed"
+    assert report.started_at <= report.promoted_at <= report.writable_at <= report.completed_at
+    new = lab.node(report.new_writer)
+    lab.execute(new.id, "CREATE TABLE IF NOT EXISTS after_partition (id INT PRIMARY KEY)")
+    lab.execute(new.id, f"INSERT INTO after_partition VALUES ({int(time.time() * 1000) % 10**9})")
+    lab.wait_replicated(15)
+    [(writer_gtids,)] = lab.execute(new.id, "SELECT @@gtid_binlog_pos")
+    for node in replicas:
+        if node == new.id:
+            continue
+        status = _replica_status(lab, node)
+        assert (status["Master_Host"], status["Master_Port"]) == (new.address, new.port)
+        assert (status["Slave_IO_Running"], status["Slave_SQL_Running"]) == ("Yes", "Yes")
+        # The same GTID history as the writer: nothing applied twice, nothing errant.
+        assert lab.execute(node, "SELECT @@gtid_binlog_pos, @@gtid_slave_pos") == [
+            (writer_gtids, writer_gtids)
+        ]

@@ -11,6 +11,7 @@ import pytest
 
 from aurora_smartdriver import lab as lab_module
 from aurora_smartdriver.lab import Lab
+from aurora_smartdriver.lab._mariadb import _connects_to
 from tests import plain
 
 
@@ -117,6 +118,34 @@ def test_partitioned_node_times_out_and_heals(aurora_lab: Lab) -> None:
     conn = plain.connect(aurora_lab, reader.id)
     assert plain.query(conn, "SELECT 1") == [(1,)]
     conn.close()
+
+
+@pytest.mark.skipif(not lab_module.partition_available(), reason="needs root and iptables")
+def test_mariadb_replica_leaving_a_partitioned_writer_waits_on_a_connect_to_it(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    # Why the lab's promotion kills the I/O thread first: a semi-sync replica's I/O thread, on
+    # its way out, connects to its master to kill the dump thread there, and a partitioned
+    # master leaves that connect unanswered (up to rpl_semi_sync_slave_kill_conn_timeout, 5 s).
+    lab = aurora_lab_mariadb
+    writer, reader = lab.writer, lab.readers[0]
+    lab.partition(writer.id)
+    find = "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND = 'Slave_IO'"
+    [(io_thread,)] = lab.execute(reader.id, find)
+    lab.execute(reader.id, f"KILL {io_thread}")
+    try:
+        deadline = time.monotonic() + 2
+        while not _connects_to(reader.pid, writer.address, writer.port):
+            assert time.monotonic() < deadline, (
+                "the killed I/O thread did not connect to its master"
+            )
+            time.sleep(0.01)
+        still = f"SELECT COMMAND FROM information_schema.PROCESSLIST WHERE ID = {io_thread}"
+        assert lab.execute(reader.id, still) == [("Killed",)]  # left its read, not yet gone
+    finally:
+        lab.heal(writer.id)
+        lab.execute(reader.id, "STOP SLAVE")
+        lab.execute(reader.id, "START SLAVE")
 
 
 def test_partition_rules_are_removed_on_tear_down(aurora_lab_factory: object) -> None:

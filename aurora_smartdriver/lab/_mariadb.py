@@ -7,10 +7,13 @@ read instead; ``mysql.rds_topology`` is the RDS Multi-AZ table as is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +62,9 @@ innodb_doublewrite = 0
 rpl_semi_sync_master_wait_point = AFTER_SYNC
 rpl_semi_sync_master_timeout = 10000
 rpl_semi_sync_slave_enabled = ON
+# A replica leaving its master connects to it to kill its dump thread; bound that wait when the
+# master does not answer (see ReplicationStop).
+rpl_semi_sync_slave_kill_conn_timeout = 1
 slave_net_timeout = 5
 default_time_zone = "+00:00"
 """
@@ -136,6 +142,57 @@ def find_binaries() -> tuple[Path, Path]:
     return server, installer
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicationStop:
+    """How the lab stopped a replica's replication (``MariaDB.stops``, per node id).
+
+    A semi-synchronous replica's I/O thread, on its way out, connects to its master to kill the
+    master's binlog dump thread. A master that drops packets (the partition fault) never
+    answers, and a plain ``STOP SLAVE`` waits for that connect: its first interrupt is spent on
+    the thread's read, and only its next one (MariaDB 10.11 resends it every 2 s) ends the
+    connect, unless ``rpl_semi_sync_slave_kill_conn_timeout`` (5 s by default, 1 s in the lab)
+    does first. So the lab kills the I/O thread first (it leaves its read at once), waits until
+    the thread is gone or is in that connect, and only then says ``STOP SLAVE``, whose first
+    interrupt ends the connect. A thread found reconnecting (the master silent for longer than
+    ``slave_net_timeout``) needs that first interrupt for its own connect: the parting one then
+    ends by its timeout.
+    """
+
+    io_thread_killed: bool
+    """The I/O thread was running and the lab killed it before ``STOP SLAVE``."""
+    master_unreachable: bool
+    """The I/O thread was connecting to a master that does not answer (parting or reconnecting)."""
+    seconds: float
+    """From the kill to the end of ``STOP SLAVE`` (a figure, not a promise)."""
+
+
+_SYN_SENT = "02"  # the state column of /proc/net/tcp
+
+
+def _connects_to(pid: int | None, address: str, port: int) -> bool:
+    """Whether process ``pid`` has a TCP connect to ``address:port`` that is unanswered (SYN_SENT).
+
+    False also when ``/proc`` does not tell (process gone, not ours to read).
+    """
+    if pid is None:
+        return False
+    # /proc/net/tcp prints an IPv4 address as the hex of its bytes in host (little-endian) order.
+    remote = f"{socket.inet_aton(address)[::-1].hex().upper()}:{port:04X}"
+    try:
+        lines = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+        pending = {f[9] for f in map(str.split, lines) if f[2] == remote and f[3] == _SYN_SENT}
+        if not pending:  # the common case: no need to look at the process's sockets
+            return False
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}")[len("socket:[") : -1] in pending:
+                return True
+    return False
+
+
 def _seq(gtid_pos: str) -> int:
     """The sequence number of domain 0 in a GTID position like ``0-1-42`` (0 when empty)."""
     best = 0
@@ -156,6 +213,8 @@ class MariaDB:
 
     def __init__(self) -> None:
         self.server, self.installer = find_binaries()
+        self.stops: dict[str, ReplicationStop] = {}
+        """The last :class:`ReplicationStop` of each node (promotion and repointing)."""
 
     def _base(self, lab: LabState, node: NodeState) -> Path:
         return node_dir(lab, node)
@@ -366,11 +425,53 @@ class MariaDB:
         finally:
             conn.close()
 
+    def _stop_replication(self, conn: Any, node: NodeState) -> ReplicationStop:
+        """``STOP SLAVE`` that does not wait on an unreachable master (see ReplicationStop)."""
+        import pymysql
+
+        started = time.monotonic()
+        killed = unreachable = False
+        with conn.cursor() as cur:
+            cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND = 'Slave_IO'")
+            row = cur.fetchone()
+            if row is not None:
+                io_thread = int(row[0])
+                try:
+                    cur.execute(f"KILL {io_thread}")
+                    killed = True
+                except pymysql.MySQLError as exc:
+                    if exc.args[0] != 1094:  # unknown thread: it ended meanwhile
+                        raise
+                master: tuple[str, int] | None = None
+                deadline = time.monotonic() + 0.5
+                while killed and time.monotonic() < deadline:
+                    cur.execute(
+                        "SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = %s", (io_thread,)
+                    )
+                    if cur.fetchone() is None:
+                        break  # gone: its master answered, or refused at once
+                    if master is None:  # still there: look where it is, from the next round
+                        status = self._status(conn)
+                        master = (
+                            str(status.get("Master_Host") or ""),
+                            int(status.get("Master_Port") or 0),
+                        )
+                    elif master[0] and _connects_to(node.pid, *master):
+                        # Connecting to a master that does not answer: its parting connect (or,
+                        # if it was reconnecting, its own), which STOP SLAVE's interrupt ends.
+                        unreachable = True
+                        break
+                    time.sleep(0.005)
+            cur.execute("STOP SLAVE")
+        stop = ReplicationStop(killed, unreachable, time.monotonic() - started)
+        self.stops[node.id] = stop
+        return stop
+
     def promote(self, lab: LabState, node: NodeState) -> None:
         conn = self._connect(lab, node, 5.0)
         try:
+            self._stop_replication(conn, node)
             with conn.cursor() as cur:
-                cur.execute("STOP SLAVE")
                 cur.execute("RESET SLAVE ALL")
                 cur.execute("SET GLOBAL read_only = OFF")
         finally:
@@ -379,8 +480,8 @@ class MariaDB:
     def repoint(self, lab: LabState, node: NodeState, writer: NodeState) -> None:
         conn = self._connect(lab, node, 5.0)
         try:
+            self._stop_replication(conn, node)
             with conn.cursor() as cur:
-                cur.execute("STOP SLAVE")
                 self._change_master(cur, lab, writer)
                 cur.execute("START SLAVE")
         finally:
@@ -393,8 +494,9 @@ class MariaDB:
             )
         conn = self._connect(lab, node, 5.0)
         try:
+            # A failover ends the lag with the writer gone: stop without waiting on it.
+            self._stop_replication(conn, node)
             with conn.cursor() as cur:
-                cur.execute("STOP SLAVE")
                 cur.execute(f"CHANGE MASTER TO MASTER_DELAY = {int(seconds)}")
                 cur.execute("START SLAVE")
         finally:
