@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from aurora_smartdriver import dsn
+from aurora_smartdriver.aio import _drivers
 from aurora_smartdriver.aio._runtime import AsyncRuntime
 from aurora_smartdriver.aio.connection import (
     AiomysqlConnection,
@@ -163,7 +164,9 @@ class Cluster:
                     await conn.rollback()
             raise
         else:
-            if not conn._closed and conn._raw is not None:
+            raw = conn._raw
+            # Only when something may be open (aiomysql would send a COMMIT for nothing).
+            if not conn._closed and raw is not None and _open_work(conn, raw):
                 await conn.commit()
         finally:
             await conn._release()
@@ -219,6 +222,11 @@ class Cluster:
 
     def __repr__(self) -> str:
         return f"<aurora_smartdriver.aio.Cluster {self.spec}>"
+
+
+def _open_work(conn: AsyncConnection, raw: Any) -> bool:
+    """Whether ``raw`` may hold uncommitted work (no I/O; when in doubt, yes)."""
+    return _drivers.in_transaction(conn._adapter, raw) or conn._rows_since_boundary(raw)
 
 
 async def _explicit_transaction(conn: AsyncConnection) -> None:
