@@ -290,3 +290,13 @@ async def test_pre_ping_counts_a_failed_over_connection_as_alive(
     async with engine.connect() as conn:
         assert await _where(aurora_lab, conn) == (False, report.new_writer)
     assert watch.counts["invalidate"] == 0 and watch.counts["connect"] == 1
+
+
+@pytest.mark.asyncio
+async def test_postgresql_readonly_routes_to_a_replica(
+    aurora_lab_postgresql: Lab, engines: list[AsyncEngine]
+) -> None:
+    engine = _engine(aurora_lab_postgresql, engines)
+    async with engine.execution_options(postgresql_readonly=True).connect() as conn:
+        replica, instance = await _where(aurora_lab_postgresql, conn)
+        assert replica and instance in {node.id for node in aurora_lab_postgresql.readers}
