@@ -300,3 +300,64 @@ async def test_postgresql_readonly_routes_to_a_replica(
     async with engine.execution_options(postgresql_readonly=True).connect() as conn:
         replica, instance = await _where(aurora_lab_postgresql, conn)
         assert replica and instance in {node.id for node in aurora_lab_postgresql.readers}
+
+
+@pytest.mark.asyncio
+async def test_pool_of_20_tasks_survives_a_failover_without_invalidations(
+    aurora_lab: Lab, engines: list[AsyncEngine]
+) -> None:
+    tasks_n = 20
+    engine = _engine(aurora_lab, engines, pool_size=tasks_n, max_overflow=0)
+    watch = PoolWatch(engine)
+    await _table(engine, aurora_lab)
+    failed_over = asyncio.Event()
+    stop = asyncio.Event()
+    all_open = asyncio.Barrier(tasks_n + 1)
+    seen: list[list[tuple[str, str, bool]]] = [[] for _ in range(tasks_n)]
+    acked: list[str] = []
+
+    async def work(i: int) -> None:
+        async with engine.connect() as conn:  # all 20 connections are open before the failover
+            await conn.execute(text("SELECT 1"))
+            await all_open.wait()
+        while not stop.is_set():
+            key = uuid.uuid4().hex
+            after = failed_over.is_set()
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(text("INSERT INTO aio_sa_rows VALUES (:k)"), {"k": key})
+                    instance = _library(conn).instance_id
+                acked.append(key)
+                seen[i].append(("ok", instance, after))
+            except sqlalchemy.exc.DBAPIError as exc:
+                seen[i].append((type(exc.orig).__name__, "", after))
+            await asyncio.sleep(0.01)
+
+    workers = [asyncio.create_task(work(i)) for i in range(tasks_n)]
+    await all_open.wait()
+    connects_before = watch.counts["connect"]
+    await asyncio.sleep(0.5)  # the tasks write on the old writer for a moment
+    report = await asyncio.to_thread(aurora_lab.failover)
+    failed_over.set()
+
+    def settled() -> bool:
+        new = report.new_writer
+        return all(sum(k == "ok" and inst == new and aft for k, inst, aft in s) >= 3 for s in seen)
+
+    for _ in range(900):  # up to 90 s
+        if settled():
+            break
+        await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.gather(*workers)
+
+    outcomes = Counter(kind for s in seen for kind, _, _ in s)
+    assert set(outcomes) <= {"ok", "FailoverSucceeded", "TransactionOutcomeUnknown"}, outcomes
+    assert settled(), seen
+    # Healthy connections stay: no invalidation, and SQLAlchemy's pool opened no connection for
+    # the failover (each library connection moved to the new writer underneath).
+    assert connects_before == tasks_n == watch.counts["connect"]
+    assert watch.counts["invalidate"] == 0 and watch.counts["soft_invalidate"] == 0
+    async with engine.connect() as conn:
+        stored = {row[0] for row in await conn.execute(text("SELECT id FROM aio_sa_rows"))}
+    assert set(acked) <= stored  # nothing acknowledged was lost
