@@ -193,11 +193,9 @@ class Cluster:
             tracker = self._threads.tracker = consistency.Tracker(self._name)
         return tracker
 
-    @contextlib.contextmanager
-    def connection(self, role: str | None = None) -> Iterator[Connection]:
+    def connection(self, role: str | None = None) -> contextlib.AbstractContextManager[Connection]:
         """A pooled connection for ``role``: committed on success, rolled back on error."""
-        with self._connection(role, self._thread_tracker()) as conn:
-            yield conn
+        return self._connection(role, self._thread_tracker())
 
     @contextlib.contextmanager
     def _connection(
