@@ -166,12 +166,12 @@ class _Runtimes:
                 return
             if self._by_loop.get(loop, (None,))[0] is runtime:
                 del self._by_loop[loop]
+            runtime.release()  # the shared monitor now, whatever becomes of the task below
             try:
                 running = asyncio.get_running_loop()
             except RuntimeError:
-                runtime.release()
                 return
-            task = running.create_task(runtime.close())
+            task = running.create_task(runtime.close())  # the idle pooled connections
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
 
