@@ -181,3 +181,15 @@ def test_a_mark_made_while_a_position_is_read_survives_that_read() -> None:
     other = c.Tracker("cluster")
     other.joined(tracker)
     assert other.unsure and other.position == c.LSN(10)
+
+
+def test_asyncio_refuses_consistency_session_rather_than_ignoring_it() -> None:
+    import asyncio
+
+    from aurora_smartdriver import aio
+    from aurora_smartdriver.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"not supported by aurora_smartdriver\.aio"):
+        aio.Cluster("postgresql://app@127.0.0.1:9/app?consistency=session")
+    with pytest.raises(ConfigError, match=r"not supported by aurora_smartdriver\.aio"):
+        asyncio.run(aio.connect("mysql://app@127.0.0.1:9/app", consistency="session"))

@@ -64,7 +64,18 @@ _ROLES = ("writer", "reader", "any")
 
 
 def _spec(dsn_text: str | None, kwargs: dict[str, Any]) -> dsn.ConnectionSpec:
-    return dsn.parse(dsn_text or "", **kwargs)
+    spec = dsn.parse(dsn_text or "", **kwargs)
+    if spec.settings.consistency != "eventual":
+        # Refused rather than ignored: a session that reads stale data believing otherwise
+        # is worse than no session.
+        raise ConfigError(
+            "consistency=session is not supported by aurora_smartdriver.aio yet "
+            "(read-your-writes is in the sync library; see docs/consistency.md)",
+            parameter="consistency",
+            value=spec.settings.consistency,
+            suggestion="leave consistency out (eventual) on async connections",
+        )
+    return spec
 
 
 def _proxy_class(runtime: AsyncRuntime) -> type[AsyncConnection]:
