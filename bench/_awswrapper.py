@@ -1,11 +1,20 @@
 """aws-advanced-python-wrapper beside the library, on the same lab (optional: only when installed).
 
-The wrapper connects through psycopg (its PostgreSQL side; it does not wrap PyMySQL) and
-resolves names with the operating system's resolver, which does not know the lab's names. So
+The wrapper connects through psycopg (its PostgreSQL side) and resolves names with the
+operating system's resolver, which does not know the lab's names. So
 that it sees what it would see in a VPC, :func:`lab_names` makes this process resolve the lab's
 names through the lab's DNS server (``socket.getaddrinfo`` for ``*.lab.aurora.test``; psycopg
 resolves through it). Instance endpoints follow ``cluster_instance_host_pattern``, since the
 lab's names are not RDS names the wrapper could derive a pattern from.
+
+Not on MariaDB: the wrapper's MySQL side wraps mysql-connector-python, not PyMySQL. Tried by
+hand against the lab's MariaDB (wrapper 3.1.0, mysql-connector-python 26.10.0): it connects,
+detects the RDS Multi-AZ MySQL dialect (the lab's ``mysql.rds_topology``), and every topology
+query of its monitor fails with mysql-connector's "Unread result found" while the monitor
+reconnects in a tight loop; its Aurora MySQL dialect cannot work on MariaDB at all
+(``information_schema.replica_host_status`` cannot be created there and ``@@aurora_server_id``
+is no MariaDB variable). With no topology its failover has nowhere to go but the cluster
+endpoint, so a MariaDB column would not measure the wrapper's failover.
 """
 
 from __future__ import annotations
