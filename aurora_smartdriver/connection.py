@@ -376,19 +376,32 @@ class PyMySQLCursor(Cursor):
     def execute(self, query: Any, args: Any = None) -> Any:  # type: ignore[override]
         """``Cursor.execute(query, args=None)``, as PyMySQL names it."""
         raw = self._raw
-        before = self._conn._raw._result  # PyMySQL forgets it when it sends the next statement
+        conn = self._conn
+        on = conn._raw
+        before = on._result  # PyMySQL forgets it when it sends the next statement
         try:
             result = raw.execute(query, args)
         except self._error as exc:
-            return self._again(exc, query, args, {}, before)
+            try:
+                return self._again(exc, query, args, {}, before)
+            finally:
+                if conn._raw is on:  # it ran there (an error of the statement's own)
+                    conn.__dict__["_sent"] = True
         except BaseException:
-            self._conn.__dict__["_interrupted"] = True  # cut off mid-call: nothing is known
+            conn.__dict__["_interrupted"] = True  # cut off mid-call: nothing is known
             raise
+        conn.__dict__["_sent"] = True  # see PyMySQLConnection._in_transaction
         return self if result is raw else result
 
     def executemany(self, query: Any, args: Any) -> Any:
         """``Cursor.executemany(query, args)``, as PyMySQL names it."""
-        return super().executemany(query, args)
+        conn = self._conn
+        on = conn._raw
+        try:
+            return super().executemany(query, args)
+        finally:
+            if conn._raw is on:
+                conn.__dict__["_sent"] = True
 
     def callproc(self, procname: str, args: Any = ()) -> Any:
         before = self._conn._before(self._conn._raw)
@@ -1041,6 +1054,7 @@ class Connection:
     def _take(self, lease: Lease) -> None:
         """Continue on ``lease`` (its session already replayed)."""
         self.__dict__["_pending_move"] = False
+        self.__dict__["_sent"] = False  # nothing sent on this one yet
         self.__dict__["_lease"] = lease
         self.__dict__["_raw"] = lease.raw
         for cur in list(self._cursors):
@@ -1481,7 +1495,15 @@ class PyMySQLConnection(Connection):
         if self._adapter.in_transaction(raw):
             return True
         status = getattr(raw, "server_status", None) or 0
-        return self._opened_by_rows(status, getattr(raw, "_result", None))
+        return self._opened_by_rows(status, getattr(raw, "_result", None)) or self._sent_open(
+            status
+        )
+
+    def _sent_open(self, status: int) -> bool:
+        """A statement went to the server since the last commit or rollback, without
+        autocommit: a transaction may be open although no flag says so (an error's reply
+        carries no status flags, and a ping makes PyMySQL forget the last result)."""
+        return bool(self.__dict__.get("_sent")) and not status & _MYSQL_AUTOCOMMIT
 
     def _opened_by_rows(self, status: int, result: Any) -> bool:
         """Whether ``result`` (the last statement's, rows returned) may have opened a
@@ -1499,6 +1521,7 @@ class PyMySQLConnection(Connection):
     def _settled(self, raw: Any) -> None:
         super()._settled(raw)
         self.__dict__["_settled_result"] = getattr(raw, "_result", None)
+        self.__dict__["_sent"] = False
 
     def _closed_error(self) -> Exception:
         why = self.__dict__.get("_closed_why") or "the connection is closed"
@@ -1606,7 +1629,11 @@ class PyMySQLConnection(Connection):
         # PyMySQL raises InterfaceError(0, '') for a statement on a socket it already closed.
         sent = not (isinstance(exc, self._runtime.module.InterfaceError) and exc.args[:1] == (0,))
         status = getattr(raw, "server_status", None) or 0
-        if status & _MYSQL_IN_TRANS or self._opened_by_rows(status, before):
+        if (
+            status & _MYSQL_IN_TRANS
+            or self._opened_by_rows(status, before)
+            or self._sent_open(status)
+        ):
             return "open", sent
         # An unbuffered result still being read is a statement the server already ran (it
         # is sending its rows): the flags of its reply say what the transaction was.
