@@ -165,9 +165,11 @@ class AsyncHostPool:
         if verdict == "validate":
             try:
                 await self._pinger(conn.raw, self._settings.connect_timeout)
-            except Exception:
+            except BaseException as exc:  # cancelled too: neither lent nor lost
                 self.in_use -= 1
                 self._discard(conn)
+                if not isinstance(exc, Exception):
+                    raise
                 return None
         return conn
 
@@ -231,7 +233,13 @@ class AsyncHostPool:
         """Take ``conn`` back (reset already done by the borrower): to the first waiter, or
         idle; closed when broken, retired or the pool is closed."""
         self.in_use -= 1
-        if broken or conn.broken or self._closed or conn.generation != self._generation:
+        if (
+            broken
+            or conn.broken
+            or self._closed
+            or conn.generation != self._generation
+            or bool(getattr(conn.raw, "closed", False))  # a cancelled aiomysql call closes it
+        ):
             self._discard(conn)
             self._wake_one()
             return

@@ -15,8 +15,9 @@ side. The failover procedure is `AsyncRuntime.fail_over`; it never blocks the lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
 
 from aurora_smartdriver import outcome
@@ -85,17 +86,22 @@ class AsyncCursor:
                 raw = await self._current()
             result = await raw.execute(query, *args, **kwargs)
         except conn._errors as exc:
-            return await conn._retry(
-                exc,
-                "statement",
-                query,
-                before,
-                lambda: self._run(query, args, kwargs),
-                failed=driver,
-            )
+            try:
+                return await conn._retry(
+                    exc,
+                    "statement",
+                    query,
+                    before,
+                    lambda: self._run(query, args, kwargs),
+                    failed=driver,
+                )
+            finally:
+                if conn._raw is driver:  # it ran there (an error of the statement's own)
+                    conn.__dict__["_sent"] = True
         except BaseException:
             conn._interrupted = True  # cut off mid-call (cancelled): nothing is known
             raise
+        conn.__dict__["_sent"] = True  # see AiomysqlConnection._rows_since_boundary
         return self if result is raw else result
 
     async def _run(self, query: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -123,6 +129,9 @@ class AsyncCursor:
         except BaseException:
             conn._interrupted = True
             raise
+        finally:
+            if conn._raw is driver:
+                conn.__dict__["_sent"] = True
 
     @property
     def connection(self) -> AsyncConnection:
@@ -244,6 +253,7 @@ class AsyncConnection:
 
     def _settled(self, raw: Any) -> None:
         self.__dict__["_interrupted"] = False
+        self.__dict__["_sent"] = False
         self.__dict__["_settled_result"] = getattr(raw, "_result", None)
 
     async def _release(self) -> None:
@@ -260,8 +270,9 @@ class AsyncConnection:
     async def _give_back(self, lease: AsyncLease, *, read_only: bool | None = None) -> None:
         """Return ``lease`` to its pool reset to the defaults (or close it); ``read_only``:
         whether its driver connection is in read-only mode (default: as this connection)."""
-        broken = bool(self._discard)
         raw = lease.raw
+        broken = bool(self._discard) or _drivers.closed(self._adapter, raw)
+        done = False
         if lease.pooled and not broken:
             try:
                 if _drivers.in_transaction(self._adapter, raw) or self._rows_since_boundary(raw):
@@ -279,8 +290,13 @@ class AsyncConnection:
                     await hook(raw)
                     if _drivers.in_transaction(self._adapter, raw):
                         await raw.commit()
+                done = True
             except Exception:
                 broken = True  # a connection that cannot be reset is not lent again
+            finally:
+                # Cancelled while resetting (done still False): not lent again, never lost.
+                lease.give_back(broken=broken or not done)
+            return
         lease.give_back(broken=broken)
 
     def _check_open(self) -> None:
@@ -593,6 +609,7 @@ class AsyncConnection:
         d["_raw"] = lease.raw
         d["_generation"] += 1
         d["_settled_result"] = None
+        d["_sent"] = False
 
     async def _replay(self, raw: Any) -> None:
         await self._apply_session(raw)
@@ -675,6 +692,44 @@ class PsycopgAsyncConnection(AsyncConnection):
         cur = self.cursor()
         await cur.execute(query, *args, **kwargs)
         return cur
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> AsyncIterator[Any]:
+        """``AsyncConnection.transaction()``: psycopg's own block, with its end judged as the
+        library judges ``commit()``: a COMMIT lost with the connection is
+        ``TransactionOutcomeUnknown``, a ROLLBACK lost with it is a rollback."""
+        self._check_open()
+        if self._raw is None:
+            await self._attach()
+        raw = self._raw
+        block = raw.transaction(savepoint_name, force_rollback)
+        tx = await block.__aenter__()
+        try:
+            yield tx
+        except BaseException as exc:
+            before = self._before(raw)
+            try:
+                suppressed = await block.__aexit__(type(exc), exc, exc.__traceback__)
+            except self._errors as lost:
+                await self._recover(lost, "rollback", None, before, failed=raw)
+                raise exc from None
+            if not suppressed:
+                raise
+        else:
+            before = self._before(raw)
+            try:
+                await block.__aexit__(None, None, None)
+            except self._errors as lost:
+                await self._recover(lost, "commit", None, before, failed=raw)
+            except BaseException:
+                self.__dict__["_interrupted"] = True  # a COMMIT cut off: its outcome is unknown
+                raise
+            else:
+                if not raw.pgconn.transaction_status:  # the outermost block: a boundary
+                    self._settled(raw)
+            await self._boundary()
 
     @property
     def autocommit(self) -> bool:
@@ -861,17 +916,21 @@ class AiomysqlConnection(AsyncConnection):
         return getattr(raw, "_result", None)
 
     def _rows_since_boundary(self, raw: Any) -> bool:
+        """A transaction no flag shows may be open: a statement returned rows, or any
+        statement went to the server (an error's reply carries no flags), since the last
+        commit or rollback, without autocommit."""
+        if (getattr(raw, "server_status", 0) or 0) & _facts.MYSQL_AUTOCOMMIT:
+            return False
         result = getattr(raw, "_result", None)
-        return (
+        return bool(self.__dict__.get("_sent")) or (
             result is not None
             and bool(getattr(result, "field_count", 0))
             and result is not self._settled_result
-            and not (getattr(raw, "server_status", 0) or 0) & _facts.MYSQL_AUTOCOMMIT
         )
 
     def _facts(self, exc: BaseException, before: Any, raw: Any) -> tuple[Transaction, bool]:
         status = getattr(raw, "server_status", None) or 0
-        rows = (
+        rows = bool(self.__dict__.get("_sent")) or (
             before is not None
             and bool(getattr(before, "field_count", 0))
             and before is not self._settled_result
