@@ -586,11 +586,12 @@ class Connection:
             # reset, no goodbye to the server from here: only let go of it.
             self._release()
             return
-        for cur in list(self._cursors):
-            try:
-                cur._raw.close()
-            except Exception:  # noqa: S112 - a cursor of a dead connection may fail to close
-                continue
+        if self._cursors:
+            for cur in list(self._cursors):
+                try:
+                    cur._raw.close()
+                except Exception:  # noqa: S112 - a cursor of a dead connection may fail to close
+                    continue
         self._give_back(self._lease)
         self._release()
 
@@ -1345,11 +1346,17 @@ class PsycopgConnection(Connection):
         raw.read_only = True if self._read_only else None
 
     def _restore_defaults(self, raw: Any, *, read_only: bool | None = None) -> None:
-        # Local attribute changes in psycopg: no round trip.
-        raw.autocommit = self._runtime.default_autocommit
-        raw.isolation_level = None
-        raw.read_only = None
-        raw.deferrable = None
+        # Local attribute changes in psycopg (no round trip), made only where they differ:
+        # each setter takes the connection's lock and runs a generator.
+        default = self._runtime.default_autocommit
+        if raw.autocommit != default:
+            raw.autocommit = default
+        if raw.isolation_level is not None:
+            raw.isolation_level = None
+        if raw.read_only is not None:
+            raw.read_only = None
+        if raw.deferrable is not None:
+            raw.deferrable = None
 
     def __enter__(self) -> PsycopgConnection:
         return self
