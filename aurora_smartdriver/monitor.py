@@ -131,6 +131,9 @@ class ClusterMonitor:
         self._conn_address: str | None = None  # the address the monitor's connection went to
         self._last_address: str | None = None
         self._suspects: set[str] = set()  # nodes whose view could not be confirmed, asked last
+        # Addresses the watchdog found silent, with when (monotonic): not connected to for
+        # failure_detection_time after the verdict (a name may still lead there until DNS moves).
+        self._silent: dict[str, float] = {}
         self._failures = 0
         self._refreshes = self._changes = self._rejected = self._errors = 0
         self._connects = self._fast_entries = 0
@@ -610,6 +613,11 @@ class ClusterMonitor:
             )
             if on_thread:
                 self._last_address = address
+            since = self._silent.get(address or "")
+            if since is not None:
+                if time.monotonic() - since < self.spec.settings.failure_detection_time:
+                    raise OSError(f"{host} leads to {address}, which stopped answering")
+                self._silent.pop(address or "", None)
             with self._cond:  # the refresh thread and the response timer both connect
                 self._connects += 1
             return auth.connect(
@@ -633,6 +641,9 @@ class ClusterMonitor:
         another node, instead of waiting for its own timeouts on a silent host.
         """
         self._suspects.add(host)  # no lock: the refresh may hold it while it waits on the host
+        now = time.monotonic()
+        for address in addresses:
+            self._silent[address] = now
         conn = self._conn
         if conn is not None and (
             self._conn_host == host or (self._conn_address or "") in addresses

@@ -174,3 +174,41 @@ def test_probe_in_fast_mode_does_not_wait_for_a_silent_host_once_a_writer_answer
         assert readers == {n.address for n in aurora_lab.readers if n.status == "running"}
     finally:
         monitor.close()
+
+
+def test_a_static_writer_is_not_asked_at_an_address_the_watchdog_found_silent(
+    aurora_lab: Lab,
+) -> None:
+    """After the watchdog's verdict on the address a static writer's name leads to (DNS has
+    not moved yet after a failover), fast mode does not connect there for
+    ``failure_detection_time``: each confirmation attempt fails at once and the next one, at
+    fast mode's pace, follows the name wherever it leads by then, instead of one attempt
+    waiting out a connection on the silent node (TCP_USER_TIMEOUT, connect_timeout)."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # TCP handshakes, no answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    silent.setblocking(False)
+    address, port = silent.getsockname()
+    hosts = [f"{address}:{port}"] + [f"{n.address}:{n.port}" for n in aurora_lab.readers]
+    spec = dsn.parse(address_dsn(aurora_lab, "static", hosts=hosts, failure_detection_time="30s"))
+    monitor = ClusterMonitor(spec)
+    try:
+        assert monitor.refresh_now(timeout=20) is not None
+        monitor.host_silent(address, (address,))
+        asked = monitor.stats().refreshes
+        monitor.enter_fast_mode("test: the writer fell silent")
+        deadline = time.monotonic() + 30
+        while monitor.stats().refreshes < asked + 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert monitor.stats().refreshes >= asked + 3
+        attempts = 0
+        while True:
+            try:
+                silent.accept()[0].close()
+            except BlockingIOError:
+                break
+            attempts += 1
+        assert attempts == 0, "the monitor connected to the silent address"
+    finally:
+        monitor.close()
+        silent.close()
