@@ -478,3 +478,37 @@ def test_a_session_pays_one_position_read_per_write_transaction(
         with session.reader() as conn:
             _has(conn, "x")
         assert len(calls) <= 1  # the replica's position, unless seen a moment ago
+
+
+def test_the_lab_publishes_each_replicas_own_position(aurora_lab: Lab) -> None:
+    """The Aurora metadata's per-instance read positions come from the nodes themselves: a
+    lagging replica's stays behind the writer's durable position, an up-to-date one reaches it."""
+    import time
+
+    lab = aurora_lab
+    _table(lab)
+    lagging, current = lab.readers[0], lab.readers[1]
+    lab.lag(lagging, FAR)
+    conn = asd.connect(_dsn(lab), autocommit=True)
+    try:
+        for _ in range(5):
+            _insert(conn, uuid.uuid4().hex)
+    finally:
+        conn.close()
+    if lab.state().engine == "postgresql":
+        text = str(lab.execute(lab.writer, "SELECT pg_current_wal_lsn()::text")[0][0])
+        high, low = text.split("/")
+        written = (int(high, 16) << 32) | int(low, 16)
+        sql = "SELECT server_id, current_read_lsn FROM aurora_replica_status()"
+    else:
+        text = str(lab.execute(lab.writer, "SELECT @@gtid_binlog_pos")[0][0])
+        written = max(int(part.rsplit("-", 1)[1]) for part in text.split(","))
+        sql = "SELECT SERVER_ID, CURRENT_READ_POINT FROM aurora_lab.replica_host_status"
+    deadline = time.monotonic() + 30
+    while True:
+        rows = {str(r[0]): r[1] for r in lab.execute(lab.writer, sql)}
+        if rows[current.id] is not None and int(str(rows[current.id])) >= written:
+            break
+        assert time.monotonic() < deadline, f"{current.id} never published {written}: {rows}"
+        time.sleep(0.2)
+    assert rows[lagging.id] is not None and int(str(rows[lagging.id])) < written, rows

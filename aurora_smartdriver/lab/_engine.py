@@ -33,6 +33,8 @@ class Probe:
 
     is_writer: bool
     lag_ms: float
+    position: int | None = None
+    """How far its data has come (replayed, on a replica), comparable across nodes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,8 @@ class Fresh:
 
     lag_ms: float
     cpu: float
+    position: int | None = None
+    """The node's own position (see `Probe`); None: the writer's is published."""
 
 
 class Engine(Protocol):

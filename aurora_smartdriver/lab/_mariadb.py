@@ -509,13 +509,17 @@ class MariaDB:
                 cur.execute("SELECT @@read_only")
                 row = cur.fetchone()
             read_only = bool(row and int(row[0]))
+            with conn.cursor() as cur:
+                cur.execute("SELECT @@gtid_slave_pos" if read_only else "SELECT @@gtid_binlog_pos")
+                position = _seq(str((cur.fetchone() or ("",))[0]))
             if not read_only:
-                return Probe(is_writer=True, lag_ms=0.0)
+                return Probe(is_writer=True, lag_ms=0.0, position=position)
             st = self._status(conn)
         finally:
             conn.close()
         behind = st.get("Seconds_Behind_Master")
-        return Probe(is_writer=False, lag_ms=float(behind) * 1000.0 if behind is not None else 0.0)
+        lag_ms = float(behind) * 1000.0 if behind is not None else 0.0
+        return Probe(is_writer=False, lag_ms=lag_ms, position=position)
 
     def publish(
         self,
@@ -558,7 +562,14 @@ class MariaDB:
                         " REPLICA_LAG_IN_MILLISECONDS = %s, CPU = %s, DURABLE_LSN = %s,"
                         " HIGHEST_LSN_RECEIVED = %s, CURRENT_READ_POINT = %s"
                         " WHERE SERVER_ID = %s",
-                        (figures.lag_ms, figures.cpu, lsn, lsn, lsn, node_id),
+                        (
+                            figures.lag_ms,
+                            figures.cpu,
+                            lsn,
+                            lsn if figures.position is None else figures.position,
+                            lsn if figures.position is None else figures.position,
+                            node_id,
+                        ),
                     )
                 conn.commit()
         finally:

@@ -94,6 +94,7 @@ CREATE TABLE aurora_lab.instances (
     cpu real,
     replica_lag_in_msec real,
     durable_lsn bigint,
+    read_lsn bigint,
     last_update_timestamp timestamptz
 );
 CREATE FUNCTION pg_catalog.aurora_replica_status()
@@ -108,8 +109,8 @@ RETURNS TABLE (
     cpu real
 ) LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $$
     SELECT i.server_id, i.session_id, i.durable_lsn,
-           CASE WHEN i.is_writer THEN NULL ELSE i.durable_lsn END,
-           CASE WHEN i.is_writer THEN NULL ELSE i.durable_lsn END,
+           CASE WHEN i.is_writer THEN NULL ELSE i.read_lsn END,
+           CASE WHEN i.is_writer THEN NULL ELSE i.read_lsn END,
            CASE WHEN i.is_writer THEN NULL ELSE (i.replica_lag_in_msec * 1000)::bigint END,
            NULL::text, true, 0, NULL::timestamptz, i.last_update_timestamp, NULL::bigint,
            NULL::integer,
@@ -147,7 +148,7 @@ ON CONFLICT (server_id) DO UPDATE SET
 _HEARTBEAT_SQL = """
 UPDATE aurora_lab.instances
 SET last_update_timestamp = now(), replica_lag_in_msec = %(lag)s, cpu = %(cpu)s,
-    durable_lsn = %(lsn)s
+    durable_lsn = %(lsn)s, read_lsn = %(read)s
 WHERE server_id = %(id)s
 """
 
@@ -403,10 +404,13 @@ class PostgreSQL:
                 "SELECT pg_is_in_recovery(), CASE WHEN NOT pg_is_in_recovery() THEN 0"
                 " WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0"
                 " ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp())"
-                " * 1000, 0) END"
+                " * 1000, 0) END,"
+                " CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+                " ELSE pg_current_wal_lsn() END::text"
             ).fetchone()
         assert row is not None
-        return Probe(is_writer=not row[0], lag_ms=float(row[1]))
+        position = _lsn(str(row[2])) if row[2] is not None else None
+        return Probe(is_writer=not row[0], lag_ms=float(row[1]), position=position)
 
     def publish(
         self,
@@ -448,6 +452,9 @@ class PostgreSQL:
                             "lag": figures.lag_ms,
                             "cpu": figures.cpu,
                             "lsn": _lsn(str(lsn[0])) if lsn else None,
+                            "read": figures.position
+                            if figures.position is not None
+                            else (_lsn(str(lsn[0])) if lsn else None),
                         },
                     )
 

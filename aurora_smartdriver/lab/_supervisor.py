@@ -103,7 +103,11 @@ class Heartbeat:
             del self.pending[node_id]
             found = next((n for n in state.nodes if n.id == node_id), None)
             if found is not None:
-                fresh[node_id] = Fresh(lag_ms=probe.lag_ms, cpu=cpu_percent(found.pid, self.cpu))
+                fresh[node_id] = Fresh(
+                    lag_ms=probe.lag_ms,
+                    cpu=cpu_percent(found.pid, self.cpu),
+                    position=probe.position,
+                )
         writer = state.writer
         if writer is None or writer.id not in fresh:
             return
