@@ -1549,7 +1549,11 @@ class PyMySQLConnection(Connection):
                 "(resolved, routed, TLS checked); call connect() without a socket"
             )
         with self._lock:
-            if not self._closed:
+            if not self._closed and getattr(self._runtime, "inherited", False):
+                # Made before a fork, in the parent: let go of its socket without a word to
+                # the server (close() knows how); the child gets a connection of its own.
+                self.close()
+            elif not self._closed:
                 self._detach(
                     "connect() asked for a new session", give_back=True, read_only=self._read_only
                 )

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -201,6 +204,64 @@ def test_pymysql_connect_on_an_open_connection_starts_a_new_session_without_a_le
         conn.close()
     assert _session_gone(lab, second)
     assert _balance(conn) == 0
+
+
+FORK_CONNECT_SCRIPT = r"""
+import json, os, sys
+import aurora_smartdriver as asd
+
+dsn, cluster_id, table = sys.argv[1:4]
+cluster = asd.Cluster(dsn, cluster_id=cluster_id)
+with cluster.writer() as conn:  # autocommit off: the INSERT below opens a transaction
+    cur = conn.cursor()
+    cur.execute(f"CREATE TABLE {table} (v INT)")
+    conn.commit()
+    cur.execute(f"INSERT INTO {table} VALUES (1)")
+    cur.execute("SELECT CONNECTION_ID()")
+    parent_session = cur.fetchall()[0][0]
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:  # the child asks for a connection of its own, through the inherited one
+        try:
+            conn.connect()
+            child_cur = conn.cursor()
+            child_cur.execute("SELECT CONNECTION_ID()")
+            own = child_cur.fetchall()[0][0] != parent_session
+        except Exception as exc:
+            print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            own = False
+        os._exit(0 if own else 1)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    conn.commit()  # the parent's transaction, untouched by the child
+    cur.execute(f"SELECT count(*) FROM {table}")
+    rows = cur.fetchall()[0][0]
+    cur.execute(f"DROP TABLE {table}")
+cluster.close()
+print(json.dumps({"child_code": code, "rows": rows}), flush=True)
+"""
+
+
+def test_pymysql_connect_in_a_forked_child_leaves_the_parents_session_alone(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    table = f"forkc_{uuid.uuid4().hex[:12]}"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FORK_CONNECT_SCRIPT,
+            aurora_lab_mariadb.dsn,
+            uuid.uuid4().hex,
+            table,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"child_code": 0, "rows": 1}, done.stderr[-3000:]
 
 
 def test_pymysql_connect_with_a_socket_of_the_application_is_refused(
