@@ -71,6 +71,8 @@ def connect(
     token = kwargs.pop("consistency_token", None)
     spec = _spec(dsn, _engine, kwargs)
     runtime = _runtime.acquire(spec, credentials)
+    if spec.engine == "mysql" and spec.driver_params.get("defer_connect"):
+        return _deferred(runtime, spec)
     try:
         role = _role(spec.settings.role, runtime)
         tracker = (
@@ -105,6 +107,19 @@ def _note_writes(runtime: _runtime.Runtime, conn: Connection, tracker: consisten
     elif _causal.on_writer(runtime, conn._lease):
         _causal.capture(runtime, conn._raw, tracker)
     # On a reader now: a move there from the writer read the position before leaving it.
+
+
+def _deferred(runtime: _runtime.Runtime, spec: dsn.ConnectionSpec) -> Connection:
+    """PyMySQL's ``defer_connect=True``: nothing connected until ``conn.connect()`` (the DSN is
+    read and the cluster's monitor started now)."""
+    try:
+        role = _role(spec.settings.role, runtime)
+    except BaseException:
+        _runtime.release(runtime)
+        raise
+    conn = PyMySQLConnection.unconnected(runtime, role, autocommit=runtime.default_autocommit)
+    conn._on_close(lambda: _runtime.release(runtime))
+    return conn
 
 
 class Cluster:

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from aurora_smartdriver import _runtime
 from aurora_smartdriver import errors as _errors
 from aurora_smartdriver._dbapi import driver_module as _driver_module
 from aurora_smartdriver._dbapi import error_class as _error_class
 from aurora_smartdriver.auth import CredentialsSource
-from aurora_smartdriver.cluster import _role, _spec
 from aurora_smartdriver.cluster import connect as _connect
-from aurora_smartdriver.connection import Connection, PyMySQLConnection
+from aurora_smartdriver.connection import Connection
 from aurora_smartdriver.pool import PoolClosed as _PoolClosed
 from aurora_smartdriver.pool import PoolTimeout as _PoolTimeout
 
@@ -70,19 +68,7 @@ def connect(
     With ``defer_connect=True``, as PyMySQL's: nothing is connected until ``conn.connect()``
     (``conn.open`` is False until then); the DSN is read and the cluster's monitor started now.
     """
-    asked = "defer_connect" in kwargs or "defer_connect" in (dsn or "")
-    spec = _spec(dsn, _ENGINE, dict(kwargs)) if asked else None
-    if spec is None or not spec.driver_params.get("defer_connect"):
-        return _connect(dsn, _engine=_ENGINE, credentials=credentials, **kwargs)
-    runtime = _runtime.acquire(spec, credentials)
-    try:
-        role = _role(spec.settings.role, runtime)
-    except BaseException:
-        _runtime.release(runtime)
-        raise
-    conn = PyMySQLConnection.unconnected(runtime, role, autocommit=runtime.default_autocommit)
-    conn._on_close(lambda: _runtime.release(runtime))
-    return conn
+    return _connect(dsn, _engine=_ENGINE, credentials=credentials, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

@@ -82,10 +82,10 @@ def _balance(conn: Any) -> int:
     return int(counts.opened.total() - counts.closed.total())
 
 
-def test_pymysql_defer_connect_connects_at_connect(aurora_lab_mariadb: Lab) -> None:
-    conn = asd_pymysql.connect(
-        aurora_lab_mariadb.dsn, cluster_id=uuid.uuid4().hex, defer_connect=True
-    )
+@pytest.mark.parametrize("front", ["pymysql", "asd"])
+def test_pymysql_defer_connect_connects_at_connect(aurora_lab_mariadb: Lab, front: str) -> None:
+    opener = asd_pymysql.connect if front == "pymysql" else asd.connect
+    conn = opener(aurora_lab_mariadb.dsn, cluster_id=uuid.uuid4().hex, defer_connect=True)
     try:
         assert conn.open is False  # nothing connected yet, as PyMySQL's
         assert _balance(conn) == 0
