@@ -458,8 +458,25 @@ def run_demo(
     Returns 0, 1 when an acknowledged write was lost, 130 when interrupted.
     """
     # The library's own warnings (a host refusing connections during the failover) are the
-    # story the table tells; keep them from interleaving with it.
-    logging.getLogger("aurora_smartdriver").setLevel(logging.ERROR)
+    # story the table tells; keep them from interleaving with it, for the demo's length only.
+    library = logging.getLogger("aurora_smartdriver")
+    level = library.level
+    library.setLevel(logging.ERROR)
+    try:
+        return _demo(engine, replicas, dns_lag, png=png, plot=plot, interval=interval)
+    finally:
+        library.setLevel(level)
+
+
+def _demo(
+    engine: str,
+    replicas: int,
+    dns_lag: float,
+    *,
+    png: str | Path | None,
+    plot: bool,
+    interval: float,
+) -> int:
     if plot and not matplotlib_available():
         print(f"Note: {MATPLOTLIB_HINT}; continuing without the plot.", file=sys.stderr)
         plot = False

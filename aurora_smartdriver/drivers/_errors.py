@@ -22,6 +22,17 @@ __all__ = [
 ]
 
 ErrorKind = Literal["disconnect", "read_only", "auth", "other"]
+
+_TLS_REFUSED = ("certificate verify failed", "CERTIFICATE_VERIFY_FAILED")
+
+
+def tls_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is the server's certificate failing verification: a configuration to
+    fix (the CA, the name), not a node to wait for, so it is never taken for a lost one."""
+    text = str(exc)
+    return any(mark in text for mark in _TLS_REFUSED)
+
+
 """What an error means: the connection is gone, the instance is read-only (a demoted writer),
 the credentials were refused, or anything else (the application's business)."""
 

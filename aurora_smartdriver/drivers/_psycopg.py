@@ -18,7 +18,7 @@ from psycopg.adapt import AdaptersMap
 from psycopg.rows import tuple_row
 
 from aurora_smartdriver.drivers import QueryResult
-from aurora_smartdriver.drivers._errors import ErrorKind, postgresql_kind
+from aurora_smartdriver.drivers._errors import ErrorKind, postgresql_kind, tls_refused
 from aurora_smartdriver.errors import AuthenticationFailed
 from aurora_smartdriver.resolver import TcpKeepalive
 
@@ -127,6 +127,8 @@ class PsycopgAdapter:
     def error_kind(self, exc: BaseException) -> ErrorKind:
         if isinstance(exc, AuthenticationFailed):
             return "auth"  # a refused login, reported by aurora_smartdriver.auth
+        if tls_refused(exc):
+            return "other"  # the certificate failed verification: raised at once, not waited on
         if isinstance(exc, psycopg.Error):
             return postgresql_kind(
                 exc.sqlstate,

@@ -32,7 +32,7 @@ from pymysql.constants.SERVER_STATUS import SERVER_STATUS_IN_TRANS
 from pymysql.cursors import Cursor
 
 from aurora_smartdriver.drivers import QueryResult
-from aurora_smartdriver.drivers._errors import ErrorKind, mysql_kind
+from aurora_smartdriver.drivers._errors import ErrorKind, mysql_kind, tls_refused
 from aurora_smartdriver.errors import AuthenticationFailed
 from aurora_smartdriver.resolver import TcpKeepalive, open_socket
 
@@ -195,6 +195,8 @@ class PyMySQLAdapter:
             return "auth"  # a refused login, reported by aurora_smartdriver.auth
         if isinstance(exc, pymysql.err.InterfaceError) and exc.args[:1] == (0,):
             return "disconnect"  # PyMySQL's word for a socket it closed after an earlier error
+        if tls_refused(exc):
+            return "other"  # the certificate failed verification: raised at once, not waited on
         if isinstance(exc, pymysql.MySQLError):
             return mysql_kind(exc.args[0] if exc.args else None)
         if isinstance(exc, OSError):
