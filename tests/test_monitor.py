@@ -235,6 +235,7 @@ def test_one_topology_query_per_refresh_however_many_connections(aurora_lab: Lab
     base = aurora_lab.dsn + f"&refresh_interval=1s&topology_source={source}"
     # Five clusters (five pools each), through different names of the same cluster...
     names = [state.cluster_endpoint, state.reader_endpoint, *(n.host for n in aurora_lab.nodes)]
+    started = time.monotonic()
     clusters = [asd.Cluster(base.replace(state.cluster_endpoint, name, 1)) for name in names[:5]]
     runtime = clusters[0]._runtime
     # Each Cluster keeps its own settings (a runtime of its own) on one monitor per cluster.
@@ -247,6 +248,7 @@ def test_one_topology_query_per_refresh_however_many_connections(aurora_lab: Lab
         borrowed.append((ctx, ctx.__enter__()))
     time.sleep(3.5)
     refreshes = runtime.monitor.stats().refreshes
+    elapsed = time.monotonic() - started  # opening 50 connections takes longer when loaded
     for ctx, _conn in borrowed:
         ctx.__exit__(None, None, None)
     for conn in conns:
@@ -265,7 +267,9 @@ def test_one_topology_query_per_refresh_however_many_connections(aurora_lab: Lab
         f"{counted} topology queries seen by the servers in about 3.5 s at a 1 s interval"
     )
     assert counted == refreshes
-    assert 2 <= refreshes <= 7
+    # One refresh per interval (1 s) while it ran, not one per connection or pool; a couple
+    # more for the first answer and the refresh in flight when counted.
+    assert 2 <= refreshes <= elapsed + 3
 
 
 def test_monitor_thread_never_keeps_the_process_alive(aurora_lab: Lab) -> None:
