@@ -94,3 +94,21 @@ def error_code(exc: BaseException) -> object:
 
 
 DRIVER_ERRORS = (psycopg.Error, pymysql.MySQLError, OSError)
+
+
+def row_locked(lab: Lab, table: str, key: str) -> bool:
+    """Whether another MariaDB session finds the row ``id = key`` of ``table`` on the writer
+    locked (``SELECT ... FOR UPDATE NOWAIT``): a transaction still holds it."""
+    other = pymysql.connect(**lab.connect_kwargs(lab.writer), autocommit=False)
+    try:
+        with other.cursor() as cur:
+            try:
+                cur.execute(f"SELECT id FROM {table} WHERE id = %s FOR UPDATE NOWAIT", (key,))
+            except pymysql.err.OperationalError as exc:
+                if exc.args[0] in (1205, 3572, 1020):
+                    return True
+                raise
+        other.rollback()
+        return False
+    finally:
+        other.close()

@@ -14,6 +14,7 @@ import pytest
 import aurora_smartdriver as asd
 import aurora_smartdriver.aio as aio
 from aurora_smartdriver.lab import Lab
+from tests import plain
 
 pytestmark = pytest.mark.asyncio
 
@@ -60,22 +61,6 @@ async def test_a_cancelled_aiomysql_query_leaves_no_dead_connection_in_the_pool(
         await cluster.close()
 
 
-def _locked_elsewhere(lab: Lab, key: str) -> bool:
-    other = pymysql.connect(**lab.connect_kwargs(lab.writer), autocommit=False)
-    try:
-        with other.cursor() as cur:
-            try:
-                cur.execute("SELECT id FROM aiorev WHERE id = %s FOR UPDATE NOWAIT", (key,))
-            except pymysql.err.OperationalError as exc:
-                if exc.args[0] in (1205, 3572, 1020):
-                    return True
-                raise
-        other.rollback()
-        return False
-    finally:
-        other.close()
-
-
 async def test_a_lock_taken_before_a_failed_statement_is_released_at_the_borrows_end(
     aurora_lab_mariadb: Lab,
 ) -> None:
@@ -88,7 +73,7 @@ async def test_a_lock_taken_before_a_failed_statement_is_released_at_the_borrows
             await cur.execute("SELECT id FROM aiorev WHERE id = %s FOR UPDATE", (key,))
             with pytest.raises(pymysql.err.IntegrityError):
                 await cur.execute("INSERT INTO aiorev (id) VALUES (%s)", (key,))
-        assert not await asyncio.to_thread(_locked_elsewhere, lab, key)
+        assert not await asyncio.to_thread(plain.row_locked, lab, "aiorev", key)
     finally:
         await cluster.close()
 

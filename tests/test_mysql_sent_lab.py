@@ -13,6 +13,7 @@ import pytest
 import aurora_smartdriver as asd
 from aurora_smartdriver import _runtime
 from aurora_smartdriver.lab import Lab
+from tests import plain
 
 
 @pytest.fixture(autouse=True)
@@ -33,22 +34,6 @@ def _setup(lab: Lab) -> str:
     return key
 
 
-def _locked_elsewhere(lab: Lab, key: str) -> bool:
-    other = pymysql.connect(**lab.connect_kwargs(lab.writer), autocommit=False)
-    try:
-        with other.cursor() as cur:
-            try:
-                cur.execute("SELECT id FROM sent_items WHERE id = %s FOR UPDATE NOWAIT", (key,))
-            except pymysql.err.OperationalError as exc:
-                if exc.args[0] in (1205, 3572, 1020):
-                    return True
-                raise
-        other.rollback()
-        return False
-    finally:
-        other.close()
-
-
 def test_a_lock_taken_before_a_failed_statement_is_not_lent_to_the_next_borrower(
     aurora_lab_mariadb: Lab,
 ) -> None:
@@ -60,7 +45,7 @@ def test_a_lock_taken_before_a_failed_statement_is_not_lent_to_the_next_borrower
             cur.execute("SELECT id FROM sent_items WHERE id = %s FOR UPDATE", (key,))
             with pytest.raises(pymysql.err.IntegrityError):
                 cur.execute("INSERT INTO sent_items (id) VALUES (%s)", (key,))
-        assert not _locked_elsewhere(lab, key)  # the borrow ended its transaction
+        assert not plain.row_locked(lab, "sent_items", key)  # the borrow ended its transaction
 
 
 def test_a_ping_inside_a_transaction_does_not_hide_it(aurora_lab_mariadb: Lab) -> None:
@@ -74,9 +59,9 @@ def test_a_ping_inside_a_transaction_does_not_hide_it(aurora_lab_mariadb: Lab) -
         assert conn._in_transaction(conn._raw)
         conn.read_only = True  # a move waits for the transaction's end
         assert conn.instance_id == lab.writer.id
-        assert _locked_elsewhere(lab, key)
+        assert plain.row_locked(lab, "sent_items", key)
         conn.rollback()
         assert conn.instance_id != lab.writer.id
-        assert not _locked_elsewhere(lab, key)
+        assert not plain.row_locked(lab, "sent_items", key)
     finally:
         conn.close()
