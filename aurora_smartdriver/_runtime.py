@@ -35,13 +35,20 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Protocol, cast
 
-from aurora_smartdriver import _sharing, auth, metrics, routing
+from aurora_smartdriver import _sharing, auth, custom_endpoint, metrics, rds_proxy, routing
+from aurora_smartdriver._bluegreen import Phase
+from aurora_smartdriver._custom_watch import CustomEndpointWatch, Watches
 from aurora_smartdriver._dbapi import driver_module, error_class, keep_driver_details
+from aurora_smartdriver._globaldb import RegionWatch
+from aurora_smartdriver._resume import Budget, ResumeGate
+from aurora_smartdriver.discovery import role_of
 from aurora_smartdriver.drivers import DriverAdapter, adapter_for
 from aurora_smartdriver.dsn import ConnectionSpec
 from aurora_smartdriver.errors import (
     AuthenticationFailed,
+    ConfigError,
     FailoverSucceeded,
+    InstanceResumeTimeout,
     NoHostAvailable,
     NoWriterAvailable,
     TransactionOutcomeUnknown,
@@ -59,8 +66,10 @@ from aurora_smartdriver.pool import (
     Target,
 )
 from aurora_smartdriver.pool._set import combine
+from aurora_smartdriver.pool._sources import PoolSources
 from aurora_smartdriver.resolver import ResolveError, Resolver
-from aurora_smartdriver.topology import Host, Topology
+from aurora_smartdriver.settings import Settings
+from aurora_smartdriver.topology import Host, Role, Topology
 from aurora_smartdriver.watchdog import Watchdog
 
 __all__ = ["Lease", "Runtime", "SharedCluster", "Target", "acquire", "generation", "release"]
@@ -233,10 +242,25 @@ class SharedCluster:
         name = settings.cluster_id or spec.hosts[0][0]
         self.events = Events(name)
         self.metrics = metrics.Metrics(name, spec.engine)
+        self._watch_blue_green(self.monitor)
+        self._region_watch = RegionWatch(self.events.emit)  # Aurora Global Database moves
+        self.monitor.add_listener(self._region_watch)
+        # Behind an RDS Proxy silence is no verdict: the proxy queues requests while it
+        # fails over, and keeps the connections a probe's verdict would cut.
         self.watchdog = Watchdog(
-            self._probe_opener, self.adapter, settings.failure_detection_time, self.host_dead
+            self._probe_opener,
+            self.adapter,
+            settings.failure_detection_time,
+            self.host_dead,
+            enabled=rds_proxy.plan(spec) is None,
         )
         self._unregister_metrics = metrics.register(self.metrics_snapshot)
+        # Pools of the async front (aurora_smartdriver.aio), counted with the sync ones.
+        self.pool_sources = PoolSources()
+        self.custom_watches = Watches(self.events)
+        """The custom endpoints' member lists read from the RDS API (docs/custom-endpoints.md)."""
+        self.resume_gate = ResumeGate()
+        """Knocks on instances that may be paused (``resume_timeout``; see `_resume`)."""
 
     @property
     def closed(self) -> bool:
@@ -268,6 +292,23 @@ class SharedCluster:
                 self._pools = {**self._pools, key: found}
                 self.monitor.add_listener(found.on_topology)
         return found
+
+    def _watch_blue_green(self, monitor: ClusterMonitor) -> None:
+        """On each new Blue/Green phase ``monitor`` reads: emit ``blue_green_phase``, and from
+        the switchover on replace every pooled connection (the names moved to green; one
+        opened in the moment before the monitor saw it may be on an old blue instance)."""
+
+        def changed(old: Phase | None, new: Phase | None) -> None:
+            self.events.emit(
+                "blue_green_phase",
+                old=None if old is None else old.name.lower(),
+                new=None if new is None else new.name.lower(),
+            )
+            if new is not None and new >= Phase.IN_PROGRESS:
+                for pool_set in list(self._pools.values()):
+                    pool_set.retire_all()
+
+        monitor.blue_green.add_listener(changed)
 
     @property
     def failing(self) -> bool:
@@ -301,10 +342,12 @@ class SharedCluster:
             )
             self.spec, self.login, self.credentials = spec, login, provider
             self.resolver, self.monitor = resolver, monitor
+            self._watch_blue_green(monitor)
             self._warned.clear()
             for pool_set in self._pools.values():
                 old.remove_listener(pool_set.on_topology)
                 monitor.add_listener(pool_set.on_topology)
+            monitor.add_listener(self._region_watch)
         share_log.info(
             "cluster %s: the monitor never got an answer (%s); restarted as the next user",
             settings.cluster_id or spec.hosts[0][0],
@@ -317,7 +360,7 @@ class SharedCluster:
 
     def pool_totals(self) -> dict[str, PoolStats]:
         """Every pool set's statistics over its life, per instance id, added up."""
-        totals: dict[str, PoolStats] = {}
+        totals: dict[str, PoolStats] = self.pool_sources.totals()
         for pools in list(self._pools.values()):
             for instance, stats in pools.totals().items():
                 before = totals.get(instance)
@@ -424,6 +467,7 @@ class SharedCluster:
         self._unregister_metrics()
         self.monitor.close()
         self.watchdog.close()
+        self.custom_watches.close()
         for pool_set in pools:
             self.monitor.remove_listener(pool_set.on_topology)
             pool_set.close()
@@ -489,6 +533,21 @@ class Runtime:
         self.auth_failed = cast(
             type[AuthenticationFailed], error_class(spec.engine, AuthenticationFailed)
         )
+        self.proxy = rds_proxy.plan(spec)
+        """The RDS Proxy endpoints the connections go through, if any (docs/rds-proxy.md)."""
+        self.resume_timed_out = error_class(spec.engine, InstanceResumeTimeout)
+        self._resume_budget = Budget(
+            settings.resume_timeout,
+            settings.connect_timeout,
+            make_error=self.resume_timed_out,
+            on_resumed=self._resumed,
+            on_timeout=self._resume_failed,
+        )
+        custom = custom_endpoint.endpoint_identifier(spec)
+        self.custom_watch: CustomEndpointWatch | None = (
+            None if custom is None else shared.custom_watches.for_spec(custom, spec)
+        )
+        """The custom endpoint reader and any connections are confined to, if any."""
 
     @property
     def monitor(self) -> ClusterMonitor:
@@ -541,17 +600,52 @@ class Runtime:
         """The current snapshot, waiting for the first one when there is none yet."""
         topo = self.monitor.topology
         if topo is None:
+            self.seed_from_custom_endpoint(timeout)
             topo = self.monitor.refresh_now(timeout)
         return topo
 
-    def choose(self, role: str, exclude: frozenset[str] = frozenset()) -> _Choice:
-        """The host that serves ``role`` now, or the driver's ``NoHostAvailable`` saying why."""
+    def seed_from_custom_endpoint(self, timeout: float | None) -> None:
+        """Give the monitor the cluster endpoint behind the DSN's custom endpoint (its name
+        has no address while no member is up), once the RDS API has named the cluster."""
+        watch = self.custom_watch
+        if watch is None:
+            return
+        found = watch.wait_first(self.spec.settings.connect_timeout if timeout is None else timeout)
+        host, port = self.spec.hosts[0]
+        seed = None if found is None else custom_endpoint.cluster_endpoint(found, host)
+        if seed is not None:
+            self.monitor.add_seed(seed, port)
+
+    def choose(
+        self,
+        role: str,
+        exclude: frozenset[str] = frozenset(),
+        *,
+        resuming: frozenset[str] = frozenset(),
+    ) -> _Choice:
+        """The host that serves ``role`` now, or the driver's ``NoHostAvailable`` saying why.
+
+        A reader or any request prefers instances other than those being knocked on
+        (``resume_timeout``: maybe resuming, for seconds; ``resuming`` adds an async front's
+        own): another reader, or the writer as ``reader_fallback`` allows; with nowhere else
+        to go it waits for the knock as well.
+        """
+        proxy = self.proxy
+        if proxy is not None and proxy.writer is None and role == "writer":
+            raise ConfigError(
+                f"{proxy.describe()} is a read-only RDS Proxy endpoint: writes cannot go "
+                "through it",
+                parameter="role",
+                value=role,
+                suggestion="use role=reader for reads, or connect to the proxy's read/write "
+                "endpoint for writes",
+            )
         if role == "writer" and not exclude:
             known = self._writer_choice
             if known is not None and known[0] is self.monitor.topology:
                 self.metrics.routed.add(known[2])
                 return known[1]
-        topo = self.topology(self.spec.settings.connect_timeout)
+        topo = self.topology(first_topology_wait(self.spec.settings))
         request = self._requests[role]
         if exclude:
             request = request.excluding(*exclude)
@@ -574,7 +668,24 @@ class Runtime:
                 down=pools.down() if pools is not None else frozenset(),
                 response_ms=self.monitor.response_ms,
             )
-        decision = routing.choose(topo, request, stats, turn=next(self._turns[role]), rng=self._rng)
+        turn = next(self._turns[role])
+
+        def route(request: routing.Request) -> routing.Decision | routing.NoHost:
+            if self.custom_watch is not None and role != "writer" and topo is not None:
+                return self._choose_in_custom(topo, request, stats, turn)
+            return routing.choose(topo, request, stats, turn=turn, rng=self._rng)
+
+        if role != "writer" and self.spec.settings.resume_timeout > 0:
+            resuming = resuming | self._shared.resume_gate.knocking()
+        preferred = (
+            route(request.excluding(*resuming))
+            if resuming and role != "writer" and self.custom_watch is None
+            else None
+        )
+        if isinstance(preferred, routing.Decision):  # the writer too, as reader_fallback allows
+            decision: routing.Decision | routing.NoHost = preferred
+        else:
+            decision = route(request)
         if isinstance(decision, routing.NoHost):
             self.metrics.no_host.add(role)
             refused = self.monitor.auth_error if topo is None else None
@@ -600,6 +711,36 @@ class Runtime:
             self._writer_choice = (topo, choice, routed)
         return choice
 
+    def _choose_in_custom(
+        self, topo: Topology, request: routing.Request, stats: routing.HostStats, turn: int
+    ) -> routing.Decision | routing.NoHost:
+        """`routing.choose` among the custom endpoint's eligible members (the first reading
+        of its members is waited for up to connect_timeout)."""
+        watch = self.custom_watch
+        assert watch is not None
+        endpoint = watch.current()
+        if endpoint is None:
+            endpoint = watch.wait_first(self.spec.settings.connect_timeout)
+        decision, widened = custom_endpoint.route(
+            topo,
+            request,
+            stats,
+            endpoint,
+            identifier=watch.identifier,
+            problem=watch.problem,
+            fallback=self.spec.settings.custom_endpoint_fallback,
+            turn=turn,
+            rng=self._rng,
+        )
+        if widened and isinstance(decision, routing.Decision):
+            self.events.emit(
+                "custom_endpoint_fallback",
+                endpoint=watch.identifier,
+                instance=decision.host.instance_id,
+                reason=decision.reason,
+            )
+        return decision
+
     # -- connections ----------------------------------------------------------------------
     def _opener_for(self, target: Target) -> Callable[[float], Any]:
         def open_connection(timeout: float) -> Any:
@@ -611,18 +752,37 @@ class Runtime:
         """A new driver connection to ``target``: resolved here, TLS verifying its name."""
         settings = self.spec.settings
         deadline = settings.connect_timeout if timeout is None else timeout
+        gate = self.monitor.blue_green
+        if gate.phase is not None:  # a Blue/Green switchover in progress: wait for its end
+            waited = gate.hold(self.monitor.refresh_now)
+            if waited:
+                self.events.emit("blue_green_held", instance=target.instance_id, waited_s=waited)
         address = self.resolver.resolve(target.host).addresses[0] if settings.resolve else None
-        raw = auth.connect(
-            self.adapter,
-            self.credentials,
-            self.spec,
-            target.host,
-            target.port,
-            address=address,
-            timeout=deadline,
-            autocommit=self.default_autocommit,
-            error=self.auth_failed,
-        )
+
+        def attempt(seconds: float) -> Any:
+            return auth.connect(
+                self.adapter,
+                self.credentials,
+                self.spec,
+                target.host,
+                target.port,
+                address=address,
+                timeout=seconds,
+                autocommit=self.default_autocommit,
+                error=self.auth_failed,
+            )
+
+        if settings.resume_timeout > 0:  # the instance may be paused: one knock at a time
+            pools = self._pools
+            raw = self._shared.resume_gate.open(
+                target.instance_id,
+                attempt,
+                deadline,
+                self._resume_budget,
+                holds_connections=pools is not None and pools.holds(target.instance_id),
+            )
+        else:
+            raw = attempt(deadline)
         self.watchdog.opened(raw, address)
         try:
             self._prepare_session(raw)
@@ -631,6 +791,18 @@ class Runtime:
                 raw.close()
             raise
         return raw
+
+    def _resumed(self, instance_id: str, waited: float) -> None:
+        log.info("%s answered after %.1fs: it was resuming", instance_id, waited)
+        self.events.emit("instance_resumed", instance=instance_id, waited_s=round(waited, 3))
+
+    def _resume_failed(self, instance_id: str, waited: float) -> None:
+        self.events.emit(
+            "instance_resume_timeout",
+            instance=instance_id,
+            waited_s=round(waited, 3),
+            resume_timeout=self.spec.settings.resume_timeout,
+        )
 
     def _prepare_session(self, raw: Any) -> None:
         settings = self.spec.settings
@@ -667,8 +839,17 @@ class Runtime:
         tried = exclude
         may_wait = role == "writer" and wait and self.spec.settings.failover
         waiting: _WriterWait | None = None  # made on the first failure: borrows stay lean
+        unresumed: InstanceResumeTimeout | None = None  # a paused instance that did not resume
+        failed: BaseException | None = None  # why the last host tried was left
         while True:
-            choice = self.choose(role, tried)
+            try:
+                choice = self.choose(role, tried)
+            except NoHostAvailable as exc:
+                if unresumed is not None:  # nowhere else to go: say why the one host failed
+                    raise unresumed from unresumed.__cause__
+                if failed is not None and exc.__cause__ is None:
+                    raise exc from failed  # "(x excluded)": the traceback says why
+                raise
             target = choice.target
             try:
                 if not pooled:
@@ -677,15 +858,27 @@ class Runtime:
                         raw, target, self.watchdog, self.metrics, as_writer=role == "writer"
                     )
                 return self._borrow(target, as_writer=role == "writer")
+            except InstanceResumeTimeout as exc:
+                # A wait that ran out, not a dead writer: no failover; a read goes elsewhere.
+                if role == "writer":
+                    raise
+                unresumed = exc
+                tried = tried | {target.instance_id}
             except HostDown as exc:
                 if exc.auth:  # a login refused moments ago: the same error, not a retry
                     raise self.auth_failed(str(exc), host=target.host, port=target.port) from exc
+                if isinstance(exc.__cause__, InstanceResumeTimeout):
+                    if role == "writer":
+                        raise exc.__cause__ from exc.__cause__.__cause__
+                    unresumed = exc.__cause__
+                    tried = tried | {target.instance_id}
+                    continue
                 log.info("%s is down (%s); trying elsewhere", target.instance_id, exc)
                 if may_wait:
                     waiting = waiting or _WriterWait(self)
                     waiting.wait(target, "disconnect", exc)
                     continue
-                tried = tried | {target.instance_id}
+                tried, failed = tried | {target.instance_id}, exc
             except PoolClosed as exc:
                 pools = self._pools
                 if self._shared.closed or pools is None or pools.closed:
@@ -703,7 +896,7 @@ class Runtime:
                     none = self.no_host(f"the writer {target.instance_id}: {exc}")
                     raise keep_driver_details(none, exc, default_code=_CR_CONN_HOST_ERROR) from exc
                 self.suspect(target, f"resolve: {exc}")
-                tried = tried | {target.instance_id}
+                tried, failed = tried | {target.instance_id}, exc
             except PoolTimeout as exc:
                 raise self.pool_timeout(str(exc)) from exc
             except self.adapter.Error as exc:
@@ -715,7 +908,7 @@ class Runtime:
                 if kind == "auth" or role == "writer":
                     raise
                 self.suspect(target, f"{kind}: {exc}")
-                tried = tried | {target.instance_id}
+                tried, failed = tried | {target.instance_id}, exc
 
     def _open_counted(self, target: Target) -> Any:
         """`open` for a connection of its own (``connect()``), counted in the metrics (the
@@ -762,9 +955,14 @@ class Runtime:
         exclude: frozenset[str] = frozenset()
         if role == "writer" or was_writer:
             self.monitor.enter_fast_mode(f"{kind} on {old.instance_id}")
+            # A Blue/Green switchover gives the new writer the old one's name: a read-only
+            # old writer is then replaced by a node of the same instance id.
+            switching = self.monitor.blue_green.phase is not None
+            # Behind a proxy the writer keeps the endpoint's name: wait for it to lead to a
+            # writer again, not for another name.
+            moves = kind == "read_only" and not switching and self.proxy is None
             found = self.monitor.wait_for_writer(
-                max(0.0, deadline - time.monotonic()),
-                not_id=old.instance_id if kind == "read_only" else None,
+                max(0.0, deadline - time.monotonic()), not_id=old.instance_id if moves else None
             )
             if found is None or found.writer is None:
                 return self._fail_over_failed(
@@ -775,12 +973,14 @@ class Runtime:
                 instance=found.writer.instance_id,
                 after_s=round(time.monotonic() - started, 3),
             )
-        if role != "writer":
+        if role != "writer" and self.proxy is None:  # a proxy endpoint picks another reader
             exclude = frozenset({old.instance_id})
         delay = settings.backoff_initial
         while True:
             try:
                 lease = self.lease(role, pooled=pooled, exclude=exclude, wait=False)
+                if self.proxy is not None:
+                    self._check_through_proxy(lease, role, deadline)
             except (self.adapter.Error, NoHostAvailable, OSError) as exc:
                 if self.adapter.error_kind(exc) == "auth" or time.monotonic() >= deadline:
                     return self._fail_over_failed(role, started, str(exc), cause)
@@ -791,6 +991,28 @@ class Runtime:
             else:
                 self.metrics.failover_ended(role, "succeeded", time.monotonic() - started)
                 return lease
+
+    def _check_through_proxy(self, lease: Lease, role: str, deadline: float) -> None:
+        """A new connection through a proxy is usable only once a statement runs on it (the
+        proxy may have taken the login alone, and queues statements while it has no writer):
+        ask its node's role, cut off at the failover's ``deadline``; a writer connection that
+        reaches no writer yet is given back and raises, so the failover tries again."""
+        cut = threading.Timer(
+            max(0.0, deadline - time.monotonic()), self.adapter.abort, args=(lease.raw,)
+        )
+        cut.daemon = True
+        cut.start()
+        try:
+            says = role_of(lease.raw, self.monitor.source_context)
+            lease.raw.rollback()  # leave no transaction (nor snapshot) behind the question
+        except BaseException:
+            lease.give_back(broken=True)
+            raise
+        finally:
+            cut.cancel()
+        if role == "writer" and says is not Role.WRITER:
+            lease.give_back(broken=True)
+            raise OSError(f"{lease.target.host} leads to a {says.value}, not to the writer yet")
 
     def _fail_over_failed(
         self, role: str, started: float, reason: str, cause: BaseException
@@ -817,6 +1039,15 @@ class Runtime:
         from :func:`acquire` is given back with :func:`release` instead."""
         if self._owns_shared:
             self._shared.close()
+
+
+def first_topology_wait(settings: Settings) -> float:
+    """How long a first request waits for the monitor's first topology: ``connect_timeout``,
+    or with ``resume_timeout`` set that plus the time to connect (the node the monitor asks
+    first may be paused)."""
+    if settings.resume_timeout > 0:
+        return settings.resume_timeout + settings.connect_timeout
+    return settings.connect_timeout
 
 
 def retire_idle(pools: PoolSet | None, target: Target) -> None:
@@ -857,8 +1088,9 @@ class _WriterWait:
         found = None
         if remaining > 0:
             runtime.suspect(target, f"{kind}: {cause}")
+            moves = kind == "read_only" and runtime.proxy is None  # a proxy keeps its name
             found = runtime.monitor.wait_for_writer(
-                remaining, not_id=target.instance_id if kind == "read_only" else None
+                remaining, not_id=target.instance_id if moves else None
             )
         if found is None:
             none = runtime.no_writer(

@@ -38,6 +38,8 @@ CLUSTER_SETTINGS: tuple[str, ...] = (
     "dns_timeout",
     "dns_ttl_cap",
     "failure_detection_time",
+    "rds_proxy",
+    "rds_proxy_read_only_endpoint",
 )
 """Settings of the machinery one cluster shares whatever the login (monitor, resolver,
 watchdog): the first user's values serve everyone while it is in use."""

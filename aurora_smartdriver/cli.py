@@ -47,7 +47,7 @@ def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str | None = None
 
 def _lab_command(args: argparse.Namespace) -> int:
     from aurora_smartdriver import lab
-    from aurora_smartdriver.lab import LabError
+    from aurora_smartdriver.lab import LabError, _global
 
     if args.lab_cmd == "up":
         started = time.monotonic()
@@ -111,6 +111,23 @@ def _lab_command(args: argparse.Namespace) -> int:
             )
         cluster.lag(args.node, args.seconds, in_process=False)
         _emit(args, {"nodes": [n.to_json() for n in cluster.nodes]})
+    elif args.lab_cmd == "custom-endpoint":
+        _emit(args, _custom_endpoint_command(cluster, args))
+    elif args.lab_cmd == "rds-proxy":
+        _emit(args, _rds_proxy_command(cluster, args))
+    elif args.lab_cmd == "rds-api":
+        cluster.rds_api_outage(args.switch == "down")
+        _emit(args, {"rds_api": cluster.rds_api_url, "down": args.switch == "down"})
+    elif args.lab_cmd == "blue-green-create":
+        doc = cluster.blue_green_create()
+        _emit(args, {**doc, "nodes": [n.to_json() for n in cluster.nodes]})
+    elif args.lab_cmd == "blue-green-switchover":
+        bg = cluster.blue_green_switchover(in_progress_s=args.in_progress, dns_lag=args.dns_lag)
+        _emit(args, bg.to_json(), f"switchover {bg.deployment} in {bg.duration_s:.2f}s")
+    elif args.lab_cmd == "blue-green-delete":
+        _emit(args, {"deleted": cluster.blue_green_delete()})
+    elif args.lab_cmd in _global.GLOBAL_COMMANDS:  # a global database
+        _emit(args, *_global.global_command(cluster, args))
     elif args.lab_cmd == "restore":
         repaired = cluster.restore()
         _emit(args, {"repaired": repaired, "nodes": [n.to_json() for n in cluster.nodes]})
@@ -118,6 +135,65 @@ def _lab_command(args: argparse.Namespace) -> int:
         getattr(cluster, args.lab_cmd)(args.node)
         _emit(args, {"nodes": [n.to_json() for n in cluster.nodes]})
     return 0
+
+
+def _custom_endpoint_command(cluster: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """`lab custom-endpoint add|modify|remove|list`: change, then list the custom endpoints."""
+    from aurora_smartdriver.lab import LabError
+
+    def split(text: str | None) -> list[str] | None:
+        return None if text is None else [n.strip() for n in text.split(",") if n.strip()]
+
+    if args.action != "list" and not args.name:
+        raise LabError(f"lab custom-endpoint {args.action} needs the endpoint's name")
+    if args.action == "add":
+        cluster.add_custom_endpoint(
+            args.name, split(args.members), args.kind or "reader", excluded=split(args.excluded)
+        )
+    elif args.action == "modify":
+        cluster.modify_custom_endpoint(
+            args.name, split(args.members), args.kind, excluded=split(args.excluded)
+        )
+    elif args.action == "remove":
+        cluster.remove_custom_endpoint(args.name)
+    state = cluster.state()
+    return {
+        "rds_api": cluster.rds_api_url,
+        "custom_endpoints": [
+            {
+                "name": e.name,
+                "host": state.custom_endpoint(e.name),
+                "kind": e.kind,
+                "static": e.static,
+                "excluded": e.excluded,
+                "members_now": cluster.custom_endpoint_members(e.name),
+                "dsn": cluster.custom_endpoint_dsn(e.name),
+            }
+            for e in state.custom_endpoints
+        ],
+    }
+
+
+def _rds_proxy_command(cluster: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """`lab rds-proxy add|remove|list`: change, then list the RDS Proxy endpoints."""
+    if args.action == "add":
+        cluster.add_rds_proxy_endpoint(args.name, args.role, borrow_timeout=args.borrow_timeout)
+    elif args.action == "remove":
+        cluster.remove_rds_proxy_endpoint(args.name)
+    state = cluster.state()
+    return {
+        "proxy_endpoints": [
+            {
+                "name": e.name,
+                "host": state.proxy_endpoint(e.name),
+                "role": e.role,
+                "address": e.address,
+                "borrow_timeout": e.borrow_timeout,
+                "dsn": cluster.rds_proxy_dsn(e.name),
+            }
+            for e in state.proxy_endpoints
+        ],
+    }
 
 
 def _topology_doc(topo: Any, source: str | None) -> dict[str, Any]:
@@ -472,7 +548,62 @@ def build_parser() -> argparse.ArgumentParser:
         help="how late (0 undoes it; PostgreSQL: millisecond steps, MariaDB: whole seconds)",
     )
     with_state(lab_sub.add_parser("add-replica", help="add a reader"))
+    custom = with_state(
+        lab_sub.add_parser(
+            "custom-endpoint", help="add, modify, remove or list Aurora custom endpoints"
+        )
+    )
+    custom.add_argument("action", choices=["add", "modify", "remove", "list"])
+    custom.add_argument("name", nargs="?", help="the custom endpoint's name")
+    custom.add_argument("--kind", choices=["reader", "any"], help="(add: default reader)")
+    custom.add_argument("--members", metavar="NODE,...", help="static members")
+    custom.add_argument(
+        "--excluded", metavar="NODE,...", help="every instance but these, later ones included"
+    )
+    proxy = with_state(
+        lab_sub.add_parser("rds-proxy", help="add, remove or list RDS Proxy endpoints")
+    )
+    proxy.add_argument("action", choices=["add", "remove", "list"])
+    proxy.add_argument(
+        "name", nargs="?", default="default", help="the endpoint's name (default: the proxy's)"
+    )
+    proxy.add_argument(
+        "--role", choices=["read_write", "read_only"], default="read_write", help="(add)"
+    )
+    proxy.add_argument(
+        "--borrow-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long new connections wait for a node of the role (add; default %(default)s)",
+    )
+    rds_api = with_state(
+        lab_sub.add_parser("rds-api", help="make the lab's RDS API stand-in unreachable, or not")
+    )
+    rds_api.add_argument("switch", choices=["down", "up"])
+    from aurora_smartdriver.lab._global import add_global_parsers
+
+    add_global_parsers(lab_sub, with_state)
     with_state(lab_sub.add_parser("restore", help="undo every fault"))
+    with_state(lab_sub.add_parser("blue-green-create", help="start a green environment"))
+    bgs = with_state(
+        lab_sub.add_parser("blue-green-switchover", help="switch the Blue/Green deployment over")
+    )
+    bgs.add_argument(
+        "--in-progress",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="least time the switchover stays SWITCHOVER_IN_PROGRESS (default: %(default)s)",
+    )
+    bgs.add_argument(
+        "--dns-lag",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="seconds the blue names still lead to the old blue nodes (default: %(default)s)",
+    )
+    with_state(lab_sub.add_parser("blue-green-delete", help="delete the Blue/Green deployment"))
     down = lab_sub.add_parser("down", help="stop a lab and delete its files")
     group = down.add_mutually_exclusive_group(required=True)
     group.add_argument("--state")

@@ -315,6 +315,7 @@ class Cluster:
             "pools": self._runtime.shared.pool_stats(),
             "monitor": self._runtime.monitor.stats(),
             "routing_decisions": self._runtime.decisions,
+            "blue_green": self._runtime.monitor.blue_green.stats(),
         }
 
     def metrics(self) -> ClusterMetrics:

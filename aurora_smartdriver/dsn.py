@@ -663,7 +663,7 @@ def _checked_driver_params(
 def _check_engine_settings(engine: Engine, settings: Settings) -> None:
     """Reject settings that contradict the engine or would be ignored by it."""
     source = settings.topology_source
-    if source.startswith("aurora-") and source != f"aurora-{engine}":
+    if source.startswith("aurora-") and source not in (f"aurora-{engine}", "aurora-global"):
         raise ConfigError(
             f"topology_source={source} does not fit a {engine} DSN",
             parameter="topology_source",

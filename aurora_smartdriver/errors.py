@@ -18,6 +18,7 @@ __all__ = [
     "AuthenticationFailed",
     "ConfigError",
     "FailoverSucceeded",
+    "InstanceResumeTimeout",
     "NoHostAvailable",
     "NoWriterAvailable",
     "TransactionOutcomeUnknown",
@@ -64,6 +65,12 @@ class NoHostAvailable(AuroraSmartDriverError):
 
 class NoWriterAvailable(NoHostAvailable):
     """No node answered as the writer within ``failover_timeout``."""
+
+
+class InstanceResumeTimeout(NoHostAvailable):
+    """An instance accepted the connection but did not complete the handshake within
+    ``resume_timeout``: a paused Aurora Serverless v2 instance (0 ACUs) still resuming, or a
+    hung one. Nothing was sent to it; the work can be run again once it answers."""
 
 
 class FailoverSucceeded(AuroraSmartDriverError):

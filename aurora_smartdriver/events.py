@@ -14,6 +14,25 @@ Names and fields (stable):
 - ``outcome_unknown``: old, new, after_s (a failover interrupted COMMIT)
 - ``read_retried``: instance, after_s (a read re-run after a failover, ``retry_reads=on``)
 - ``host_unresponsive``: instance, silent_s (a node stopped answering; its connections were cut)
+- ``custom_endpoint_changed``: endpoint, kind, static, excluded, status (members first read or
+  changed; see docs/custom-endpoints.md)
+- ``custom_endpoint_unreachable``: endpoint, reason, kept (the RDS API could not be read; the
+  members last read, if any, stay in force)
+- ``custom_endpoint_recovered``: endpoint (the RDS API answers again)
+- ``custom_endpoint_fallback``: endpoint, instance, reason (no member could serve a connection
+  and ``custom_endpoint_fallback=cluster`` sent it elsewhere)
+- ``global_writer_moved``: old, new, old_region, new_region, rpo_lag_ms_before,
+  writes_may_be_lost (Aurora Global Database: the writer is in another region now; see
+  docs/global-database.md)
+- ``blue_green_phase``: old, new (a Blue/Green deployment's phase changed; see
+  docs/blue-green.md)
+- ``blue_green_held``: instance, waited_s (a new connection was held during a Blue/Green
+  switchover)
+- ``instance_resumed``: instance, waited_s (a connection to an instance that was paused, or
+  slower than ``connect_timeout`` to answer, completed within ``resume_timeout``; see
+  docs/serverless-and-scaling.md)
+- ``instance_resume_timeout``: instance, waited_s, resume_timeout (an instance accepted a
+  connection but did not complete it within ``resume_timeout``: ``InstanceResumeTimeout``)
 """
 
 from __future__ import annotations
@@ -30,7 +49,17 @@ __all__ = ["Event", "Events", "Hook", "subscribe", "unsubscribe"]
 
 log = logging.getLogger("aurora_smartdriver.events")
 
-_LOUD = frozenset({"failover_started", "writer_found", "failover_failed", "host_unresponsive"})
+_LOUD = frozenset(
+    {
+        "failover_started",
+        "writer_found",
+        "failover_failed",
+        "host_unresponsive",
+        "global_writer_moved",
+        "instance_resumed",
+        "instance_resume_timeout",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)

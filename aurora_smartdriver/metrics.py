@@ -201,6 +201,8 @@ class TopologyMetrics:
     fast_mode: bool = False
     version: int = 0
     refresh_seconds: HistogramSnapshot = field(default_factory=empty_histogram)
+    region_rpo_lag_ms: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    """Aurora Global Database: each region's RPO lag (ms; 0 for the primary), where known."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -213,6 +215,7 @@ class TopologyMetrics:
             "fast_mode": self.fast_mode,
             "version": self.version,
             "refresh_seconds": self.refresh_seconds.to_json(),
+            "region_rpo_lag_ms": dict(self.region_rpo_lag_ms),
         }
 
 
@@ -464,6 +467,11 @@ class Metrics:
                 fast_mode=monitor.fast_mode,
                 version=monitor.version,
                 refresh_seconds=monitor.refresh_times,
+                region_rpo_lag_ms=_frozen(
+                    (region, lag)
+                    for region, lag in (topology.regions if topology is not None else {}).items()
+                    if lag is not None
+                ),
             ),
             dns=DnsMetrics(
                 lookups=resolver.lookups,
@@ -590,6 +598,7 @@ CATALOGUE: tuple[tuple[str, Kind, str, tuple[str, ...], str], ...] = (
     ("topology_rejected", "counter", "", (), "Answers ignored as not believable"),
     ("topology_refresh_seconds", "histogram", "seconds", (), "Topology refresh durations"),
     ("topology_version", "gauge", "", (), "Version of the current topology"),
+    ("global_rpo_lag", "gauge", "ms", ("region",), "Aurora Global Database: a region's RPO lag"),
     ("monitor_connects", "counter", "", (), "Connections the monitor opened"),
     ("fast_mode", "gauge", "", (), "1 while the monitor refreshes fast (failover suspected)"),
     ("fast_mode_entries", "counter", "", (), "Times the monitor entered fast mode"),
@@ -658,6 +667,8 @@ def _samples(m: ClusterMetrics) -> dict[str, list[tuple[Labels, float | Histogra
     put("topology_rejected", t.rejected)
     put("topology_refresh_seconds", t.refresh_seconds)
     put("topology_version", t.version)
+    for region, lag in t.region_rpo_lag_ms.items():
+        put("global_rpo_lag", lag, ("region", region))
     put("monitor_connects", t.connects)
     put("fast_mode", 1 if t.fast_mode else 0)
     put("fast_mode_entries", t.fast_mode_entries)

@@ -26,10 +26,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from aurora_smartdriver import auth, discovery
+from aurora_smartdriver import auth, discovery, rds_proxy
+from aurora_smartdriver._bluegreen import Phase
+from aurora_smartdriver._bluegreen_gate import BlueGreenGate
 from aurora_smartdriver._instruments import Histogram, HistogramSnapshot, empty_histogram
-from aurora_smartdriver.discovery import Answer, Source, SourceContext
+from aurora_smartdriver.discovery import Answer, Source, SourceContext, blue_green
 from aurora_smartdriver.discovery.probe import Probe
+from aurora_smartdriver.discovery.rds_proxy import RdsProxy
 from aurora_smartdriver.drivers import DriverAdapter, adapter_for
 from aurora_smartdriver.dsn import ConnectionSpec
 from aurora_smartdriver.endpoints import EndpointKind, classify, parse_rds_host
@@ -69,14 +72,28 @@ _CLOSE_WAIT = 0.5
 _EWMA = 0.5
 """Weight of a new response-time sample in the moving average (`ClusterMonitor.response_ms`)."""
 
+_BLUE_GREEN_WATCH = 1.0
+"""Longest time between refreshes while a Blue/Green deployment exists: its switchover's
+in-progress phase lasts seconds, and a monitor that missed it could not hold connections."""
+
 
 def cluster_key(spec: ConnectionSpec) -> tuple[str, ...]:
     """The identity of the cluster ``spec`` points at: monitors are shared per key.
 
-    ``cluster_id`` when set; otherwise the RDS cluster resource id and region when the first
-    host is an RDS (or lab) endpoint, so the cluster, reader and instance endpoints of one cluster
-    share a monitor; otherwise the host list.
+    Behind an RDS Proxy, the proxy's endpoints (with ``cluster_id`` when set: its resource id
+    and its ``cluster_id`` may be the cluster's, but a proxy's view is not the cluster's);
+    otherwise ``cluster_id`` when set; otherwise the RDS cluster resource id and region when
+    the first host is an RDS (or lab) endpoint, so the cluster, reader and instance endpoints
+    of one cluster share a monitor; otherwise the host list.
     """
+    proxy = rds_proxy.plan(spec)
+    if proxy is not None:
+        return (
+            spec.engine,
+            "proxy",
+            spec.settings.cluster_id or "",
+            *(f"{h.host.lower()}:{h.port}" for h in rds_proxy.rows(proxy)),
+        )
     if spec.settings.cluster_id:
         return (spec.engine, "id", spec.settings.cluster_id)
     rds = parse_rds_host(spec.hosts[0][0])
@@ -115,7 +132,14 @@ class ClusterMonitor:
             settings.dns_server or None, timeout=settings.dns_timeout, ttl_cap=settings.dns_ttl_cap
         )
         self._ctx = SourceContext.for_spec(spec, connect=self._connect_to, adapter=self._adapter)
-        self._source: Source | None = None
+        #: The cluster's Blue/Green deployment as last read; its resolver follows it.
+        self.blue_green = BlueGreenGate(
+            settings.blue_green_hold_timeout, lambda host: self._resolver.resolve(host).addresses
+        )
+        self._resolver.rewrite = self.blue_green.rewrite
+        self._proxy = rds_proxy.plan(spec)
+        """The RDS Proxy endpoints the DSN leads to, if it does: then they are the topology."""
+        self._source: Source | None = RdsProxy(self._proxy) if self._proxy is not None else None
         #: The current snapshot; None until the first answer. Read it without a lock.
         self.topology: Topology | None = None
         self._listeners: list[Listener] = []
@@ -131,6 +155,7 @@ class ClusterMonitor:
         self._conn_address: str | None = None  # the address the monitor's connection went to
         self._last_address: str | None = None
         self._suspects: set[str] = set()  # nodes whose view could not be confirmed, asked last
+        self._seeds: tuple[tuple[str, int], ...] = ()  # asked after the DSN's hosts (add_seed)
         # Addresses the watchdog found silent, with when (monotonic): not connected to for
         # failure_detection_time after the verdict (a name may still lead there until DNS moves).
         self._silent: dict[str, float] = {}
@@ -170,6 +195,11 @@ class ClusterMonitor:
     def source(self) -> str | None:
         """The name of the topology source in use (None before the first connection)."""
         return self._source.name if self._source is not None else None
+
+    @property
+    def source_context(self) -> SourceContext:
+        """What the topology sources work with (for a role check outside the monitor)."""
+        return self._ctx
 
     @property
     def fast_mode(self) -> bool:
@@ -331,7 +361,11 @@ class ClusterMonitor:
         settings = self.spec.settings
         if ok:
             self._failures = 0
-            return settings.fast_refresh_interval if self._fast else settings.refresh_interval
+            if self._fast or self.blue_green.active:  # a switchover moves in seconds
+                return settings.fast_refresh_interval
+            if self.blue_green.phase is not None:  # a deployment that may switch over any time
+                return min(settings.refresh_interval, _BLUE_GREEN_WATCH)
+            return settings.refresh_interval
         self._failures += 1
         if not self._fast:
             return settings.refresh_interval
@@ -391,7 +425,27 @@ class ClusterMonitor:
             self._failed()
             return False
         self._refreshes += 1
+        if conn is not None:
+            self._read_blue_green(conn)
         return self._take(answer)
+
+    def _read_blue_green(self, conn: Any) -> None:
+        """Read the Blue/Green metadata on the connection that just answered (see
+        `aurora_smartdriver.discovery.blue_green`); a failure keeps the last status."""
+        try:
+            with self._deadline.bound(conn, self._query_bound):
+                status = blue_green.fetch(conn, self._ctx)
+        except Exception as exc:
+            self._note_error(f"{self._conn_host}: Blue/Green metadata: {exc}")
+            if self._adapter.error_kind(exc) != "other":
+                self._drop_connection()
+            return
+        gate = self.blue_green
+        gate.observe(status)
+        phase = gate.phase
+        switched = phase is not None and phase >= Phase.IN_PROGRESS
+        if switched and self._conn_address in gate.book.old_addresses:
+            self._drop_connection()  # never stay on an old blue instance: reconnect to green
 
     def _failed(self) -> None:
         """A refresh got no answer: the node it asked may be the writer that just died, so
@@ -419,6 +473,8 @@ class ClusterMonitor:
             source=source,
             now=answer.now,
             staleness_window=self.spec.settings.staleness_window,
+            # A read-only RDS Proxy endpoint alone has no writer to show, and needs none.
+            writer_required=self._proxy is None or self._proxy.writer is not None,
         )
         if isinstance(result, Rejected):
             self._rejected += 1
@@ -557,21 +613,34 @@ class ClusterMonitor:
             if classify(host) is EndpointKind.RDS_CLUSTER
         ]
         ordered = [*(h.endpoint for h in known), *self.spec.hosts, *readers_of_cluster]
+        ordered += self._seeds
         ordered.sort(key=lambda endpoint: endpoint[0] in self._suspects)  # stable: suspects last
         for endpoint in ordered:
             if endpoint not in seen:
                 seen.add(endpoint)
                 yield endpoint
 
+    def add_seed(self, host: str, port: int) -> None:
+        """Also ask `host:port` when no known instance answers (after the DSN's hosts): the
+        cluster endpoint behind a custom endpoint whose members are all down, say."""
+        if (host, port) not in self._seeds:
+            self._seeds = (*self._seeds, (host, port))
+
     def _connection(self) -> Any:
         if self._conn is not None:
             return self._conn
         errors = []
+        settings = self.spec.settings
+        timeout = settings.connect_timeout
+        if self.topology is None:
+            # Before the first topology the node asked may be paused (Serverless v2 at 0 ACUs,
+            # a whole idle cluster): its resume is waited for, as `resume_timeout` says.
+            timeout = max(timeout, settings.resume_timeout)
         for host, port in self._candidates():
             if self._closed.is_set():
                 return None
             try:
-                conn = self._connect_to(host, port, self.spec.settings.connect_timeout)
+                conn = self._connect_to(host, port, timeout)
             except AuthenticationFailed as exc:
                 # The same credentials would be refused by the next node too: stop here.
                 self.auth_error = exc

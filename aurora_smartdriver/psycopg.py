@@ -41,6 +41,7 @@ NotSupportedError: Any = _driver.NotSupportedError
 
 NoHostAvailable: Any = _error_class(_ENGINE, _errors.NoHostAvailable)
 NoWriterAvailable: Any = _error_class(_ENGINE, _errors.NoWriterAvailable)
+InstanceResumeTimeout: Any = _error_class(_ENGINE, _errors.InstanceResumeTimeout)
 AuthenticationFailed: Any = _error_class(_ENGINE, _errors.AuthenticationFailed)
 FailoverSucceeded: Any = _error_class(_ENGINE, _errors.FailoverSucceeded)
 TransactionOutcomeUnknown: Any = _error_class(_ENGINE, _errors.TransactionOutcomeUnknown)
@@ -99,6 +100,7 @@ __all__ = [
     "DateFromTicks",
     "Error",
     "FailoverSucceeded",
+    "InstanceResumeTimeout",
     "IntegrityError",
     "InterfaceError",
     "InternalError",

@@ -108,12 +108,20 @@ class Resolver:
         self.fallbacks = 0
         self.failures = 0
         self.lookup_times = Histogram()
+        #: Applied to every answer `resolve` gives (cached or not), when set: the cluster's
+        #: Blue/Green gate sends the names of old blue instances to their green successors.
+        self.rewrite: Callable[[Resolution], Resolution] | None = None
 
     def resolve(self, host: str) -> Resolution:
         """The addresses of `host`, from the cache while its answer holds, else looked up.
 
         Raises `ResolveError` naming the host when it has no address.
         """
+        found = self._resolve(host)
+        rewrite = self.rewrite
+        return found if rewrite is None else rewrite(found)
+
+    def _resolve(self, host: str) -> Resolution:
         literal = _ip_literal(host)
         if literal is not None:
             return Resolution(literal, (literal,), math.inf, "literal", math.inf)

@@ -15,6 +15,8 @@ Rules, in short:
   a limit is a promise about staleness that an unknown figure cannot keep. When no reader
   qualifies, `fallback="writer"` sends the request to the writer (flagged `fell_back`) if it is
   usable, and `fallback="fail"` returns `NoHost`.
+- With `home_region` (Aurora Global Database), only readers of that region qualify; the
+  fallback above applies when none does, so a read never goes to another region's reader.
 - An "any" request picks among the usable writer and the qualifying readers together, with the
   same strategy; the lag limit applies to the readers only (the writer does not lag), and
   `fallback` plays no part since the writer is already a candidate.
@@ -80,6 +82,8 @@ class Request:
     max_replica_lag_ms: float | None = None
     fallback: ReaderFallback = "writer"
     exclude: frozenset[str] = frozenset()
+    home_region: str | None = None
+    """Aurora Global Database: only readers of this region qualify (None: any region)."""
 
     def __post_init__(self) -> None:
         if self.role not in _ROLES:
@@ -225,6 +229,7 @@ def request_from_settings(settings: Settings, role: TargetRole | None = None) ->
         strategy=settings.reader_strategy,
         max_replica_lag_ms=None if limit is None else limit * 1000.0,
         fallback=settings.reader_fallback,
+        home_region=settings.home_region,
     )
 
 
@@ -233,20 +238,25 @@ def _qualifying_readers(topology: Topology, request: Request, stats: HostStats) 
     down = stats.down
     exclude = request.exclude
     limit = request.max_replica_lag_ms
+    readers = _home_readers(topology, request)
     if limit is None:
-        return [
-            r
-            for r in topology.readers
-            if r.instance_id not in down and r.instance_id not in exclude
-        ]
+        return [r for r in readers if r.instance_id not in down and r.instance_id not in exclude]
     return [
         r
-        for r in topology.readers
+        for r in readers
         if r.instance_id not in down
         and r.instance_id not in exclude
         and r.lag_ms is not None
         and r.lag_ms <= limit
     ]
+
+
+def _home_readers(topology: Topology, request: Request) -> tuple[Host, ...]:
+    """The readers a request may use: those of its home region when it names one."""
+    home = request.home_region
+    if home is None:
+        return topology.readers
+    return tuple(r for r in topology.readers if r.region == home)
 
 
 def _pick(
@@ -306,8 +316,10 @@ def _why_no_reader(topology: Topology, request: Request, stats: HostStats) -> st
 
     Called only when no reader qualifies, so every reader has a cause.
     """
-    readers = topology.readers
+    readers = _home_readers(topology, request)
     if not readers:
+        if topology.readers and request.home_region is not None:
+            return f"no reader in home_region {request.home_region}"
         return "no readers known"
     limit = request.max_replica_lag_ms
     shown_limit = "" if limit is None else _ms(limit)

@@ -31,8 +31,10 @@ __all__ = [
     "PARAMETERS",
     "AuthMethod",
     "Consistency",
+    "CustomEndpointFallback",
     "Engine",
     "Parameter",
+    "RdsProxyMode",
     "ReadOnlyVariable",
     "ReaderFallback",
     "ReaderStrategy",
@@ -44,7 +46,14 @@ __all__ = [
 
 Engine = Literal["postgresql", "mysql"]
 TopologySource = Literal[
-    "auto", "aurora-postgresql", "aurora-mysql", "rds-multi-az", "probe", "rds-api", "static"
+    "auto",
+    "aurora-postgresql",
+    "aurora-mysql",
+    "rds-multi-az",
+    "probe",
+    "rds-api",
+    "static",
+    "aurora-global",
 ]
 TargetRole = Literal["writer", "reader", "any"]
 ReaderStrategy = Literal[
@@ -54,6 +63,8 @@ ReaderFallback = Literal["writer", "fail"]
 Consistency = Literal["eventual", "session"]
 AuthMethod = Literal["password", "iam", "secrets"]
 ReadOnlyVariable = Literal["innodb_read_only", "read_only"]
+CustomEndpointFallback = Literal["fail", "cluster"]
+RdsProxyMode = Literal["auto", "off", "read_write", "read_only"]
 
 _MASK = "***"
 _SHOWN_MAX = 80
@@ -288,6 +299,37 @@ class _HostPattern:
 
 
 @dataclass(frozen=True, slots=True)
+class _RegionPatterns:
+    """`region:pattern` pairs separated by commas: a global database's instance host patterns."""
+
+    expected: str = (
+        "region:pattern pairs separated by commas, each pattern a host name with one '?' for "
+        "the instance id, optionally followed by :port (e.g. us-east-1:?.abc.us-east-1.rds."
+        "amazonaws.com,eu-west-1:?.def.eu-west-1.rds.amazonaws.com), or nothing"
+    )
+    unit: str = ""
+
+    def parse(self, value: object) -> str | None:
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise _Invalid(self.expected)
+        seen: set[str] = set()
+        for item in value.split(","):
+            region, sep, pattern = item.strip().partition(":")
+            if not sep or not re.fullmatch(r"[a-z][a-z0-9-]*", region):
+                raise _Invalid(self.expected, f"{item.strip()!r} is not region:pattern")
+            if region in seen:
+                raise _Invalid(self.expected, f"region {region!r} is given twice")
+            seen.add(region)
+            _HostPattern().parse(pattern)
+        return value
+
+    def render(self, value: object) -> str:
+        return "" if value is None else str(value)
+
+
+@dataclass(frozen=True, slots=True)
 class _Statements:
     """SQL statements, separated by `;` in a DSN; a Python sequence gives them one by one."""
 
@@ -491,6 +533,11 @@ _ROUTING = "Routing"
 _POOL = "Pools"
 _FAILOVER = "Timeouts and failover"
 _AUTH = "Authentication"
+_CUSTOM = "Custom endpoints"
+_PROXY = "RDS Proxy"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = rf"{_LABEL}(?:\.{_LABEL})+\.?"
+"""A DNS name of two labels or more (a proxy endpoint's)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,6 +619,15 @@ class Settings:
             engine="mysql",
         ),
     )
+    global_instance_host_patterns: str | None = field(
+        default=None,
+        metadata=_meta(
+            _RegionPatterns(),
+            _TOPOLOGY,
+            "Aurora Global Database: each region's instance host pattern, as `region:pattern` "
+            "pairs separated by commas (`aurora-global` needs one for every region it reports).",
+        ),
+    )
     # DNS
     dns_server: tuple[tuple[str, int], ...] = field(
         default=(),
@@ -631,6 +687,15 @@ class Settings:
             _Choice(get_args(ReaderFallback)),
             _ROUTING,
             "What a reader request does when no reader qualifies: use the writer, or fail.",
+        ),
+    )
+    home_region: str | None = field(
+        default=None,
+        metadata=_meta(
+            _Text(optional=True, pattern=r"[a-z][a-z0-9-]*", what="a region name (e.g. us-east-1)"),
+            _ROUTING,
+            "Aurora Global Database: reads go to readers in this region only (when none "
+            "qualifies, `reader_fallback` decides); writes go to the primary region's writer.",
         ),
     )
     consistency: Consistency = field(
@@ -809,6 +874,96 @@ class Settings:
             "many fail.",
         ),
     )
+    # Custom endpoints
+    custom_endpoint: str | None = field(
+        default=None,
+        metadata=_meta(
+            _Text(
+                optional=True,
+                pattern=r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*",
+                what="an Aurora custom endpoint identifier (lowercase letters, digits, -)",
+            ),
+            _CUSTOM,
+            "Aurora custom endpoint whose members alone serve reader and any connections; "
+            "taken from the DSN's host when it is a custom endpoint name "
+            "(see docs/custom-endpoints.md).",
+        ),
+    )
+    custom_endpoint_refresh_interval: float = field(
+        default=30.0,
+        metadata=_meta(
+            _Seconds(),
+            _CUSTOM,
+            "Time between two readings of the custom endpoint's members from the RDS API.",
+        ),
+    )
+    custom_endpoint_fallback: CustomEndpointFallback = field(
+        default="fail",
+        metadata=_meta(
+            _Choice(get_args(CustomEndpointFallback)),
+            _CUSTOM,
+            "What a reader or any connection does when no member of the custom endpoint can "
+            "serve it: fail with NoHostAvailable, or use the rest of the cluster.",
+        ),
+    )
+    rds_endpoint_url: str | None = field(
+        default=None,
+        metadata=_meta(
+            _Text(
+                optional=True, pattern=r"https?://[^\s/?#]+(?:/[^\s?#]*)?", what="an http(s) URL"
+            ),
+            _CUSTOM,
+            "URL of the RDS API (a VPC interface endpoint, or the lab's stand-in); unset uses "
+            "the region's public endpoint.",
+        ),
+    )
+    # RDS Proxy
+    rds_proxy: RdsProxyMode = field(
+        default="auto",
+        metadata=_meta(
+            _Choice(get_args(RdsProxyMode)),
+            _PROXY,
+            "Whether the DSN's host is an RDS Proxy endpoint, and of which kind: auto from "
+            "its name (a proxy name is a read/write endpoint); read_write or read_only say so; "
+            "off treats it as any host. Behind a proxy no topology is queried, the host is "
+            "connected to as given and failover is the proxy's (see docs/rds-proxy.md).",
+        ),
+    )
+    rds_proxy_read_only_endpoint: str | None = field(
+        default=None,
+        metadata=_meta(
+            _Text(
+                optional=True,
+                pattern=_DNS_NAME,
+                what="a host name (the proxy's read-only endpoint)",
+            ),
+            _PROXY,
+            "A read-only endpoint of the same RDS Proxy (same port): reader connections go "
+            "there; unset, they use the DSN's proxy endpoint.",
+        ),
+    )
+    blue_green_hold_timeout: float = field(
+        default=10.0,
+        metadata=_meta(
+            _Seconds(positive=False),
+            _FAILOVER,
+            "Longest time new connections wait while a Blue/Green switchover is in progress, "
+            "counted from when it was first seen in progress; then they go where the topology "
+            "says. 0 never holds.",
+        ),
+    )
+    resume_timeout: float = field(
+        default=0.0,
+        metadata=_meta(
+            _Seconds(positive=False),
+            _FAILOVER,
+            "Longest wait for a paused instance (Aurora Serverless v2 at 0 ACUs) to resume: a "
+            "connection to an instance this process has not been connected to for 5 minutes "
+            "may take this long, one attempt per instance while the others wait for it; then "
+            "InstanceResumeTimeout. 0 (off): a handshake slower than connect_timeout is a dead "
+            "host. At least connect_timeout when set.",
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name, parameter in PARAMETERS.items():
@@ -864,6 +1019,14 @@ def _check_consistency(settings: Settings) -> None:
             parameter="fast_refresh_interval",
             value=f"{settings.fast_refresh_interval:g}",
             suggestion="the failover refresh must be at least as frequent as the normal one",
+        )
+    if 0 < settings.resume_timeout < settings.connect_timeout:
+        raise ConfigError(
+            f"resume_timeout ({settings.resume_timeout:g}s) is shorter than connect_timeout "
+            f"({settings.connect_timeout:g}s) and would never wait longer than a connection does",
+            parameter="resume_timeout",
+            value=f"{settings.resume_timeout:g}",
+            suggestion="use 0 (off) or at least connect_timeout (Aurora resumes in about 15s)",
         )
     if settings.backoff_initial > settings.backoff_max:
         raise ConfigError(

@@ -53,6 +53,10 @@ class Host:
     cpu: float | None = field(default=None, compare=False)
     weight: float | None = field(default=None, compare=False)
     response_time_ms: float | None = field(default=None, compare=False)
+    region: str | None = field(default=None, compare=False)
+    """The region of the instance's cluster (Aurora Global Database); None: not reported."""
+    rpo_lag_ms: float | None = field(default=None, compare=False)
+    """Its region's RPO lag (how recent a commit the region may lack); 0 for the primary."""
 
     @property
     def endpoint(self) -> tuple[str, int]:
@@ -104,6 +108,23 @@ class Topology:
     def is_empty(self) -> bool:
         """True when the snapshot knows no instance at all."""
         return self.writer is None and not self.readers
+
+    @property
+    def regions(self) -> dict[str, float | None]:
+        """Region -> its RPO lag in milliseconds, for a global database's snapshot (else empty).
+
+        The writer's region has lag 0: it is where commits happen.
+        """
+        out: dict[str, float | None] = {}
+        for h in self.hosts:
+            if h.region is not None and (h.region not in out or out[h.region] is None):
+                out[h.region] = h.rpo_lag_ms
+        return out
+
+    @property
+    def writer_region(self) -> str | None:
+        """The region of the writer (the primary region of a global database), or None."""
+        return self.writer.region if self.writer is not None else None
 
     def host(self, instance_id: str) -> Host | None:
         """The instance with this id, or None."""
@@ -197,6 +218,7 @@ def build_topology(
     now: float,
     staleness_window: float,
     version: int = 1,
+    writer_required: bool = True,
 ) -> Topology | Rejected:
     """Turn one answer from a topology source into a snapshot, or say why it is not believable.
 
@@ -210,7 +232,8 @@ def build_topology(
     Rejected: an empty answer; a malformed row (empty id or host, port outside 1-65535,
     non-finite or negative figures); one instance id reported with different endpoints or roles
     (identical duplicates merge, keeping the latest `last_update`); two instances at one endpoint;
-    no writer; several writers.
+    no writer (unless not `writer_required`: an RDS Proxy's read-only endpoint alone); several
+    writers.
     """
     if not rows:
         return Rejected(f"{source}: empty topology answer")
@@ -243,7 +266,7 @@ def build_topology(
             )
 
     writers = sorted(i for i, h in merged.items() if h.role is Role.WRITER)
-    if not writers:
+    if not writers and writer_required:
         return Rejected(f"{source}: no writer among {sorted(merged)}")
     if len(writers) > 1:
         return Rejected(f"{source}: {len(writers)} writers reported: {writers}")
@@ -254,7 +277,7 @@ def build_topology(
         if h.role is Role.READER and not _is_stale(h, now, staleness_window)
     )
     return Topology(
-        writer=merged[writers[0]],
+        writer=merged[writers[0]] if writers else None,
         readers=readers,
         version=version,
         source=source,
@@ -269,6 +292,7 @@ def accept(
     source: str,
     now: float,
     staleness_window: float,
+    writer_required: bool = True,
 ) -> Topology | Rejected:
     """Build a snapshot from `rows` and return it if it differs from `previous`.
 
@@ -279,7 +303,12 @@ def accept(
     """
     version = previous.version + 1 if previous is not None else 1
     candidate = build_topology(
-        rows, source=source, now=now, staleness_window=staleness_window, version=version
+        rows,
+        source=source,
+        now=now,
+        staleness_window=staleness_window,
+        version=version,
+        writer_required=writer_required,
     )
     if isinstance(candidate, Rejected):
         return candidate
@@ -311,6 +340,7 @@ def _row_problem(row: Host) -> str | None:
         "cpu": row.cpu,
         "weight": row.weight,
         "response_time_ms": row.response_time_ms,
+        "rpo_lag_ms": row.rpo_lag_ms,
     }
     for name, value in figures.items():
         if value is not None and (isinstance(value, bool) or not math.isfinite(value)):
@@ -336,6 +366,17 @@ def _is_stale(h: Host, now: float, window: float) -> bool:
 
 def _content(t: Topology) -> tuple[tuple[object, ...], ...]:
     return tuple(
-        (h.instance_id, h.host, h.port, h.role, h.lag_ms, h.cpu, h.weight, h.response_time_ms)
+        (
+            h.instance_id,
+            h.host,
+            h.port,
+            h.role,
+            h.lag_ms,
+            h.cpu,
+            h.weight,
+            h.response_time_ms,
+            h.region,
+            h.rpo_lag_ms,
+        )
         for h in t.hosts
     )

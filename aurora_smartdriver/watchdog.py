@@ -227,7 +227,11 @@ class Watchdog:
         adapter: DriverAdapter,
         detection_time: float,
         on_dead: OnDead,
+        *,
+        enabled: bool = True,
     ) -> None:
+        self._enabled = enabled
+        """False: nothing is watched (behind an RDS Proxy, whose queueing is silence too)."""
         self._opener_for = opener_for
         self._adapter = adapter
         self._detection = detection_time
@@ -245,6 +249,8 @@ class Watchdog:
 
     def watch(self, target: Target, raw: Any) -> None:
         """``raw`` is in use on ``target`` from now on."""
+        if not self._enabled:
+            return
         with self._lock:
             key = (target.instance_id, self._addresses.get(raw))
             watch = self._watches.get(key)

@@ -1,14 +1,16 @@
 """The chaos table: failure scenarios under load, the library beside a bare driver, both engines.
 
     .venv/bin/python bench/chaos.py [--runs 3] [--engines postgresql,mariadb] [--scenarios ...]
-                                    [--sources aurora,probe,static]
+                                    [--sources aurora,probe,static] [--fronts sync,aio]
 
 For each scenario and topology source a lab cluster is loaded by writer and reader threads
 through the library (``Cluster`` with pools) and, side by side in the same run, by bare-driver
 writers reconnecting through the cluster endpoint name (what applications do today). The
 library's DSN per source is `source_failover.source_dsn`'s: ``aurora`` the lab's own (the
 Aurora metadata, detected), ``probe`` the nodes' addresses, ``static`` the cluster endpoint
-first (a name that follows the writer) and the readers' addresses. Each insert carries a unique id;
+first (a name that follows the writer) and the readers' addresses. ``--fronts aio`` runs the
+same load and ledger through ``aurora_smartdriver.aio`` (tasks on an event loop, `_aio_load`)
+instead of threads. Each insert carries a unique id;
 the clients record which ones the database acknowledged. Printed per scenario (medians over
 the runs): acknowledged writes lost (must be 0), the ledger of `aurora_smartdriver.lab._ledger`
 (applied twice and reported-rolled-back-but-present must be 0; unknown outcomes counted), write
@@ -26,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from _aio_load import AsyncLoad
 from source_failover import SOURCES, source_dsn
 
 from aurora_smartdriver._demo import LibraryLoad, lost_writes, write_gap
@@ -127,11 +130,17 @@ class _Through(Lab):
 
 
 def run_once(
-    lab: Lab, scenario: Scenario, settle: float, source: str = "aurora"
+    lab: Lab, scenario: Scenario, settle: float, source: str = "aurora", front: str = "sync"
 ) -> tuple[Row, Row]:
     dsn = source_dsn(lab, source)
-    ours = LibraryLoad(_Through(lab, dsn)).start()
-    ledger = Ledger(dsn, lab.state().engine, fast_refresh_interval="0.05s").start()
+    engine = lab.state().engine
+    ours: LibraryLoad | AsyncLoad
+    ledger: Ledger | None = None
+    if front == "aio":
+        ours = AsyncLoad(dsn, engine).start()  # its ledger runs on its loop
+    else:
+        ours = LibraryLoad(_Through(lab, dsn)).start()
+        ledger = Ledger(dsn, engine, fast_refresh_interval="0.05s").start()
     naive = WriteLoad(lab, threads=4).start()
     time.sleep(1.5)
     fault = time.time()
@@ -139,10 +148,16 @@ def run_once(
     time.sleep(settle)
     end = time.time()
     ours.finish()
-    audit = ledger.stop()
+    if isinstance(ours, AsyncLoad):
+        assert ours.report is not None
+        audit = ours.report
+    else:
+        assert ledger is not None
+        audit = ledger.stop()
     naive_result = naive.stop()
     opened, peak = ours.pool_figures()
-    ours.cluster.close()
+    if isinstance(ours, LibraryLoad):
+        ours.cluster.close()
     lib_gap = write_gap(ours.out.write_ok_at, fault, end)
     naive_times = [e.at for e in naive_result.events if e.ok]
     naive_gap = write_gap(naive_times, fault, end)
@@ -194,6 +209,7 @@ def run(
     settle: float = 6.0,
     progress: Callable[[str], None] | None = None,
     sources: tuple[str, ...] = ("aurora",),
+    fronts: tuple[str, ...] = ("sync",),
 ) -> ChaosResult:
     names = list(scenarios)
     skipped = []
@@ -203,16 +219,20 @@ def run(
     unknown = [s for s in sources if s not in SOURCES]
     if unknown:
         raise ValueError(f"unknown sources {unknown}: choose among {', '.join(SOURCES)}")
+    if not set(fronts) <= {"sync", "aio"}:
+        raise ValueError(f"unknown fronts {fronts}: choose among sync, aio")
     rows: list[tuple[str, str, dict[str, Measured]]] = []
     for engine in engines:
         with Lab.start(engine, replicas=2) as lab:
             for name in names:
                 by_source: dict[str, Measured] = {}
-                for source in sources:
-                    for _ in range(runs):
-                        lab.restore()
-                        measured = run_once(lab, SCENARIOS[name], settle, source)
-                        by_source.setdefault(source, []).append(measured)
+                for front in fronts:
+                    for source in sources:
+                        key = source if front == "sync" else f"{source}, aio"
+                        for _ in range(runs):
+                            lab.restore()
+                            measured = run_once(lab, SCENARIOS[name], settle, source, front)
+                            by_source.setdefault(key, []).append(measured)
                 rows.append((engine, name, by_source))
                 if progress is not None:
                     progress(f"chaos: {engine} {name} done")
@@ -250,7 +270,8 @@ def markdown(result: ChaosResult) -> str:
         "autocommit and in transactions, re-running only on FailoverSucceeded, with the same "
         "source): *twice* is operations applied twice, *unknown* those reported "
         "TransactionOutcomeUnknown, *phantom* those reported not committed yet present (all "
-        "summed over the runs; twice and phantom must be 0).",
+        "summed over the runs; twice and phantom must be 0). A source marked *aio* is the same "
+        "load and ledger through `aurora_smartdriver.aio` (tasks on one event loop).",
         "",
         "| engine | scenario | client | source | lost | twice | unknown | phantom "
         "| write unavailability | new writer -> 1st write | read errors | opened | max conc. |",
@@ -275,12 +296,14 @@ def main() -> None:
     parser.add_argument(
         "--sources", default="aurora", help=f"topology sources, among {','.join(SOURCES)}"
     )
+    parser.add_argument("--fronts", default="sync", help="sync, aio or both (sync,aio)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the library's warnings would interleave the table
     engines = tuple(e for e in args.engines.split(",") if e)
     scenarios = tuple(n for n in args.scenarios.split(",") if n)
     sources = tuple(n for n in args.sources.split(",") if n)
-    print(markdown(run(engines, scenarios, args.runs, args.settle, print, sources)))
+    fronts = tuple(n for n in args.fronts.split(",") if n)
+    print(markdown(run(engines, scenarios, args.runs, args.settle, print, sources, fronts)))
 
 
 if __name__ == "__main__":

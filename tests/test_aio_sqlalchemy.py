@@ -15,6 +15,7 @@ import pytest_asyncio
 import sqlalchemy.exc
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.pool import NullPool
 
 from aurora_smartdriver import ConfigError, aio
 from aurora_smartdriver.aio.connection import AsyncConnection
@@ -178,6 +179,61 @@ async def test_aurora_role_on_a_connection_moves_it_between_transactions(
         await conn.commit()
         await conn.execution_options(aurora_role="writer")
         assert await _where(aurora_lab, conn) == (False, aurora_lab.writer.id)
+
+
+@pytest.mark.asyncio
+async def test_dispose_closes_every_driver_connection_before_it_returns(
+    aurora_lab: Lab, engines: list[AsyncEngine]
+) -> None:
+    # The library's own pools keep a connection a move left behind; the last connection closed
+    # on the loop closes them. A close left to a background task nobody waits for never ran
+    # when the loop ended right after dispose() (aiomysql's "Event loop is closed" at exit).
+    engine = _engine(aurora_lab, engines)
+    seen: list[Any] = []
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+        seen.append(_library(conn)._raw)
+        await conn.commit()
+        await conn.execution_options(aurora_role="reader")
+        await conn.execute(text("SELECT 1"))
+        seen.append(_library(conn)._raw)
+        await conn.commit()
+    await engine.dispose()
+    assert len({id(raw) for raw in seen}) == 2
+    assert [bool(raw.closed) for raw in seen] == [True, True]
+
+
+@pytest.mark.asyncio
+async def test_a_close_cancelled_while_the_pools_close_still_closes_them(
+    aurora_lab: Lab, engines: list[AsyncEngine]
+) -> None:
+    # The application's timeout on close() must not leave the pools' connections to nobody.
+    engine = _engine(aurora_lab, engines, poolclass=NullPool)
+    seen: list[Any] = []
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+        seen.append(_library(conn)._raw)
+        await conn.commit()
+        await conn.execution_options(aurora_role="reader")
+        await conn.execute(text("SELECT 1"))
+        seen.append(_library(conn)._raw)
+        await conn.commit()
+        runtime = _library(conn)._runtime
+        for pool in runtime._pools._pools.values():  # a close that takes a while
+            real = pool._closer
+
+            async def slow(raw: Any, real: Any = real) -> None:
+                await asyncio.sleep(0.3)
+                await real(raw)
+
+            pool._closer = slow
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(conn.close(), 0.1)
+    for _ in range(50):
+        if all(raw.closed for raw in seen):
+            break
+        await asyncio.sleep(0.1)
+    assert [bool(raw.closed) for raw in seen] == [True, True]
 
 
 @pytest.mark.asyncio

@@ -19,6 +19,7 @@ from aurora_smartdriver.settings import (
     AuthMethod,
     Consistency,
     Engine,
+    RdsProxyMode,
     ReaderFallback,
     ReaderStrategy,
     ReadOnlyVariable,
@@ -556,6 +557,20 @@ SETTING_VALUES: dict[str, st.SearchStrategy[object]] = {
     "secret_id": any_text,
     "region": st.sampled_from(["us-east-1", "eu-west-2", "us-gov-west-1"]),
     "credentials_refresh_interval": st.floats(min_value=0, max_value=1e6),
+    "custom_endpoint": st.sampled_from(["analytics", "batch-2", "r"]),
+    "custom_endpoint_refresh_interval": durations,
+    "custom_endpoint_fallback": st.sampled_from(["fail", "cluster"]),
+    "rds_endpoint_url": st.sampled_from(["http://127.0.0.1:8080", "https://rds.vpce.example/x"]),
+    "global_instance_host_patterns": st.lists(
+        st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True), min_size=1, max_size=3, unique=True
+    ).map(lambda regions: ",".join(f"{r}:?.abc.{r}.test" for r in regions)),
+    "home_region": st.from_regex(r"[a-z][a-z0-9-]{0,12}", fullmatch=True),
+    "blue_green_hold_timeout": st.floats(min_value=0, max_value=1e6),
+    "rds_proxy": st.sampled_from(get_args(RdsProxyMode)),
+    "rds_proxy_read_only_endpoint": st.sampled_from(
+        ["ro.endpoint.proxy-abc.us-east-1.rds.amazonaws.com", "reports.proxy.test"]
+    ),
+    "resume_timeout": st.floats(min_value=0, max_value=1e6),
 }
 
 
@@ -578,6 +593,9 @@ def settings_for(draw: st.DrawFn, engine: Engine) -> Settings:
             values.get(high, PARAMETERS[high].default),
         ]
         values[low], values[high] = sorted(pair)  # type: ignore[type-var]
+    resume = values.get("resume_timeout", 0.0)
+    if 0 < resume < values.get("connect_timeout", PARAMETERS["connect_timeout"].default):  # type: ignore[operator]
+        values["resume_timeout"] = 0.0
     if "secret_id" in values:
         values["auth"] = "secrets"
     elif values.get("auth") == "secrets":

@@ -91,6 +91,16 @@ def test_commits_are_acknowledged_by_a_replica(aurora_lab: Lab) -> None:
         assert int(str(status["Rpl_semi_sync_master_clients"])) == 2
 
 
+def test_a_restarted_writer_has_its_commits_acknowledged_again(aurora_lab: Lab) -> None:
+    # MariaDB's semi-synchronous switch is a SET GLOBAL: a restart dropped it, and every later
+    # commit was acknowledged with no replica holding it (restore() restarts a crashed writer).
+    writer = aurora_lab.writer.id
+    aurora_lab.crash(writer)
+    aurora_lab.restart(writer)
+    state = aurora_lab.state()
+    assert aurora_lab.engine.sync_active(state, state.node(writer))
+
+
 def test_postgresql_exposes_aurora_metadata_on_every_node(aurora_lab_postgresql: Lab) -> None:
     lab = aurora_lab_postgresql
     writer = lab.writer.id
@@ -206,11 +216,24 @@ def test_restore_brings_a_broken_cluster_back(aurora_lab: Lab) -> None:
 
 
 def test_add_and_remove_a_replica(aurora_lab: Lab) -> None:
+    writer = plain.connect(aurora_lab, aurora_lab.writer.id)
+    try:
+        plain.query(writer, "DROP TABLE IF EXISTS lab_added")
+        plain.query(writer, "CREATE TABLE lab_added (n int PRIMARY KEY)")
+        for n in range(1000):  # one transaction each: a backlog for a new replica to apply
+            plain.query(writer, "INSERT INTO lab_added VALUES (%s)", (n,))
+    finally:
+        writer.close()
     added = aurora_lab.add_replica()
     assert added.role == "reader"
     assert added.address in plain.resolve(aurora_lab, aurora_lab.state().reader_endpoint)
+    # In service means caught up (as on Aurora): what the writer committed before is there
+    # the moment add_replica returns (the application's user too), not a moment later.
     conn = plain.connect(aurora_lab, added.id)
-    conn.close()
+    try:
+        assert plain.query(conn, "SELECT count(*) FROM lab_added") == [(1000,)]
+    finally:
+        conn.close()
     aurora_lab.remove(added.id)
     assert added.id not in {n.id for n in aurora_lab.nodes}
     assert added.address not in plain.resolve(aurora_lab, aurora_lab.state().reader_endpoint)

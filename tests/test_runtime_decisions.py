@@ -49,6 +49,8 @@ def test_only_cluster_wide_settings_conflict(cluster_wide: str, own: str) -> Non
         "dns_timeout": 3.0,
         "dns_ttl_cap": 2.0,
         "failure_detection_time": 4.0,
+        "rds_proxy": "off",
+        "rds_proxy_read_only_endpoint": "ro.endpoint.proxy-abc.us-east-1.rds.amazonaws.com",
     }
     changed = _with(base, cluster_wide, other[cluster_wide])
     found = _sharing.conflicts(base, changed)

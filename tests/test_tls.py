@@ -94,6 +94,8 @@ def test_certificates_name_the_endpoints_and_no_address(tls_lab: Lab) -> None:
             state.instance_endpoint(node.id),
             state.cluster_endpoint,
             state.reader_endpoint,
+            f"*.{state.proxy_domain}",  # RDS Proxy's wildcard certificates
+            f"*.endpoint.{state.proxy_domain}",
         ]
         assert names.get_values_for_type(x509.IPAddress) == []
         for name in names.get_values_for_type(x509.DNSName):
@@ -117,6 +119,22 @@ def test_cluster_and_reader_endpoints_verify_at_their_nodes(tls_lab: Lab) -> Non
         conn = _connect(tls_lab, host, node)
         try:
             assert _encrypted(tls_lab, conn)
+        finally:
+            conn.close()
+
+
+def test_rds_proxy_endpoints_verify_through_the_lab_proxy(tls_lab: Lab) -> None:
+    """The library connects to a proxy endpoint's address, verifying the proxy's name."""
+    import aurora_smartdriver as asd
+
+    tls_lab.add_rds_proxy_endpoint("ro", "read_only")
+    for text, role in [
+        (tls_lab.rds_proxy_dsn(), "writer"),
+        (tls_lab.rds_proxy_dsn("ro"), "reader"),
+    ]:
+        conn = asd.connect(text + "&cluster_id=tls-proxy-" + role, role=role)
+        try:
+            assert _encrypted(tls_lab, conn._raw)
         finally:
             conn.close()
 

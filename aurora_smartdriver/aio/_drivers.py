@@ -144,6 +144,30 @@ def _named_connection_class() -> type[Any]:
         """
 
         _tls_name: str | None = None
+        _tls_required = False
+
+        async def _request_authentication(self) -> None:
+            # aiomysql upgrades to TLS only when the server offers it, and otherwise goes on
+            # in plain text even when TLS was asked for: refused here, as PyMySQL does (2026).
+            from pymysql.constants import CLIENT, CR
+
+            if self._tls_required and not self.server_capabilities & CLIENT.SSL:
+                import pymysql
+
+                self.close()
+                raise pymysql.err.OperationalError(
+                    CR.CR_SSL_CONNECTION_ERROR,
+                    "TLS is required (ssl parameters given) but the server does not offer it",
+                )
+            await super()._request_authentication()
+
+        @property
+        def _sock(self) -> Any:
+            """The connection's socket where PyMySQL keeps it: the hung-host watchdog's cut
+            (`PyMySQLAdapter.abort`, from its own thread) shuts it down through a duplicate,
+            and the loop's read then ends as a lost connection (2013)."""
+            writer = self._writer
+            return None if writer is None else writer.get_extra_info("socket")
 
         async def _get_server_information(self) -> None:
             if self._tls_name is not None:
@@ -177,7 +201,7 @@ async def _open_aiomysql(
     params.pop("autocommit", None)
     for name in _DROPPED:
         params.pop(name, None)
-    tls, _preferred = adapter._tls(params)  # type: ignore[attr-defined]
+    tls, preferred = adapter._tls(params)  # type: ignore[attr-defined]
     database = params.pop("database", None)
     if "db" not in params and database is not None:
         params["db"] = database
@@ -190,7 +214,13 @@ async def _open_aiomysql(
                 value=str(value),
                 suggestion="leave it out for aurora_smartdriver.aio, or use the sync library",
             )
-    context = tls.get("ssl")  # None: no TLS (aiomysql has no "preferred" mode)
+    # PyMySQL's modes: required (a context; refused without TLS), preferred (no TLS parameter:
+    # TLS when the server offers it, unverified, as PyMySQL 1.2), or none (ssl_disabled).
+    context = tls.get("ssl")
+    if preferred:
+        from aurora_smartdriver.drivers._pymysql import _preferred_context
+
+        context = _preferred_context()
     given = {name: value for name, value in params.items() if value is not None}
     conn = _named_connection_class()(
         host=address or host,
@@ -203,6 +233,7 @@ async def _open_aiomysql(
         **given,
     )
     conn._tls_name = host if address is not None else None
+    conn._tls_required = context is not None and not preferred
     try:
         await conn._connect()
     except BaseException:

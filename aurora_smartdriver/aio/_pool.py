@@ -8,6 +8,8 @@ all while the others wait for its outcome (or, when they asked, go elsewhere at 
 `HostDown`). Lent connections come back to waiters first-come first-served.
 
 A pool belongs to one event loop and has no lock: its state changes between awaits only.
+Its statistics (`stats`, the sync pools' `PoolStats`) are read from any thread (an exporter's):
+plain counters and thread-safe histograms, never a structure iterated while the loop changes it.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
-from collections.abc import Awaitable, Callable, Coroutine
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from types import MappingProxyType
 from typing import Any
 
-from aurora_smartdriver.pool import HostDown, PoolClosed, PoolTimeout, Target
+from aurora_smartdriver._instruments import Histogram
+from aurora_smartdriver.pool import HostDown, PoolClosed, PoolStats, PoolTimeout, Target
 from aurora_smartdriver.pool._errors import describe_error
 from aurora_smartdriver.pool._policy import (
     HEALTHY,
@@ -31,6 +36,7 @@ from aurora_smartdriver.pool._policy import (
     expiry,
     recycle,
 )
+from aurora_smartdriver.pool._set import combine
 from aurora_smartdriver.settings import Settings
 from aurora_smartdriver.topology import Topology, TopologyDiff
 
@@ -67,8 +73,9 @@ class AsyncHostPool:
         opener: Opener,
         closer: Closer,
         pinger: Pinger,
-        is_auth: Callable[[BaseException], bool],
+        kind_of: Callable[[BaseException], str],
     ) -> None:
+        """``kind_of(exc)``: the driver adapter's kind of a failed connect (``auth``...)."""
         self.target = target
         self._settings = settings
         self._recycle = RecyclePolicy.from_settings(settings)
@@ -76,7 +83,7 @@ class AsyncHostPool:
         self._opener = opener
         self._closer = closer
         self._pinger = pinger
-        self._is_auth = is_auth
+        self._kind_of = kind_of
         self._loop = asyncio.get_running_loop()
         self._idle: collections.deque[PooledConn] = collections.deque()
         self._waiters: collections.deque[asyncio.Future[PooledConn | None]] = collections.deque()
@@ -92,17 +99,62 @@ class AsyncHostPool:
         """Connections opened over the pool's life."""
         self.max_connecting = 0
         """The most connection attempts under way at once (the connect gate's cap bounds it)."""
+        self._closed_count = 0
+        self._connect_failures = 0
+        self._failure_kinds: dict[str, int] = {}
+        self._connect_times = Histogram()
+        self._fast_borrows = 0  # lent at once; the others are observed in _slow_borrows
+        self._slow_borrows = Histogram()
+        self._wait_total = 0.0
+        self._borrow_failures: dict[str, int] = {}
 
     @property
     def down(self) -> bool:
         return self._health.down
 
+    @property
+    def open_connections(self) -> int:
+        """Connections open right now, idle or lent (not attempts in progress)."""
+        return self.opened - self._closed_count
+
     async def borrow(self, timeout: float, *, wait_if_down: bool) -> PooledConn:
         """A connection within ``timeout`` s: `PoolTimeout`, `PoolClosed`, `HostDown`
         (at once when ``wait_if_down`` is false and the host is known down), or the driver's
         error of this borrower's own failed attempt."""
+        idle = self._idle
+        if idle and not self._closed and not self._health.failures:
+            conn = idle[-1]
+            if conn.generation == self._generation and self._loop.time() < conn.due:
+                idle.pop()  # the common case: the most recently used one, no check due
+                self.in_use += 1
+                self._fast_borrows += 1
+                return conn
+        started = self._loop.time()
+        try:
+            conn = await self._borrow(timeout, wait_if_down, started)
+        except PoolTimeout:
+            self._failed("timeout")
+            raise
+        except HostDown:
+            self._failed("host_down")
+            raise
+        except PoolClosed:
+            self._failed("closed")
+            raise
+        except Exception:
+            self._failed("error")
+            raise
+        waited = self._loop.time() - started
+        self._slow_borrows.observe(waited)
+        self._wait_total += max(waited, 0.0)
+        return conn
+
+    def _failed(self, reason: str) -> None:
+        self._borrow_failures[reason] = self._borrow_failures.get(reason, 0) + 1
+
+    async def _borrow(self, timeout: float, wait_if_down: bool, now: float) -> PooledConn:
         loop = self._loop
-        deadline = loop.time() + timeout
+        deadline = now + timeout
         while True:
             if self._closed:
                 raise PoolClosed(f"the pool of {self.target.instance_id} is closed")
@@ -200,17 +252,21 @@ class AsyncHostPool:
             self._probing = True
         seen = self._health.failures
         generation = self._generation
+        started = loop.time()
         try:
-            left = max(deadline - loop.time(), 0.001)
+            left = max(deadline - started, 0.001)
             raw = await self._opener(self.target, min(self._settings.connect_timeout, left))
         except BaseException as exc:
             self._size -= 1
             if isinstance(exc, Exception):
+                kind = self._kind_of(exc)
+                self._connect_failures += 1
+                self._failure_kinds[kind] = self._failure_kinds.get(kind, 0) + 1
                 self._health = after_failure(
                     self._health,
                     now=loop.time(),
                     seen_failures=seen,
-                    auth=self._is_auth(exc),
+                    auth=kind == "auth",
                     error=describe_error(exc),
                     policy=self._backoff,
                     u=random.random(),
@@ -224,6 +280,7 @@ class AsyncHostPool:
         self._health = HEALTHY
         self.opened += 1
         now = loop.time()
+        self._connect_times.observe(now - started)
         conn = PooledConn(raw, now, expiry(now, self._recycle, random.random()), generation)
         self.in_use += 1
         self._wake_one()  # another attempt may start now (the connect gate)
@@ -267,6 +324,7 @@ class AsyncHostPool:
         idle = list(self._idle)
         self._idle.clear()
         self._size -= len(idle)
+        self._closed_count += len(idle)
         self._wake_all()
         for conn in idle:
             await self._closer(conn.raw)
@@ -275,9 +333,32 @@ class AsyncHostPool:
 
     def _discard(self, conn: PooledConn) -> None:
         self._size -= 1
+        self._closed_count += 1
         task = self._loop.create_task(self._closer(conn.raw))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def stats(self) -> PoolStats:
+        """The pool's gauges and counters now, as the sync pools report theirs."""
+        slow = self._slow_borrows.snapshot()
+        return PoolStats(
+            size=self._size,
+            idle=len(self._idle),
+            in_use=self.in_use,
+            waiting=len(self._waiters),
+            opened=self.opened,
+            closed=self._closed_count,
+            connecting=self._connecting,
+            connect_failures=self._connect_failures,
+            max_concurrent_connecting_seen=self.max_connecting,
+            borrow_wait_total_s=self._wait_total,
+            down=self._health.down,
+            borrows=self._fast_borrows + slow.count,
+            borrow_failures=MappingProxyType(dict(self._borrow_failures)),
+            borrow_waits=slow.with_zeros(self._fast_borrows),
+            connect_failure_kinds=MappingProxyType(dict(self._failure_kinds)),
+            connect_times=self._connect_times.snapshot(),
+        )
 
     def _wake_one(self) -> None:
         while self._waiters:
@@ -301,6 +382,11 @@ class AsyncPoolSet:
         self._pools: dict[str, AsyncHostPool] = {}
         self._seen: Topology | None = None
         self.closed = False
+        # Pools dropped (their instance left or moved) whose lent connections may still be out;
+        # once empty their counters go to _past. Read by `totals` from any thread: the lock.
+        self._lock = threading.Lock()
+        self._gone: list[AsyncHostPool] = []
+        self._past: dict[str, PoolStats] = {}
 
     def pool(self, target: Target) -> AsyncHostPool:
         if self.closed:
@@ -337,6 +423,23 @@ class AsyncPoolSet:
         pool = self._pools.pop(instance_id)
         pool.retire()
         pool._closed = True
+        with self._lock:
+            self._gone.append(pool)
+
+    def totals(self) -> Mapping[str, PoolStats]:
+        """Each instance's statistics over the set's life (`PoolSet.totals`): counters include
+        dropped pools', gauges add up the pools that still hold connections."""
+        with self._lock:
+            still: list[AsyncHostPool] = []
+            for pool in self._gone:
+                if pool._size == 0:  # closed and empty: nothing can change its figures now
+                    self._past = _added(self._past, {pool.target.instance_id: pool.stats()})
+                else:
+                    still.append(pool)
+            self._gone = still
+            totals = dict(self._past)
+            live = [*list(self._pools.values()), *still]
+        return MappingProxyType(_added_all(totals, live))
 
     def in_use(self) -> dict[str, int]:
         return {key: pool.in_use for key, pool in self._pools.items() if pool.in_use}
@@ -347,6 +450,25 @@ class AsyncPoolSet:
     async def close(self) -> None:
         self.closed = True
         pools = list(self._pools.values())
+        with self._lock:
+            self._gone.extend(pools)
         self._pools.clear()
         for pool in pools:
             await pool.close()
+
+
+def _added(totals: dict[str, PoolStats], more: Mapping[str, PoolStats]) -> dict[str, PoolStats]:
+    out = dict(totals)
+    for name, stats in more.items():
+        before = out.get(name)
+        out[name] = stats if before is None else combine(before, stats)
+    return out
+
+
+def _added_all(totals: dict[str, PoolStats], pools: list[AsyncHostPool]) -> dict[str, PoolStats]:
+    out = dict(totals)
+    for pool in pools:
+        name, stats = pool.target.instance_id, pool.stats()
+        before = out.get(name)
+        out[name] = stats if before is None else combine(before, stats)
+    return out

@@ -48,6 +48,11 @@ class AsyncResolver:
 
     async def resolve(self, host: str) -> Resolution:
         """The addresses of ``host``; `ResolveError` when it has none."""
+        found = await self._resolve(host)
+        rewrite = self._shared.rewrite  # the cluster's Blue/Green gate, as on the sync side
+        return found if rewrite is None else rewrite(found)
+
+    async def _resolve(self, host: str) -> Resolution:
         shared: Any = self._shared
         key = host.strip().rstrip(".").lower()
         with shared._lock:  # held for one lookup in a dict, never during I/O
@@ -56,7 +61,7 @@ class AsyncResolver:
                 shared.cache_hits += 1
                 return cached  # type: ignore[no-any-return]
         if cached is None and _literal(host):
-            return self._shared.resolve(host)  # an IP literal: no I/O
+            return self._shared._resolve(host)  # an IP literal: no I/O
         flight = self._flights.get(key)
         if flight is not None:
             return await asyncio.shield(flight)

@@ -14,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aurora_smartdriver import _runtime, auth
 from aurora_smartdriver._dbapi import keep_driver_details
+from aurora_smartdriver._resume import AsyncResumeGate
 from aurora_smartdriver.aio import _drivers
 from aurora_smartdriver.aio._pool import AsyncHostPool, AsyncPoolSet, PooledConn
 from aurora_smartdriver.aio._resolve import AsyncResolver
 from aurora_smartdriver.dsn import ConnectionSpec
-from aurora_smartdriver.errors import NoHostAvailable
+from aurora_smartdriver.errors import InstanceResumeTimeout, NoHostAvailable
 from aurora_smartdriver.pool import HostDown, PoolClosed, PoolTimeout, Target
 from aurora_smartdriver.resolver import ResolveError
 from aurora_smartdriver.topology import Topology, diff
@@ -36,9 +38,20 @@ _WRITER_GONE = frozenset({"disconnect", "read_only"})
 
 
 class AsyncLease:
-    """One driver connection held by one async library connection."""
+    """One driver connection held by one async library connection, watched by the shared
+    hung-host watchdog while held (its verdict cuts the socket from the watchdog's thread:
+    the statement waiting on the loop sees a lost connection)."""
 
-    __slots__ = ("_pool", "_pooled", "_runtime", "as_writer", "pooled", "raw", "target")
+    __slots__ = (
+        "_pool",
+        "_pooled",
+        "_runtime",
+        "_watchdog",
+        "as_writer",
+        "pooled",
+        "raw",
+        "target",
+    )
 
     def __init__(
         self,
@@ -57,9 +70,13 @@ class AsyncLease:
         self._pool = pool
         self._pooled = pooled
         self.pooled = pool is not None
+        self._watchdog = runtime.sync.watchdog
+        self._watchdog.watch(target, raw)
 
     def give_back(self, *, broken: bool = False) -> None:
         """Return the connection to its pool (closed when broken), or close it (no wait)."""
+        if self.raw is not None:
+            self._watchdog.unwatch(self.target, self.raw)
         if self._pool is not None and self._pooled is not None:
             pooled, self._pooled = self._pooled, None
             self._pool.release(pooled, broken=broken)
@@ -99,6 +116,8 @@ class AsyncRuntime:
         self._first: asyncio.Task[Topology | None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._released = False
+        self._retire_pools: Callable[[], None] | None = None
+        self._resume_gate: AsyncResumeGate | None = None
 
     # -- the loop this runtime lives on ---------------------------------------------------
     def _bind(self) -> asyncio.AbstractEventLoop:
@@ -129,6 +148,8 @@ class AsyncRuntime:
         if self._pools is None:
             self._bind()
             self._pools = AsyncPoolSet(self._make_pool)
+            # Their gauges and counters in the cluster's metrics, with the sync pools'.
+            self._retire_pools = self.sync._shared.pool_sources.add(self._pools.totals)
         return self._pools
 
     def _make_pool(self, target: Target) -> AsyncHostPool:
@@ -138,7 +159,7 @@ class AsyncRuntime:
             opener=self._open_pooled,
             closer=self.close_raw,
             pinger=self._ping,
-            is_auth=lambda exc: _drivers.error_kind(self.adapter, exc) == "auth",
+            kind_of=lambda exc: _drivers.error_kind(self.adapter, exc),
         )
 
     async def _open_pooled(self, target: Target, timeout: float) -> Any:
@@ -167,9 +188,9 @@ class AsyncRuntime:
             return topo
         first = self._first
         if first is None or first.done():
-            timeout = self.settings.connect_timeout
+            timeout = _runtime.first_topology_wait(self.settings)
             first = self._first = asyncio.get_running_loop().create_task(
-                asyncio.to_thread(self.monitor.refresh_now, timeout)
+                asyncio.to_thread(self.sync.topology, timeout)
             )
         return await asyncio.shield(first)
 
@@ -180,7 +201,12 @@ class AsyncRuntime:
         pools.follow(self.monitor.topology, diff)
         if role != "writer":
             exclude = exclude | pools.down()
-        return self.sync.choose(role, exclude).target
+            watch = self.sync.custom_watch
+            if watch is not None and watch.current() is None:  # its first reading, off the loop
+                await asyncio.to_thread(watch.wait_first, self.settings.connect_timeout)
+        gate = self._resume_gate
+        resuming = gate.knocking() if gate is not None and role != "writer" else frozenset()
+        return self.sync.choose(role, exclude, resuming=resuming).target
 
     async def wait_for_writer(self, timeout: float, *, not_id: str | None = None) -> bool:
         """Wait until the monitor confirms a writer (not ``not_id``), reading its snapshots
@@ -224,13 +250,22 @@ class AsyncRuntime:
         settings = self.settings
         deadline = settings.connect_timeout if timeout is None else timeout
         started = time.perf_counter()
+        gate = self.monitor.blue_green
+        if gate.phase is not None:  # a Blue/Green switchover in progress: wait for its end
+            waited = await gate.hold_async(lambda: self.monitor.refresh_now(0))
+            if waited:
+                self.events.emit("blue_green_held", instance=target.instance_id, waited_s=waited)
         try:
             address = (
                 (await self.resolver.resolve(target.host)).addresses[0]
                 if settings.resolve
                 else None
             )
-            raw = await self._login(target, address, deadline)
+            if settings.resume_timeout > 0:  # the instance may be paused: one knock at a time
+                raw = await self._knock(target, address, deadline)
+            else:
+                raw = await self._login(target, address, deadline)
+            self.sync.watchdog.opened(raw, address)  # a hung node is probed at this address
         except Exception as exc:
             if counted:
                 kind = _drivers.error_kind(self.adapter, exc)
@@ -244,6 +279,20 @@ class AsyncRuntime:
         if counted:
             self.metrics.connected(target.instance_id, time.perf_counter() - started)
         return raw
+
+    async def _knock(self, target: Target, address: str | None, timeout: float) -> Any:
+        """`_login` through the loop's resume gate (``resume_timeout``; see `_resume`)."""
+        gate = self._resume_gate
+        if gate is None:
+            gate = self._resume_gate = AsyncResumeGate(self.sync._shared.resume_gate)
+        pool = self._pools.existing(target.instance_id) if self._pools is not None else None
+        return await gate.open(
+            target.instance_id,
+            lambda seconds: self._login(target, address, seconds),
+            timeout,
+            self.sync._resume_budget,
+            holds_connections=pool is not None and pool.open_connections > 0,
+        )
 
     async def _credentials(self, target: Target) -> auth.Credentials:
         provider = self.sync.credentials
@@ -326,8 +375,17 @@ class AsyncRuntime:
         tried: set[str] = set(exclude)
         may_wait = role == "writer" and wait and self.settings.failover
         waiting: _WriterWait | None = None
+        unresumed: InstanceResumeTimeout | None = None  # a paused instance that did not resume
+        failed: BaseException | None = None  # why the last host tried was left
         while True:
-            target = await self.choose(role, frozenset(tried))
+            try:
+                target = await self.choose(role, frozenset(tried))
+            except NoHostAvailable as exc:
+                if unresumed is not None:  # nowhere else to go: say why the one host failed
+                    raise unresumed from unresumed.__cause__
+                if failed is not None and exc.__cause__ is None:
+                    raise exc from failed  # "(x excluded)": the traceback says why
+                raise
             try:
                 if not pooled:
                     raw = await self.open(target)
@@ -337,6 +395,12 @@ class AsyncRuntime:
                 return AsyncLease(
                     self, conn.raw, target, as_writer=role == "writer", pool=pool, pooled=conn
                 )
+            except InstanceResumeTimeout as exc:
+                # A wait that ran out, not a dead writer: no failover; a read goes elsewhere.
+                if role == "writer":
+                    raise
+                unresumed = exc
+                tried.add(target.instance_id)
             except HostDown as exc:
                 if exc.auth:
                     raise self.auth_failed(str(exc), host=target.host, port=target.port) from exc
@@ -345,6 +409,7 @@ class AsyncRuntime:
                     await waiting.wait(target, "disconnect", exc)
                     continue
                 tried.add(target.instance_id)
+                failed = exc
             except PoolClosed as exc:
                 if self.pools.closed:
                     raise self.pool_closed(f"{exc}: the cluster was closed") from exc
@@ -359,6 +424,7 @@ class AsyncRuntime:
                     raise keep_driver_details(none, exc, default_code=_CR_CONN_HOST_ERROR) from exc
                 self.suspect(target, f"resolve: {exc}")
                 tried.add(target.instance_id)
+                failed = exc
             except PoolTimeout as exc:
                 raise self.pool_timeout(str(exc)) from exc
             except self.errors as exc:
@@ -371,6 +437,7 @@ class AsyncRuntime:
                     raise
                 self.suspect(target, f"{kind}: {exc}")
                 tried.add(target.instance_id)
+                failed = exc
 
     async def fail_over(
         self, role: str, old: Target, kind: str, *, pooled: bool, cause: BaseException
@@ -396,9 +463,9 @@ class AsyncRuntime:
         exclude: frozenset[str] = frozenset()
         if role == "writer" or was_writer:
             self.monitor.enter_fast_mode(f"{kind} on {old.instance_id}")
+            moves = kind == "read_only" and self.sync.proxy is None  # a proxy keeps its name
             ok = await self.wait_for_writer(
-                max(0.0, deadline - loop.time()),
-                not_id=old.instance_id if kind == "read_only" else None,
+                max(0.0, deadline - loop.time()), not_id=old.instance_id if moves else None
             )
             if not ok:
                 raise self._failed(role, started, "no node answered as the writer", cause)
@@ -408,13 +475,16 @@ class AsyncRuntime:
                 instance=writer.instance_id if writer is not None else None,
                 after_s=round(loop.time() - started, 3),
             )
-        if role != "writer":
+        if role != "writer" and self.sync.proxy is None:  # a proxy endpoint picks another
             exclude = frozenset({old.instance_id})
         delay = settings.backoff_initial
         while True:
             try:
                 lease = await self.lease(role, pooled=pooled, exclude=exclude, wait=False)
-            except (self.adapter.Error, OSError, NoHostAvailable) as exc:
+                if self.sync.proxy is not None:
+                    async with asyncio.timeout_at(deadline):  # the proxy may queue it
+                        await self._check_through_proxy(lease, role)
+            except (self.adapter.Error, OSError, NoHostAvailable) as exc:  # TimeoutError too
                 if _drivers.error_kind(self.adapter, exc) == "auth" or loop.time() >= deadline:
                     raise self._failed(role, started, str(exc), cause) from None
                 await asyncio.sleep(min(random.uniform(0, delay), max(0.0, deadline - loop.time())))
@@ -439,6 +509,24 @@ class AsyncRuntime:
         )
         failed.__cause__ = cause
         return keep_driver_details(failed, cause, default_code=_CR_CONN_HOST_ERROR)
+
+    async def _check_through_proxy(self, lease: AsyncLease, role: str) -> None:
+        """`Runtime._check_through_proxy` on the loop: a statement on the new connection
+        says whether the proxy leads it to a writer (for a writer connection)."""
+        sql = (
+            "SELECT pg_is_in_recovery()"
+            if self.engine == "postgresql"
+            else "SELECT @@global.read_only OR @@global.innodb_read_only"
+        )
+        try:
+            rows = await _drivers.run(self.adapter, lease.raw, sql)
+            await lease.raw.rollback()  # leave no transaction (nor snapshot) behind
+        except BaseException:
+            lease.give_back(broken=True)
+            raise
+        if role == "writer" and (not rows or rows[0][0]):
+            lease.give_back(broken=True)
+            raise OSError(f"{lease.target.host} does not lead to the writer yet")
 
     async def still_writer(self, target: Target) -> bool:
         """Whether ``target`` still says it is the writer, asked on a connection of its own
@@ -471,6 +559,8 @@ class AsyncRuntime:
     def release(self, *, linger: float = _runtime.LINGER_SECONDS) -> None:
         if not self._released:
             self._released = True
+            if self._retire_pools is not None:
+                self._retire_pools()  # the counters stay, the gauges go to zero
             _runtime.release(self.sync, linger=linger)
 
 
@@ -497,8 +587,9 @@ class _WriterWait:
         found = False
         if remaining > 0:
             runtime.suspect(target, f"{kind}: {cause}")
+            moves = kind == "read_only" and runtime.sync.proxy is None  # a proxy keeps its name
             found = await runtime.wait_for_writer(
-                remaining, not_id=target.instance_id if kind == "read_only" else None
+                remaining, not_id=target.instance_id if moves else None
             )
         if not found:
             none = runtime.no_writer(

@@ -29,6 +29,19 @@ from aurora_smartdriver.outcome import Call, Transaction
 
 __all__ = ["AiomysqlConnection", "AsyncConnection", "AsyncCursor", "PsycopgAsyncConnection"]
 
+
+_closing: set[asyncio.Future[Any]] = set()
+
+
+def _keep(closing: Awaitable[Any]) -> asyncio.Future[Any]:
+    """``closing`` under way on the running loop, referenced until done (the loop keeps only
+    weak references to tasks)."""
+    future = asyncio.ensure_future(closing)
+    _closing.add(future)
+    future.add_done_callback(_closing.discard)
+    return future
+
+
 _MISSING = object()
 
 
@@ -216,7 +229,9 @@ class AsyncConnection:
     def _detached(self) -> bool:
         return self._raw is None
 
-    def _on_close(self, callback: Callable[[], None]) -> None:
+    def _on_close(self, callback: Callable[[], Awaitable[None] | None]) -> None:
+        """Run ``callback`` when this connection closes; an awaitable it returns is awaited
+        before the close returns (the last connection's pools close then, not later)."""
         self._closers.append(callback)
 
     # -- transaction boundaries ----------------------------------------------------------
@@ -262,10 +277,16 @@ class AsyncConnection:
             return
         self.__dict__["_closed"] = True
         lease = self._lease
-        if self._raw is not None:
-            await self._give_back(lease)
-        for callback in self._closers:
-            callback()
+        try:
+            if self._raw is not None:
+                await self._give_back(lease)
+        finally:
+            # Run even when the reset failed or was cancelled: a closer left out would hold
+            # the shared monitor for ever (a second close returns at once).
+            closings = [_keep(c) for c in (cb() for cb in self._closers) if c is not None]
+        for closing in closings:
+            # Cancelling the close does not stop the pools' closing: nothing else reaches them.
+            await asyncio.shield(closing)
 
     async def _give_back(self, lease: AsyncLease, *, read_only: bool | None = None) -> None:
         """Return ``lease`` to its pool reset to the defaults (or close it); ``read_only``:

@@ -30,6 +30,7 @@ from aurora_smartdriver.discovery._base import (
     Unreachable,
     instance_pattern,
 )
+from aurora_smartdriver.discovery.aurora_global import AuroraGlobal
 from aurora_smartdriver.discovery.aurora_mysql import AuroraMySQL
 from aurora_smartdriver.discovery.aurora_postgresql import AuroraPostgreSQL
 from aurora_smartdriver.discovery.probe import Probe, role_of
@@ -62,11 +63,15 @@ _SOURCES: dict[str, type[Source]] = {
     Probe.name: Probe,
     RdsApi.name: RdsApi,
     Static.name: Static,
+    AuroraGlobal.name: AuroraGlobal,
 }
 SOURCE_NAMES: tuple[str, ...] = tuple(_SOURCES)
 """Every source name `source_for` accepts (the setting's values but `auto`)."""
 
-_ENGINE_ONLY = {AuroraPostgreSQL.name: "postgresql", AuroraMySQL.name: "mysql"}
+_ENGINE_ONLY = {
+    AuroraPostgreSQL.name: "postgresql",
+    AuroraMySQL.name: "mysql",
+}
 
 
 def source_for(name: str, engine: Engine | None = None) -> Source:
@@ -103,7 +108,13 @@ def detect(conn: Any, engine: Engine, ctx: SourceContext) -> Source:
     if engine != ctx.spec.engine:
         raise ValueError(f"detect() for {engine}, but the context is for {ctx.spec.engine}")
     aurora = aurora_postgresql if engine == "postgresql" else aurora_mysql
-    if aurora.applies(conn, ctx):
+    if (
+        aurora.applies(conn, ctx)
+        and engine == "postgresql"
+        and ctx.settings.global_instance_host_patterns
+    ):
+        chosen, why = source_for(AuroraGlobal.name), "Aurora metadata and global host patterns"
+    elif aurora.applies(conn, ctx):
         chosen, why = source_for(aurora.NAME), "Aurora metadata found"
     elif rds_multi_az.applies(conn, ctx):
         chosen, why = source_for(rds_multi_az.NAME), "RDS Multi-AZ topology found"

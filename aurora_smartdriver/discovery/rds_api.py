@@ -4,10 +4,11 @@ A fallback for when no instance answers SQL (all unreachable, or credentials ref
 control plane still knows the members (`DBClusterMembers`: `DBInstanceIdentifier`,
 `IsClusterWriter`). Host names come from the instance host pattern, or, without one, from
 `describe_db_instances` endpoints (instances still being created have none and are left out).
-The region is the setting `region`, else the one in the DSN's RDS endpoint; the DB cluster
-identifier is the setting `cluster_id`, else the name of the DSN's cluster or reader
-endpoint. AWS credentials are boto3's usual chain. Needs boto3 (the `aws` extra); lag is
-unknown. The connection given to `fetch` is not used and may be None.
+The region is the setting `region`, else the one in the DSN's RDS endpoint; the API's URL
+is the region's unless `rds_endpoint_url` names another (a VPC endpoint, the lab's
+stand-in); the DB cluster identifier is the setting `cluster_id`, else the name of the DSN's
+cluster or reader endpoint. AWS credentials are boto3's usual chain. Needs boto3 (the `aws`
+extra); lag is unknown. The connection given to `fetch` is not used and may be None.
 
 The client waits at most `connect_timeout` to connect and to read, and tries each call at most
 `MAX_ATTEMPTS` times (boto3's defaults, 60 s each and more retries, would stall the monitor
@@ -44,13 +45,13 @@ class RdsApi:
     uses_connection = False
 
     def __init__(self) -> None:
-        self._clients: dict[str, RDSClient] = {}
+        self._clients: dict[tuple[str, str | None], RDSClient] = {}
         self._lock = threading.Lock()
 
     def fetch(self, conn: Any, ctx: SourceContext) -> Answer:
         where = region(ctx.spec)
         cluster = cluster_identifier(ctx.spec)
-        client = self._client(where, ctx.settings.connect_timeout)
+        client = self._client(where, ctx.settings.connect_timeout, ctx.settings.rds_endpoint_url)
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -82,9 +83,9 @@ class RdsApi:
             rows.append(Host(instance_id, host, port, role))
         return Answer(tuple(rows), ctx.now())
 
-    def _client(self, where: str, timeout: float) -> RDSClient:
+    def _client(self, where: str, timeout: float, url: str | None = None) -> RDSClient:
         with self._lock:
-            client = self._clients.get(where)
+            client = self._clients.get((where, url))
         if client is not None:
             return client
         try:
@@ -96,10 +97,10 @@ class RdsApi:
             ) from exc
         # A session of its own: boto3's default session is not safe to share between threads.
         client = boto3.session.Session().client(
-            "rds", region_name=where, config=client_config(timeout)
+            "rds", region_name=where, endpoint_url=url, config=client_config(timeout)
         )
         with self._lock:
-            return self._clients.setdefault(where, client)
+            return self._clients.setdefault((where, url), client)
 
 
 def client_config(timeout: float) -> Any:

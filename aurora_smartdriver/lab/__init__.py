@@ -11,6 +11,7 @@ See docs/lab.md for the nodes, the names the lab's DNS serves, the metadata and 
 
 from __future__ import annotations
 
+from aurora_smartdriver.lab._aio import AsyncLab
 from aurora_smartdriver.lab._cluster import ENGINES, FailoverReport, Lab, NodeInfo, residue
 from aurora_smartdriver.lab._engine import LabError, Unsupported
 from aurora_smartdriver.lab._firewall import available as partition_available
@@ -18,6 +19,7 @@ from aurora_smartdriver.lab._proxy import FaultProxy
 
 __all__ = [
     "ENGINES",
+    "AsyncLab",
     "FailoverReport",
     "FaultProxy",
     "Lab",

@@ -10,9 +10,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,14 +26,18 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from aurora_smartdriver.lab import _firewall, _net, _procs
+from aurora_smartdriver.lab import _custom, _firewall, _net, _procs, _rds_api, _rds_proxy
 from aurora_smartdriver.lab import _state as st
 from aurora_smartdriver.lab._engine import Engine, Fresh, LabError, Unsupported, node_dir
 from aurora_smartdriver.lab._mariadb_lag import Lagger
+from aurora_smartdriver.lab._pause import Pauser, knockers
 from aurora_smartdriver.lab._proxy import FaultProxy
+
+if TYPE_CHECKING:
+    from aurora_smartdriver.lab._aio import AsyncLab
 
 LAB_DIR_PREFIX = "asd-lab-"
 ENGINES = ("postgresql", "mariadb")
@@ -59,10 +65,11 @@ class NodeInfo:
     address: str
     port: int
     role: str  # "writer" | "reader"
-    status: str  # "running" | "crashed" | "hung" | "stopped"
+    status: str  # "running" | "crashed" | "hung" | "stopped" | "paused"
     partitioned: bool
     pid: int | None
     lag: float = 0.0  # seconds of injected replica lag (Lab.lag)
+    region: str = st.REGION  # the node's region (a global database has several)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +82,7 @@ class NodeInfo:
             "partitioned": self.partitioned,
             "pid": self.pid,
             "lag": self.lag,
+            "region": self.region,
         }
 
 
@@ -115,9 +123,18 @@ class FailoverReport:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class PauseReport:
+    """A paused node's story (`Lab.pause_report`): wall-clock times, None until they happen."""
+
+    knocked_at: float | None  # the first connection attempt
+    resumed_at: float | None  # the node answers again (``resume_delay`` after the knock)
+    attempts: int  # distinct connection attempts seen while it was paused
+
+
 def _node_info(lab: st.LabState, node: st.NodeState) -> NodeInfo:
     status = node.status
-    if status in ("running", "hung") and not _procs.alive(node.pid):
+    if status in ("running", "hung", "paused") and not _procs.alive(node.pid):
         status = "crashed"  # died behind the lab's back
     return NodeInfo(
         id=node.id,
@@ -129,15 +146,15 @@ def _node_info(lab: st.LabState, node: st.NodeState) -> NodeInfo:
         partitioned=node.partitioned,
         pid=node.pid,
         lag=node.lag,
+        region=node.region,
     )
 
 
-def _dsn(lab: st.LabState, host: str) -> str:
+def _dsn(lab: st.LabState, host: str, *, pattern: bool = True) -> str:
     scheme = "postgresql" if lab.engine == "postgresql" else "mariadb"
-    params = [
-        f"dns_server={lab.dns.address}:{lab.dns.port}",
-        f"instance_host_pattern={lab.instance_host_pattern}",
-    ]
+    params = [f"dns_server={lab.dns.address}:{lab.dns.port}"]
+    if pattern:  # a proxy's DSN names no instance: the proxy hides them
+        params.append(f"instance_host_pattern={lab.instance_host_pattern}")
     if lab.engine == "mariadb":
         params += ["replica_status_schema=aurora_lab", "read_only_variable=read_only"]
     if lab.tls_ca is not None:
@@ -173,6 +190,7 @@ class Lab:
         self._claim = claim
         self._proxies: dict[str, FaultProxy] = {}
         self._laggers: dict[str, Lagger] = {}  # MariaDB sub-second lag, held by this process
+        self._pausers: dict[str, Pauser] = {}  # paused nodes waiting for a knock (Lab.pause)
         self._engine: Engine | None = None
         self._lock = threading.RLock()
 
@@ -485,6 +503,88 @@ class Lab:
             _procs.signal_tree(target.pid or 0, signal.SIGCONT)
             target.status = "running"
 
+    def pause(self, node: str | NodeInfo, *, resume_delay: float = 15.0) -> None:
+        """Pause a node as Aurora Serverless v2 does at 0 ACUs, until someone connects.
+
+        Its application sessions end (Aurora pauses only an instance without connections),
+        then its processes stop: TCP connects still complete, the handshake waits. The first
+        connection attempt resumes it ``resume_delay`` seconds later (Aurora: about 15 s);
+        that attempt, and any made meanwhile, then complete. A paused reader stays a member of
+        the cluster: in the metadata (fresh rows, no lag) and behind the reader endpoint. A
+        paused writer (Aurora pauses it with the tier 0 and 1 readers, when the whole group
+        has had no connection) stops the metadata's refresh and every write until it resumes.
+        """
+        if isinstance(resume_delay, bool) or not isinstance(resume_delay, int | float):
+            raise LabError(f"resume_delay must be a number of seconds, not {resume_delay!r}")
+        if not 0 <= resume_delay <= 600:
+            raise LabError(f"resume_delay must be between 0 and 600 seconds, not {resume_delay}")
+        from aurora_smartdriver.lab._bluegreen import _drop_sessions
+
+        with self._change() as state:
+            target = _running(state, _id(node))
+            if target.lag or target.id in self._laggers:
+                self._set_lag(state, target, 0.0)
+            _drop_sessions(self, state, [target])
+            target.status = "paused"  # the supervisor's probes leave it alone from now on
+            st.save(self.state_path, state)
+            _until_closed(target.address, target.port)
+            _procs.signal_tree(target.pid or 0, signal.SIGSTOP)
+            self._relax_sync_if_alone(state)
+            node_id = target.id
+            pauser = Pauser(
+                node_id,
+                target.address,
+                target.port,
+                float(resume_delay),
+                lambda: self._resumed(node_id),
+                # A connection that slipped in before the stop (a probe of the supervisor's)
+                # is not a knock.
+                ignore=knockers(target.address, target.port),
+            )
+            self._pausers[node_id] = pauser
+        pauser.start()
+
+    def wake(self, node: str | NodeInfo) -> None:
+        """Resume a paused node now, whether or not anyone knocked (undoes :meth:`pause`)."""
+        self._stop_pauser(_id(node))
+        with self._change() as state:
+            target = state.node(_id(node))
+            if target.status != "paused":
+                raise LabError(f"{target.id} is {target.status}, not paused")
+            self._wake(state, target)
+
+    def pause_report(self, node: str | NodeInfo) -> PauseReport:
+        """What happened to the node since this process last paused it: when it was first
+        knocked on, when it resumed, and how many connection attempts it saw meanwhile."""
+        pauser = self._pausers.get(_id(node))
+        if pauser is None:
+            raise LabError(f"{_id(node)} was not paused by this process")
+        return PauseReport(pauser.knocked_at, pauser.resumed_at, pauser.attempts)
+
+    def _resumed(self, node_id: str) -> None:
+        """The knock's delay is over: resume the node (called by its `Pauser`)."""
+        with self._change() as state:
+            target = next((n for n in state.nodes if n.id == node_id), None)
+            if target is not None and target.status == "paused":
+                self._wake(state, target)
+
+    def _wake(self, state: st.LabState, node: st.NodeState) -> None:
+        """Resume a paused node (under `_change`); the state says so before it answers."""
+        node.status = "running"
+        st.save(self.state_path, state)
+        _procs.signal_tree(node.pid or 0, signal.SIGCONT)
+        writer = state.writer
+        if writer is not None and writer.status == "running" and _procs.alive(writer.pid):
+            # Commits wait for a replica only while one runs (a paused one would hold them).
+            running = [n for n in state.readers if n.status == "running" and _procs.alive(n.pid)]
+            self.engine.set_sync(state, writer, bool(running))
+
+    def _stop_pauser(self, node_id: str) -> None:
+        """Stop watching a node for a knock, outside the lab's lock (its thread takes it)."""
+        pauser = self._pausers.get(node_id)
+        if pauser is not None:
+            pauser.stop()
+
     def partition(self, node: str | NodeInfo) -> None:
         """Drop every packet to and from a node's address and port (needs root and iptables)."""
         with self._change() as state:
@@ -554,6 +654,17 @@ class Lab:
             writer = state.writer
             if target.role == "reader" and writer is not None and writer.status == "running":
                 self.engine.set_sync(state, writer, True)
+            elif target is writer:
+                # A restarted MariaDB writer comes back with semi-synchronous commits off (a
+                # SET GLOBAL does not survive): commits must wait for a replica again.
+                running = [n for n in state.readers if n.status == "running"]
+                self.engine.set_sync(state, target, bool(running))
+                reachable = [n for n in running if not n.partitioned]
+                deadline = time.monotonic() + timeout  # and the replicas are back on it
+                while reachable and not self.engine.sync_active(state, target):
+                    if time.monotonic() > deadline:
+                        raise LabError(f"no replica acknowledges {target.id}'s commits again")
+                    time.sleep(0.05)
 
     def failover(
         self,
@@ -677,22 +788,36 @@ class Lab:
             self.engine.publish(state, writer, {target.id: Fresh(0.0, 0.0)})
         self.wait_replicated(timeout)  # back in service once it has caught up, as on Aurora
 
-    def remove(self, node: str | NodeInfo) -> None:
-        """Delete a replica: its process, its data and its metadata row and DNS name."""
+    def remove(self, node: str | NodeInfo, *, drain: float = 2.0) -> None:
+        """Delete a replica as Aurora does: it leaves the metadata and the reader endpoint at
+        once, keeps serving the connections it has for ``drain`` seconds, then shuts down
+        (process, data and instance name go). Returns once it is gone."""
+        if isinstance(drain, bool) or not isinstance(drain, int | float) or not 0 <= drain <= 600:
+            raise LabError(f"drain must be between 0 and 600 seconds, not {drain!r}")
+        self._stop_pauser(_id(node))
         with self._change() as state:
             target = state.node(_id(node))
             if target.role == "writer":
                 raise LabError(f"cannot remove {target.id}: it is the writer (fail over first)")
+            if target.status == "paused":
+                self._wake(state, target)
+            state.nodes.remove(target)
+            state.leaving.append(target)
+            writer = state.writer
+            if writer is not None and writer.status == "running" and _procs.alive(writer.pid):
+                self.engine.publish(state, writer, {})
+        time.sleep(drain)
+        with self._change() as state:
+            target = next(n for n in state.leaving if n.id == target.id)
             self._kill(state, target)
             if target.partitioned:
                 _firewall.heal(state.prefix, target.id, target.address, target.port)
             shutil.rmtree(node_dir(state, target), ignore_errors=True)
-            state.nodes.remove(target)
+            state.leaving.remove(target)
             writer = state.writer
-            if writer is not None and writer.status == "running":
+            if writer is not None and writer.status == "running" and _procs.alive(writer.pid):
                 running = [n for n in state.readers if n.status == "running"]
                 self.engine.set_sync(state, writer, bool(running))
-                self.engine.publish(state, writer, {})
 
     def add_replica(self, timeout: float = 60.0) -> NodeInfo:
         """Add a new reader that replicates from the writer."""
@@ -703,9 +828,57 @@ class Lab:
             node = _new_node(state, state.prefix, "reader")
             st.save(self.state_path, state)
             self._start_replica(state, node, writer, timeout)
+            # In service once caught up, as on Aurora: before that the new node lacks what the
+            # writer committed (on MariaDB even the application's user).
+            self._wait_applied(state, node, self.engine.writer_position(state, writer), timeout)
             self.engine.set_sync(state, writer, True)
             self.engine.publish(state, writer, {node.id: Fresh(0.0, 0.0)})
             return _node_info(state, node)
+
+    # -- global database (lab/_global.py) ------------------------------------------------
+    def add_region(self, region: str, replicas: int = 1, timeout: float = 60.0) -> list[str]:
+        """Grow a global database: a secondary cluster of ``replicas + 1`` read-only nodes in
+        ``region``, replicating asynchronously from the writer; returns the new node ids."""
+        from aurora_smartdriver.lab import _global
+
+        return _global.add_region(self, region, replicas, timeout)
+
+    def global_switchover(self, region: str, timeout: float = 60.0) -> Any:
+        """Planned switchover of the global database's writer to ``region`` (no data loss)."""
+        from aurora_smartdriver.lab import _global
+
+        return _global.switchover(self, region, timeout)
+
+    def global_failover(self, region: str, timeout: float = 60.0) -> Any:
+        """Managed failover to ``region`` after losing the primary region (data loss allowed)."""
+        from aurora_smartdriver.lab import _global
+
+        return _global.failover(self, region, timeout)
+
+    def hold_region(self, region: str) -> None:
+        """Stop replication into a secondary region (it falls behind; see `global_failover`)."""
+        from aurora_smartdriver.lab import _global
+
+        _global.hold(self, region)
+
+    def release_region(self, region: str) -> None:
+        """Undo `hold_region`."""
+        from aurora_smartdriver.lab import _global
+
+        _global.release(self, region)
+
+    def global_dsn(self, *, home_region: str | None = None) -> str:
+        """URL through the global writer endpoint, with the global topology settings."""
+        from aurora_smartdriver.lab import _global
+
+        state = self.state()
+        extra = (
+            f"&topology_source=aurora-global"
+            f"&global_instance_host_patterns={quote(_global.host_patterns(state), safe='')}"
+        )
+        if home_region is not None:
+            extra += f"&home_region={home_region}"
+        return _dsn(state, _global.global_endpoint(state)) + extra
 
     def proxy(self, node: str | NodeInfo) -> FaultProxy:
         """A started fault proxy before a node (latency, blackhole, reset) on its own address."""
@@ -722,6 +895,28 @@ class Lab:
         proxy.start()
         self._proxies[target.id] = proxy
         return proxy
+
+    def blue_green_create(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Start a green environment replicating from this cluster (see docs/blue-green.md)."""
+        from aurora_smartdriver.lab import _bluegreen
+
+        return _bluegreen.create(self, timeout)
+
+    def blue_green_switchover(
+        self, *, in_progress_s: float = 1.0, dns_lag: float = 0.0, timeout: float = 30.0
+    ) -> Any:
+        """Switch the Blue/Green deployment over; returns a `SwitchoverReport`."""
+        from aurora_smartdriver.lab import _bluegreen
+
+        return _bluegreen.switchover(
+            self, in_progress_s=in_progress_s, dns_lag=dns_lag, timeout=timeout
+        )
+
+    def blue_green_delete(self) -> bool:
+        """Delete the Blue/Green deployment (green, or old blue, nodes); False if none."""
+        from aurora_smartdriver.lab import _bluegreen
+
+        return _bluegreen.delete(self)
 
     def pause_heartbeat(self) -> None:
         """Stop refreshing the metadata (every row goes stale, and stays as tests leave it)."""
@@ -745,19 +940,26 @@ class Lab:
         writer = state.writer
         if writer is None or writer.status != "running":
             return
-        engine = self.engine
-        goal = engine.writer_position(state, writer)
+        goal = self.engine.writer_position(state, writer)
         deadline = time.monotonic() + timeout
         for node in state.readers:
-            if node.status != "running":
-                continue
-            while True:
-                engine.drain(state, node, timeout)
-                if engine.position(state, node) >= goal:
-                    break
-                if time.monotonic() > deadline:
-                    raise LabError(f"{node.id} did not catch up with the writer in {timeout}s")
-                time.sleep(0.02)
+            if node.status == "running":
+                self._wait_applied(state, node, goal, deadline - time.monotonic())
+
+    def _wait_applied(
+        self, state: st.LabState, node: st.NodeState, goal: int, timeout: float
+    ) -> None:
+        """Wait until ``node`` has applied the writer's log up to ``goal``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.engine.drain(state, node, max(deadline - time.monotonic(), 0.1))
+            if self.engine.position(state, node) >= goal:
+                # A MariaDB position counts what arrived: let what arrived be applied too.
+                self.engine.drain(state, node, max(deadline - time.monotonic(), 0.1))
+                return
+            if time.monotonic() > deadline:
+                raise LabError(f"{node.id} did not catch up with the writer in {timeout:g}s")
+            time.sleep(0.02)
 
     def restore(self, timeout: float = 60.0) -> bool:
         """Undo every fault: heal, resume, restart or rejoin nodes, refill replicas, settle DNS.
@@ -765,7 +967,10 @@ class Lab:
         Cheap when nothing is broken; returns whether anything had to be repaired. The writer
         may be a different node than at start (failovers are not undone).
         """
-        repaired = False
+        from aurora_smartdriver.lab import _bluegreen, _global
+
+        repaired = _global.restore(self, timeout)  # back to one region first
+        repaired |= _bluegreen.delete(self)  # back to a plain cluster (green or -old1 nodes go)
         for proxy in self._proxies.values():
             proxy.stop()
         repaired |= bool(self._proxies)
@@ -777,6 +982,19 @@ class Lab:
                 repaired = True
             if node.status == "hung":
                 self.resume(node.id)
+                repaired = True
+            if node.status == "paused":
+                self._stop_pauser(node.id)  # it may resume on its own meanwhile: no error
+                with self._change() as now:
+                    paused = now.node(node.id)
+                    if paused.status == "paused":
+                        self._wake(now, paused)
+                repaired = True
+        with self._change() as state:
+            for node in list(state.leaving):  # a removal that did not finish
+                self._kill(state, node)
+                shutil.rmtree(node_dir(state, node), ignore_errors=True)
+                state.leaving.remove(node)
                 repaired = True
         state = self.state()
         writer = state.writer
@@ -794,7 +1012,16 @@ class Lab:
             if node.lag:
                 self.lag(node.id, 0)
                 repaired = True
+        closing: list[tuple[str, int]] = []
         with self._change() as state:
+            if state.proxy_endpoints:
+                closing = [(e.address, state.port) for e in state.proxy_endpoints]
+                state.proxy_endpoints.clear()
+                repaired = True
+            if state.custom_endpoints or state.rds_api_down:
+                state.custom_endpoints.clear()
+                state.rds_api_down = False
+                repaired = True
             if state.heartbeat_paused:
                 state.heartbeat_paused = False
                 self._republish(state)  # a test may have planted garbage meanwhile
@@ -806,9 +1033,151 @@ class Lab:
                 state.dns.cluster_target = writer.id
                 state.dns.pending_target = state.dns.pending_at = None
                 repaired = True
+        for address, port in closing:  # gone before the next test adds endpoints again
+            _await_listener(address, port, listening=False)
         if repaired:
             self.wait_replicated(timeout)
         return repaired
+
+    # -- custom endpoints and the RDS API stand-in (docs/custom-endpoints.md) ---------------
+    @property
+    def rds_api_url(self) -> str:
+        """URL of the lab's RDS API stand-in (give it as `rds_endpoint_url` or boto3's
+        `endpoint_url`; any credentials sign)."""
+        state = self.state()
+        port_file = Path(state.dir) / _rds_api.PORT_FILE
+        try:
+            port = int(port_file.read_text())
+        except (FileNotFoundError, ValueError):
+            raise LabError(
+                f"the lab's supervisor serves no RDS API ({port_file} is missing): "
+                "restart the lab with this version"
+            ) from None
+        return f"http://{state.dns.address}:{port}"
+
+    def custom_endpoint_dsn(self, name: str) -> str:
+        """URL through the custom endpoint `name`, reading its members from the lab's RDS API."""
+        state = self.state()
+        _custom.find(state, name)
+        url = quote(self.rds_api_url, safe="")
+        return _dsn(state, state.custom_endpoint(name)) + f"&rds_endpoint_url={url}"
+
+    def add_custom_endpoint(
+        self,
+        name: str,
+        members: list[str] | None = None,
+        kind: str = "reader",
+        *,
+        excluded: list[str] | None = None,
+    ) -> str:
+        """Create the custom endpoint `name` of `kind` ("reader" or "any") with the static
+        `members`, or, without them, every instance but `excluded`; returns its host name.
+        Served by the lab's DNS and RDS API at once; `restore` removes it."""
+        static, left_out = [_id(m) for m in members or []], [_id(m) for m in excluded or []]
+        with self._change() as state:
+            _custom.check(state, name, kind, static, left_out)
+            if any(e.name == name for e in state.custom_endpoints):
+                raise LabError(f"custom endpoint {name!r} exists already")
+            state.custom_endpoints.append(st.CustomEndpointState(name, kind, static, left_out))
+            return state.custom_endpoint(name)
+
+    def modify_custom_endpoint(
+        self,
+        name: str,
+        members: list[str] | None = None,
+        kind: str | None = None,
+        *,
+        excluded: list[str] | None = None,
+    ) -> None:
+        """Change a custom endpoint: new static `members`, or `excluded` members (the other
+        list is emptied, as RDS does), and/or a new `kind`."""
+        with self._change() as state:
+            endpoint = _custom.find(state, name)
+            static, left_out = endpoint.static, endpoint.excluded
+            if members is not None:
+                static, left_out = [_id(m) for m in members], []
+            if excluded is not None:
+                static, left_out = [], [_id(m) for m in excluded]
+            new_kind = endpoint.kind if kind is None else kind
+            _custom.check(state, name, new_kind, static, left_out)
+            endpoint.kind, endpoint.static, endpoint.excluded = new_kind, static, left_out
+
+    def remove_custom_endpoint(self, name: str) -> None:
+        """Delete a custom endpoint: its name stops resolving, the RDS API forgets it."""
+        with self._change() as state:
+            state.custom_endpoints.remove(_custom.find(state, name))
+
+    def custom_endpoint_members(self, name: str) -> list[str]:
+        """The instances a connection through `name` may reach now (up or not), by id."""
+        state = self.state()
+        return [n.id for n in _custom.members(state, _custom.find(state, name))]
+
+    # -- RDS Proxy (lab/_rds_proxy.py, docs/rds-proxy.md) -------------------------------------
+    def add_rds_proxy_endpoint(
+        self, name: str = "default", role: str = "read_write", *, borrow_timeout: float = 30.0
+    ) -> str:
+        """Open an endpoint of the lab's RDS Proxy imitation and return its host name, once
+        it accepts connections: "default" is the proxy's own (read/write) endpoint, any other
+        name an additional endpoint of `role` ("read_write" or "read_only"). New connections
+        wait up to `borrow_timeout` s for a node of that role; `restore` removes it."""
+        if role not in _rds_proxy.ROLES:
+            raise LabError(f"proxy endpoint role must be one of {', '.join(_rds_proxy.ROLES)}")
+        if name == "default" and role != "read_write":
+            raise LabError("a proxy's default endpoint is read_write; name another endpoint")
+        if name != "default" and not re.fullmatch(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*", name):
+            raise LabError(f"proxy endpoint name {name!r}: use lowercase letters, digits, '-'")
+        if borrow_timeout <= 0:
+            raise LabError(f"borrow_timeout must be > 0 seconds, not {borrow_timeout}")
+        with self._change() as state:
+            if any(e.name == name for e in state.proxy_endpoints):
+                raise LabError(f"proxy endpoint {name!r} exists already")
+            taken = {e.address for e in state.proxy_endpoints}
+            turn = next(
+                t
+                for t in range(state.proxy_addresses_given, state.proxy_addresses_given + 50)
+                if _proxy_address(state, t) not in taken
+            )
+            state.proxy_addresses_given = turn + 1
+            address = _proxy_address(state, turn)
+            state.proxy_endpoints.append(st.ProxyEndpointState(name, role, address, borrow_timeout))
+            host, port = state.proxy_endpoint(name), state.port
+        _await_listener(address, port, listening=True)  # the supervisor opens it in a moment
+        return host
+
+    def rds_proxy_dsn(self, name: str = "default", *, read_only_endpoint: str | None = None) -> str:
+        """URL through the proxy endpoint `name` (added first if needed, read_write), with
+        `rds_proxy=read_only` for a read-only one, and `read_only_endpoint` (an endpoint name
+        added as read_only if needed) for reader connections."""
+        for wanted, role in ((name, "read_write"), (read_only_endpoint, "read_only")):
+            if wanted is not None and not any(
+                e.name == wanted for e in self.state().proxy_endpoints
+            ):
+                self.add_rds_proxy_endpoint(wanted, role)
+        state = self.state()
+        endpoint = next(e for e in state.proxy_endpoints if e.name == name)
+        dsn = _dsn(state, state.proxy_endpoint(name), pattern=False)
+        if endpoint.role == "read_only":
+            dsn += "&rds_proxy=read_only"
+        if read_only_endpoint is not None:
+            dsn += f"&rds_proxy_read_only_endpoint={state.proxy_endpoint(read_only_endpoint)}"
+        return dsn
+
+    def remove_rds_proxy_endpoint(self, name: str) -> None:
+        """Delete a proxy endpoint: its name stops resolving, its connections are cut."""
+        with self._change() as state:
+            found = [e for e in state.proxy_endpoints if e.name == name]
+            if not found:
+                raise LabError(f"no proxy endpoint {name!r} in lab {state.name!r}")
+            state.proxy_endpoints.remove(found[0])
+            port = state.port
+        # Closed before this returns: an endpoint added next must not meet the old listener,
+        # which the supervisor would close under it.
+        _await_listener(found[0].address, port, listening=False)
+
+    def rds_api_outage(self, down: bool = True) -> None:
+        """Make the RDS API stand-in drop every request (`down`), or answer again."""
+        with self._change() as state:
+            state.rds_api_down = down
 
     # -- tear-down -----------------------------------------------------------------------
     def down(self) -> None:
@@ -817,6 +1186,9 @@ class Lab:
             with contextlib.suppress(Exception):
                 lagger.stop()
         self._laggers.clear()
+        for pauser in self._pausers.values():
+            pauser.stop()
+        self._pausers.clear()
         for proxy in self._proxies.values():
             proxy.stop()
         self._proxies.clear()
@@ -825,6 +1197,14 @@ class Lab:
         if self._claim is not None:
             self._claim.lock.close()
             self._claim = None
+
+    @property
+    def aio(self) -> AsyncLab:
+        """The operations above as coroutines run in a thread, for async tests: ``await
+        lab.aio.failover()`` leaves the event loop serving the clients under test."""
+        from aurora_smartdriver.lab._aio import AsyncLab
+
+        return AsyncLab(self)
 
     def __enter__(self) -> Lab:
         return self
@@ -836,6 +1216,29 @@ class Lab:
         return f"<aurora_smartdriver.lab.Lab state={str(self.state_path)!r}>"
 
 
+def _proxy_address(state: st.LabState, turn: int) -> str:
+    """The `turn`-th proxy endpoint address, in turn over the 50 set aside for them."""
+    return f"{state.prefix}.{_net.RDS_PROXY_FIRST_HOST + turn % 50}"
+
+
+def _await_listener(address: str, port: int, *, listening: bool, timeout: float = 15.0) -> None:
+    """Wait until the supervisor listens on `address:port` (or has stopped listening there):
+    it follows the state file a moment after a change."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection((address, port), timeout=1).close()
+            up = True
+        except OSError:
+            up = False
+        if up == listening:
+            return
+        if time.monotonic() > deadline:
+            state = "open" if listening else "close"
+            raise LabError(f"the lab's RDS Proxy did not {state} {address}:{port} in {timeout}s")
+        time.sleep(0.05)
+
+
 def _id(node: str | NodeInfo) -> str:
     return node if isinstance(node, str) else node.id
 
@@ -845,6 +1248,16 @@ def _running(state: st.LabState, node_id: str) -> st.NodeState:
     if node.status != "running" or not _procs.alive(node.pid):
         raise LabError(f"{node.id} is {node.status}, not running")
     return node
+
+
+def _until_closed(address: str, port: int, timeout: float = 5.0) -> None:
+    """Wait until no connection to ``address:port`` is open at the server's side (sessions
+    just ended are closing), so that a knock on a paused node is a new connection."""
+    from aurora_smartdriver.lab._pause import knocking
+
+    deadline = time.monotonic() + timeout
+    while knocking(address, port) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _new_node(state: st.LabState, prefix: str, role: str) -> st.NodeState:
@@ -902,7 +1315,9 @@ def teardown(state_path: Path, *, keep_supervisor: int | None = None) -> None:
         engine: Engine | None = None
         with contextlib.suppress(LabError):
             engine = engine_for(state.engine)
-        for node in state.nodes:
+        from aurora_smartdriver.lab._bluegreen import extra_nodes
+
+        for node in [*state.nodes, *state.leaving, *extra_nodes(state)]:  # green / old blue too
             if node.pid is not None:
                 with contextlib.suppress(Exception):
                     _procs.kill_tree(node.pid)

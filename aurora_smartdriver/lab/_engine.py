@@ -118,7 +118,8 @@ class Engine(Protocol):
 
 
 def node_dir(lab: LabState, node: NodeState) -> Path:
-    return Path(lab.dir) / node.id
+    # The node's own directory once set: a Blue/Green switchover renames nodes, not their data.
+    return Path(node.datadir) if node.datadir else Path(lab.dir) / node.id
 
 
 def fresh_dir(path: Path) -> None:

@@ -129,6 +129,13 @@ class Ledger:
             close()
         return self.audit()
 
+    def acknowledged(self) -> int:
+        """Operations acknowledged so far: progress of this ledger's own writers, whatever
+        else writes to the table."""
+        with self._lock:
+            records = list(self._ops.values())
+        return sum(1 for record in records if "ack" in record.said)
+
     def _run(self, name: str, insert: Callable[[str], None]) -> None:
         n = 0
         while not self._stop.is_set():

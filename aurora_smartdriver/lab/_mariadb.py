@@ -536,15 +536,15 @@ class MariaDB:
                 cur.execute("SELECT @@gtid_binlog_pos")
                 lsn = _seq(str((cur.fetchone() or ("",))[0]))
                 conn.begin()
-                ids = [n.id for n in lab.nodes]
+                ids = [n.id for n in lab.cluster_nodes]
                 marks = ", ".join(["%s"] * len(ids))
                 if structure:
                     cur.execute(f"DELETE FROM {table} WHERE SERVER_ID NOT IN ({marks})", ids)
                     cur.execute(
                         f"DELETE FROM mysql.rds_topology WHERE id NOT IN ({marks})",
-                        [n.server_id for n in lab.nodes],
+                        [n.server_id for n in lab.cluster_nodes],
                     )
-                for node in lab.nodes if structure else ():
+                for node in lab.cluster_nodes if structure else ():
                     session = MASTER_SESSION_ID if node.role == "writer" else node.session_id
                     cur.execute(
                         f"INSERT INTO {table} (SERVER_ID, SESSION_ID, LAST_UPDATE_TIMESTAMP)"

@@ -17,6 +17,7 @@ _CLAIM_PREFIX = "aurora-smartdriver-lab/"
 FIRST_NODE_HOST = 11  # node addresses are .11, .12, ... as in the design
 DNS_HOST = 2
 PROXY_FIRST_HOST = 101
+RDS_PROXY_FIRST_HOST = 201  # the RDS Proxy imitation's endpoints (lab/_rds_proxy.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -349,6 +349,11 @@ class PostgreSQL:
 
     def set_sync(self, lab: LabState, writer: NodeState, enabled: bool) -> None:
         names = SYNC_NAMES if enabled else ""
+        if enabled and lab.regions:
+            # A global database's other regions replicate asynchronously, as on Aurora: only
+            # the writer's own cluster acknowledges commits.
+            members = [f'"{n.id}"' for n in lab.readers]
+            names = f"ANY 1 ({', '.join(members)})" if members else ""
         with self._connect(lab, writer, 5.0) as conn:
             conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{names}'")
             conn.execute("SELECT pg_reload_conf()")
@@ -424,12 +429,12 @@ class PostgreSQL:
             # The heartbeat must not wait for a standby: it is the lab's bookkeeping.
             conn.execute("SET synchronous_commit = local")
             with conn.transaction():
-                ids = [n.id for n in lab.nodes]
+                ids = [n.id for n in lab.cluster_nodes]
                 if structure:
                     conn.execute(
                         "DELETE FROM aurora_lab.instances WHERE NOT (server_id = ANY(%s))", (ids,)
                     )
-                for node in lab.nodes if structure else ():
+                for node in lab.cluster_nodes if structure else ():
                     conn.execute(
                         _PUBLISH_SQL,
                         {

@@ -36,13 +36,14 @@ class NodeState:
     address: str
     port: int
     role: str  # "writer" | "reader"
-    status: str  # "running" | "crashed" | "hung" | "stopped"
+    status: str  # "running" | "crashed" | "hung" | "stopped" | "paused"
     datadir: str
     server_id: int
     session_id: str
     pid: int | None = None
     partitioned: bool = False
     lag: float = 0.0  # seconds of replica lag injected (Lab.lag); 0 = replicates at once
+    region: str = REGION  # the region of the node's cluster (lab/_global.py adds others)
 
     @property
     def endpoint(self) -> tuple[str, int]:
@@ -58,6 +59,37 @@ class DNSState:
     cluster_target: str  # the instance id the cluster endpoint points at now
     pending_target: str | None = None  # where it will point once ``pending_at`` is reached
     pending_at: float | None = None  # wall-clock time of the delayed flip
+
+
+@dataclass(slots=True)
+class CustomEndpointState:
+    """An Aurora custom endpoint of the lab (`Lab.add_custom_endpoint`).
+
+    `kind` is "reader" or "any"; `static` lists its members, or, when empty, every instance
+    but those in `excluded` is one (instances added later included), as on RDS.
+    """
+
+    name: str
+    kind: str
+    static: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ProxyEndpointState:
+    """An endpoint of the lab's RDS Proxy imitation (`Lab.add_rds_proxy_endpoint`).
+
+    `name` "default" is the proxy's default endpoint (`<lab>-proxy.proxy-<hash>...`), any
+    other an additional endpoint (`<name>.endpoint.proxy-<hash>...`); `role` is "read_write"
+    (new connections go to the writer) or "read_only" (to a reader); `address` is where it
+    listens, on the lab's port. New connections wait up to `borrow_timeout` seconds for a
+    node of that role to accept them, as RDS Proxy queues them while the writer is away.
+    """
+
+    name: str
+    role: str
+    address: str
+    borrow_timeout: float = 30.0
 
 
 @dataclass(slots=True)
@@ -86,6 +118,19 @@ class LabState:
     created_at: float = field(default_factory=time.time)
     failovers: int = 0
     tls_ca: str | None = None  # the lab CA's certificate when the nodes serve TLS, else None
+    custom_endpoints: list[CustomEndpointState] = field(default_factory=list)
+    proxy_endpoints: list[ProxyEndpointState] = field(default_factory=list)
+    # Proxy endpoint addresses handed out so far: the next one is the next in turn, so an
+    # endpoint added right after one was removed never lands on the address still closing.
+    proxy_addresses_given: int = 0
+    rds_api_down: bool = False  # the lab's RDS API stand-in drops every request
+    blue_green: dict[str, Any] | None = None  # a Blue/Green deployment (lab/_bluegreen.py)
+    # Global database (lab/_global.py): region -> that region's cluster hash; empty: one region.
+    regions: dict[str, str] = field(default_factory=dict)
+    global_hash: str | None = None  # the global writer endpoint's hash while regions exist
+    # Replicas being deleted (Lab.remove): out of the metadata and the reader endpoint, still
+    # serving the connections they have until they shut down, as an Aurora instance deleting.
+    leaving: list[NodeState] = field(default_factory=list)
 
     # -- names ------------------------------------------------------------------------------
     @property
@@ -100,7 +145,24 @@ class LabState:
     def reader_endpoint(self) -> str:
         return f"{self.name}.cluster-ro-{self.cluster_hash}.{self.origin}"
 
+    def custom_endpoint(self, name: str) -> str:
+        return f"{name}.cluster-custom-{self.cluster_hash}.{self.origin}"
+
+    @property
+    def proxy_domain(self) -> str:
+        """What follows an RDS Proxy endpoint's first label(s): `proxy-<hash>.<origin>`."""
+        return f"proxy-{self.cluster_hash}.{self.origin}"
+
+    def proxy_endpoint(self, name: str) -> str:
+        """The host name of the proxy endpoint `name` ("default": the proxy's own)."""
+        if name == "default":
+            return f"{self.name}-proxy.{self.proxy_domain}"
+        return f"{name}.endpoint.{self.proxy_domain}"
+
     def instance_endpoint(self, node_id: str) -> str:
+        region = next((n.region for n in self.nodes if n.id == node_id), REGION)
+        if region != REGION and region in self.regions:
+            return f"{node_id}.{self.regions[region]}.{region}.{DOMAIN}"
         return f"{node_id}.{self.cluster_hash}.{self.origin}"
 
     @property
@@ -121,7 +183,17 @@ class LabState:
 
     @property
     def readers(self) -> list[NodeState]:
-        return [n for n in self.nodes if n.role == "reader"]
+        """The readers of the writer's cluster (a global database's other regions are not)."""
+        writer = self.writer
+        home = writer.region if writer is not None else REGION
+        return [n for n in self.nodes if n.role == "reader" and n.region == home]
+
+    @property
+    def cluster_nodes(self) -> list[NodeState]:
+        """The writer's cluster: the nodes of the writer's region."""
+        writer = self.writer
+        home = writer.region if writer is not None else REGION
+        return [n for n in self.nodes if n.region == home]
 
     # -- persistence -------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -132,6 +204,11 @@ class LabState:
         data = dict(data)
         data["dns"] = DNSState(**data["dns"])
         data["nodes"] = [NodeState(**n) for n in data["nodes"]]
+        data["leaving"] = [NodeState(**n) for n in data.get("leaving", [])]
+        data["custom_endpoints"] = [
+            CustomEndpointState(**e) for e in data.get("custom_endpoints", [])
+        ]
+        data["proxy_endpoints"] = [ProxyEndpointState(**e) for e in data.get("proxy_endpoints", [])]
         return cls(**data)
 
 

@@ -68,8 +68,15 @@ def server_files(lab: LabState, node: NodeState) -> ServerFiles:
 
 def server_names(lab: LabState, node: NodeState) -> list[str]:
     """The DNS names a node's certificate covers: its instance endpoint first, then the
-    cluster and reader endpoints (any instance may answer for those, as on Aurora)."""
-    return [lab.instance_endpoint(node.id), lab.cluster_endpoint, lab.reader_endpoint]
+    cluster and reader endpoints (any instance may answer for those, as on Aurora), and the
+    RDS Proxy endpoints by wildcard (the lab's proxy passes TLS through to the node)."""
+    return [
+        lab.instance_endpoint(node.id),
+        lab.cluster_endpoint,
+        lab.reader_endpoint,
+        f"*.{lab.proxy_domain}",
+        f"*.endpoint.{lab.proxy_domain}",
+    ]
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

@@ -331,6 +331,11 @@ class HostPool:
         return self._in_use
 
     @property
+    def open_connections(self) -> int:
+        """Connections open right now, idle or lent (not attempts in progress)."""
+        return self._opened - self._closed_count
+
+    @property
     def down(self) -> bool:
         """True while the host is known unreachable and short-circuited: its last connection
         attempt failed and its backoff has not elapsed, or a probe is under way.

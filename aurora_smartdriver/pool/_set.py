@@ -116,6 +116,13 @@ class PoolSet:
         for pool in retiring:
             pool.retire()
 
+    def retire_all(self) -> None:
+        """Replace every connection of every pool (a Blue/Green switchover moved the names)."""
+        with self._lock:
+            pools = list(self._pools.values())
+        for pool in pools:
+            pool.retire()
+
     def close(self) -> None:
         """Close every pool; later `pool` calls raise `PoolClosed`. Idempotent."""
         with self._lock:
@@ -160,6 +167,11 @@ class PoolSet:
             before = totals.get(key)
             totals[key] = stats if before is None else combine(before, stats)
         return MappingProxyType(totals)
+
+    def holds(self, instance_id: str) -> bool:
+        """Whether this set has a connection to the instance open now (idle or lent)."""
+        pool = self._pools.get(instance_id)
+        return pool is not None and pool.open_connections > 0
 
     def in_use(self) -> Mapping[str, int]:
         """Connections lent out per instance id (for the least-connections reader strategy)."""

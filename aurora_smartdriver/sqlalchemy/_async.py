@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, ClassVar, cast
 
 from sqlalchemy import event
@@ -126,12 +126,18 @@ class _SAAiomysql(AiomysqlConnection):
                 with contextlib.suppress(RuntimeError):
                     lease.give_back(broken=True)
         for callback in self._closers:
-            callback()
+            closing = callback()
+            if closing is not None:
+                _in_background(closing)
 
 
 async def _set_mysql_isolation(raw: Any, level: str) -> None:
     async with raw.cursor() as cur:
         await cur.execute(f"SET SESSION TRANSACTION ISOLATION LEVEL {level}")
+
+
+Closer = Callable[[], Coroutine[Any, Any, None] | None]
+"""Run when a connection closes; what it returns (the pools' closing) is awaited."""
 
 
 class _Runtimes:
@@ -146,9 +152,8 @@ class _Runtimes:
         self._by_loop: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[AsyncRuntime, list[int]]
         ] = weakref.WeakKeyDictionary()
-        self._closing: set[asyncio.Task[None]] = set()
 
-    def acquire(self, spec: dsn.ConnectionSpec) -> tuple[AsyncRuntime, Callable[[], None]]:
+    def acquire(self, spec: dsn.ConnectionSpec) -> tuple[AsyncRuntime, Closer]:
         loop = asyncio.get_running_loop()
         found = self._by_loop.get(loop)
         if found is None or found[0].spec != spec:
@@ -160,22 +165,36 @@ class _Runtimes:
             runtime, count = found
         count[0] += 1
 
-        def release() -> None:
+        def release() -> Coroutine[Any, Any, None] | None:
+            """The last connection on the loop: give the monitor back now and return the
+            closing of the idle pooled connections, for the closing connection to await."""
             count[0] -= 1
             if count[0] > 0:
-                return
+                return None
             if self._by_loop.get(loop, (None,))[0] is runtime:
                 del self._by_loop[loop]
-            runtime.release()  # the shared monitor now, whatever becomes of the task below
+            runtime.release()  # the shared monitor now, whatever becomes of the closing
             try:
-                running = asyncio.get_running_loop()
+                asyncio.get_running_loop()
             except RuntimeError:
-                return
-            task = running.create_task(runtime.close())  # the idle pooled connections
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+                return None  # no loop: its pools went with it
+            return runtime.close()
 
         return runtime, release
+
+
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _in_background(closing: Coroutine[Any, Any, None]) -> None:
+    """Run ``closing`` on the running loop, for a caller that cannot await it."""
+    try:
+        task = asyncio.get_running_loop().create_task(closing)
+    except RuntimeError:
+        closing.close()  # no loop: its pools went with it
+        return
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
 
 
 async def _open(
@@ -187,7 +206,9 @@ async def _open(
         role = _role(spec.settings.role, runtime)
         lease = await runtime.lease(role, pooled=True)
     except BaseException:
-        release()
+        closing = release()
+        if closing is not None:
+            await closing
         raise
     conn = proxy(runtime, role, lease, autocommit=runtime.default_autocommit)
     conn.__dict__["_sa_prepare"] = prepare
