@@ -642,7 +642,11 @@ class Lab:
         node.lag = seconds
 
     def restart(self, node: str | NodeInfo, timeout: float = 30.0) -> None:
-        """Start a crashed or stopped node again on its own data, in the role it had."""
+        """Start a crashed or stopped node again on its own data, in the role it had.
+
+        A writer is back once a replica acknowledges its commits again; a PostgreSQL replica
+        held back by :meth:`lag` reconnects only when its delay has passed, and commits wait.
+        """
         with self._change() as state:
             target = state.node(_id(node))
             if target.status in ("running", "hung") and _procs.alive(target.pid):
@@ -659,8 +663,14 @@ class Lab:
                 # SET GLOBAL does not survive): commits must wait for a replica again.
                 running = [n for n in state.readers if n.status == "running"]
                 self.engine.set_sync(state, target, bool(running))
-                reachable = [n for n in running if not n.partitioned]
-                deadline = time.monotonic() + timeout  # and the replicas are back on it
+                # and the replicas are back on it: those that can be (a partitioned one cannot,
+                # nor a lagged PostgreSQL one before its delay has passed; commits wait for it).
+                reachable = [
+                    n
+                    for n in running
+                    if not n.partitioned and (n.lag == 0 or self.engine.lagged_replicas_reconnect)
+                ]
+                deadline = time.monotonic() + timeout
                 while reachable and not self.engine.sync_active(state, target):
                     if time.monotonic() > deadline:
                         raise LabError(f"no replica acknowledges {target.id}'s commits again")

@@ -52,6 +52,9 @@ class Engine(Protocol):
 
     name: str
     default_port: int
+    lagged_replicas_reconnect: bool
+    """Whether a replica held back by :meth:`set_lag` reconnects to a restarted writer at once
+    (PostgreSQL's does not: it starts its WAL receiver again only once the delay has passed)."""
 
     def prepare(self, lab: LabState, node: NodeState, writer: NodeState | None) -> None:
         """Create the node's data directory: a fresh primary, or a replica of ``writer``."""

@@ -210,6 +210,8 @@ class MariaDB:
 
     name = "mariadb"
     default_port = 3306
+    # The lag stops only the SQL thread; the I/O thread reconnects and acknowledges.
+    lagged_replicas_reconnect = True
 
     def __init__(self) -> None:
         self.server, self.installer = find_binaries()

@@ -190,6 +190,9 @@ class PostgreSQL:
 
     name = "postgresql"
     default_port = 5432
+    # recovery_min_apply_delay keeps the startup process waiting, and only it starts a new
+    # WAL receiver: a lagged replica reconnects once the delayed commit is applied.
+    lagged_replicas_reconnect = False
 
     def __init__(self) -> None:
         self.bindir = find_bindir()
