@@ -157,6 +157,13 @@ class AddressBook:
     def old_addresses(self) -> frozenset[str]:
         return frozenset(a for p in self.pairs for a in p.blue_addresses)
 
+    def of(self, status: BlueGreenStatus) -> AddressBook:
+        """This book, or an empty one when it belongs to another deployment: after a
+        switchover the blue names lead to that deployment's green instances, so a later
+        deployment (other green names) must learn its addresses afresh."""
+        greens = {m.name for m in status.environment("green")}
+        return self if all(p.green in greens for p in self.pairs) else AddressBook()
+
 
 def learn(
     book: AddressBook, status: BlueGreenStatus, resolved: Mapping[str, tuple[str, ...]]
@@ -170,6 +177,7 @@ def learn(
     """
     if status.phase >= Phase.IN_PROGRESS:
         return book
+    book = book.of(status)
     known = {p.blue: p for p in book.pairs}
     blues = {m.name for m in status.environment("blue")}
     pairs = dict(known)

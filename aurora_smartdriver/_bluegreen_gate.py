@@ -83,6 +83,7 @@ class BlueGreenGate:
             phase = status.phase
             book = self.book
             if phase < Phase.IN_PROGRESS:
+                book = book.of(status)  # a new deployment after an earlier one: learn afresh
                 book = learn(book, status, self._addresses(status, book))
         with self._cond:
             self.status, self.book = status, book

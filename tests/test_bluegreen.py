@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from aurora_smartdriver._bluegreen import (
@@ -18,6 +18,8 @@ from aurora_smartdriver._bluegreen import (
     should_hold,
     substitute,
 )
+from aurora_smartdriver._bluegreen_gate import BlueGreenGate
+from aurora_smartdriver.resolver import Resolution
 
 moderate = settings(max_examples=60, deadline=None)
 
@@ -206,3 +208,32 @@ def test_a_pair_without_a_green_address_does_not_substitute() -> None:
     # Nothing to go to: the connection follows DNS rather than going nowhere.
     book = AddressBook((Pair("a", "a-green-abcdef", ("10.0.0.1",), ()),))
     assert substitute(book, Phase.COMPLETED, "a" + DOMAIN, ("10.0.0.1",)) == ("10.0.0.1",)
+
+
+@moderate
+@given(deployments(), suffixes, st.lists(addresses, min_size=4, max_size=4, unique=True))
+def test_a_second_deployment_is_learned_afresh(
+    first: tuple[list[str], str, dict[str, tuple[str, ...]]],
+    suffix: str,
+    fresh: list[str],
+) -> None:
+    """After a switchover the blue names mean the former green instances: a later deployment
+    (the first one deleted, its metadata gone) pairs them with its own green instances, and
+    from its switchover on no name leads to the instances it replaces."""
+    blues, first_suffix, resolved = first
+    blues = blues[:2]
+    assume(suffix != first_suffix)
+    dns = dict(resolved)
+    gate = BlueGreenGate(5.0, lambda host: dns[host.removesuffix(DOMAIN)])
+    for status in ("AVAILABLE", "SWITCHOVER_IN_PROGRESS", "SWITCHOVER_COMPLETED"):
+        gate.observe(status_of(blues, first_suffix, status))
+    gate.observe(None)  # the first deployment deleted
+    now_blue = {b: resolved[f"{b}-green-{first_suffix}"] for b in blues}  # DNS caught up
+    now_green = {f"{b}-green-{suffix}": (fresh[i],) for i, b in enumerate(blues)}
+    dns = {**now_blue, **now_green}
+    gate.observe(status_of(blues, suffix, "AVAILABLE"))
+    gate.observe(status_of(blues, suffix, "SWITCHOVER_IN_PROGRESS"))
+    assert gate.book.old_addresses == {a for b in blues for a in now_blue[b]}
+    for blue in blues:
+        found = Resolution(blue + DOMAIN, now_blue[blue], 5.0, "dns", 0.0)
+        assert gate.rewrite(found).addresses == now_green[f"{blue}-green-{suffix}"]

@@ -35,14 +35,17 @@ def _metadata(lab: Lab, node: NodeState | None) -> list[tuple[object, ...]]:
     return lab.engine.execute(state, node, sql)
 
 
-def _app_sessions(lab: Lab, node: NodeState) -> int:
+def _app_sessions(lab: Lab, node: NodeState) -> list[tuple[object, ...]]:
+    """The application's sessions on ``node``: who, since when, doing what."""
     state = lab.state()
     sql = (
-        f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{state.user}'"
+        "SELECT pid, application_name, client_addr, backend_start, state, query"
+        f" FROM pg_stat_activity WHERE usename = '{state.user}'"
         if state.engine == "postgresql"
-        else f"SELECT COUNT(*) FROM information_schema.processlist WHERE user = '{state.user}'"
+        else "SELECT id, host, db, command, time, state, info FROM information_schema.processlist"
+        f" WHERE user = '{state.user}'"
     )
-    return int(str(lab.engine.execute(state, node, sql)[0][0]))
+    return lab.engine.execute(state, node, sql)
 
 
 @pytest.fixture
@@ -151,7 +154,7 @@ def test_switchover_under_write_load_loses_nothing_and_never_uses_old_blue(
     )
     state = aurora_lab.state()
     for node in extra_nodes(state):  # nothing of the application reached an old blue node
-        assert _app_sessions(aurora_lab, node) == 0, node.id
+        assert _app_sessions(aurora_lab, node) == [], node.id
     names = [(e.cluster, e.fields.get("new")) for e in phases if e.name == "blue_green_phase"]
     assert (observer_id, "completed") in names
 
