@@ -30,7 +30,9 @@ __all__ = [
     "Pair",
     "Phase",
     "learn",
+    "learn_late",
     "parse_rows",
+    "refused",
     "should_hold",
     "substitute",
 ]
@@ -195,6 +197,31 @@ def learn(
         )
     ordered = tuple(pairs[name] for name in sorted(pairs))
     return book if ordered == book.pairs else AddressBook(ordered)
+
+
+def learn_late(
+    book: AddressBook, status: BlueGreenStatus, resolved: Mapping[str, tuple[str, ...]]
+) -> AddressBook:
+    """For a library that first reads the deployment once its names have moved (it learned
+    nothing before): the old blue instances' addresses, from their `-old1` names (`resolved`:
+    instance name -> addresses), which always lead to them. No green address can be known
+    then (the blue names may still lead to the old instances): see `refused`."""
+    if book.pairs or status.phase < Phase.IN_PROGRESS:
+        return book
+    pairs = []
+    for member in status.members:
+        if member.name.endswith(OLD_SUFFIX) and resolved.get(member.name):
+            blue = member.name[: -len(OLD_SUFFIX)]
+            pairs.append(Pair(blue, blue, resolved[member.name], ()))
+    return AddressBook(tuple(sorted(pairs, key=lambda p: p.blue))) if pairs else book
+
+
+def refused(book: AddressBook, phase: Phase | None, addresses: tuple[str, ...]) -> bool:
+    """Whether a name that leads (after `substitute`) only to `addresses` must not be used:
+    from the switchover on, every one of them is an old blue instance's."""
+    if phase is None or phase < Phase.IN_PROGRESS or not addresses:
+        return False
+    return set(addresses) <= book.old_addresses
 
 
 def should_hold(phase: Phase | None, in_progress_for: float, budget: float) -> bool:

@@ -17,14 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from aurora_smartdriver._bluegreen import (
+    OLD_SUFFIX,
     AddressBook,
     BlueGreenStatus,
     Phase,
     learn,
+    learn_late,
+    refused,
     should_hold,
     substitute,
 )
-from aurora_smartdriver.resolver import Resolution
+from aurora_smartdriver.resolver import Resolution, ResolveError
 
 __all__ = ["BlueGreenGate", "GateStats"]
 
@@ -46,6 +49,7 @@ class GateStats:
     held_seconds: float  # the time they waited, in all
     hold_timeouts: int  # waits that ended because the budget ran out, not the switchover
     substituted: int  # resolutions sent to a green instance's address instead of DNS's answer
+    refused: int = 0  # resolutions refused: they led only to old blue instances (see `rewrite`)
 
 
 class BlueGreenGate:
@@ -66,7 +70,7 @@ class BlueGreenGate:
         self.book = AddressBook()
         self._in_progress_since: float | None = None
         self._listeners: list[PhaseListener] = []
-        self._held = self._timeouts = self._substituted = 0
+        self._held = self._timeouts = self._substituted = self._refused = 0
         self._held_seconds = 0.0
 
     # -- the monitor's side ----------------------------------------------------------------
@@ -85,6 +89,8 @@ class BlueGreenGate:
             if phase < Phase.IN_PROGRESS:
                 book = book.of(status)  # a new deployment after an earlier one: learn afresh
                 book = learn(book, status, self._addresses(status, book))
+            elif not book.pairs:  # first read after the names moved: know the old ones
+                book = learn_late(book, status, self._old_addresses(status))
         with self._cond:
             self.status, self.book = status, book
             if phase is Phase.IN_PROGRESS and self._in_progress_since is None:
@@ -101,6 +107,17 @@ class BlueGreenGate:
                     listener(old, phase)
                 except Exception:
                     log.exception("Blue/Green listener %r failed", listener)
+
+    def _old_addresses(self, status: BlueGreenStatus) -> dict[str, tuple[str, ...]]:
+        """The addresses of the deployment's `-old1` names (they always lead to old blue)."""
+        found: dict[str, tuple[str, ...]] = {}
+        for member in status.members:
+            if member.name.endswith(OLD_SUFFIX):
+                try:
+                    found[member.name] = self._resolve(member.host)
+                except OSError as exc:
+                    log.debug("Blue/Green: %s does not resolve: %s", member.host, exc)
+        return found
 
     def _addresses(self, status: BlueGreenStatus, book: AddressBook) -> dict[str, tuple[str, ...]]:
         """The addresses of the deployment's names not in `book` yet (DNS, before the rename)."""
@@ -171,11 +188,23 @@ class BlueGreenGate:
         return waited
 
     def rewrite(self, found: Resolution) -> Resolution:
-        """`found` as the deployment says it should be (`substitute`); the resolver's hook."""
+        """`found` as the deployment says it should be (`substitute`); the resolver's hook.
+
+        Raises `ResolveError` when it leads only to old blue instances (`refused`): a writer
+        then waits as for a name that does not resolve, a reader goes elsewhere.
+        """
         phase = self.phase
         if phase is None or phase < Phase.IN_PROGRESS:
             return found
-        addresses = substitute(self.book, phase, found.host, found.addresses)
+        book = self.book
+        addresses = substitute(book, phase, found.host, found.addresses)
+        if refused(book, phase, addresses):
+            with self._cond:
+                self._refused += 1
+            raise ResolveError(
+                f"{found.host} still leads to {', '.join(addresses)}, replaced by the Blue/Green"
+                " switchover (DNS has not caught up, and no green address was learned before)"
+            )
         if addresses == found.addresses:
             return found
         with self._cond:
@@ -189,6 +218,7 @@ class BlueGreenGate:
             held_seconds=round(self._held_seconds, 3),
             hold_timeouts=self._timeouts,
             substituted=self._substituted,
+            refused=self._refused,
         )
 
 

@@ -14,7 +14,9 @@ from aurora_smartdriver._bluegreen import (
     Pair,
     Phase,
     learn,
+    learn_late,
     parse_rows,
+    refused,
     should_hold,
     substitute,
 )
@@ -223,6 +225,7 @@ def test_a_second_deployment_is_learned_afresh(
     blues, first_suffix, resolved = first
     blues = blues[:2]
     assume(suffix != first_suffix)
+    assume(not set(fresh) & {a for found in resolved.values() for a in found})
     dns = dict(resolved)
     gate = BlueGreenGate(5.0, lambda host: dns[host.removesuffix(DOMAIN)])
     for status in ("AVAILABLE", "SWITCHOVER_IN_PROGRESS", "SWITCHOVER_COMPLETED"):
@@ -237,3 +240,46 @@ def test_a_second_deployment_is_learned_afresh(
     for blue in blues:
         found = Resolution(blue + DOMAIN, now_blue[blue], 5.0, "dns", 0.0)
         assert gate.rewrite(found).addresses == now_green[f"{blue}-green-{suffix}"]
+
+
+def moved_status(blues: list[str], status: str) -> BlueGreenStatus:
+    """The metadata once the names moved: old blue instances under `-old1`, green under the
+    blue names."""
+    rows = [row(b + OLD_SUFFIX, SOURCE, status) for b in blues]
+    rows += [row(b, TARGET, status) for b in blues]
+    parsed = parse_rows(rows)
+    assert parsed is not None
+    return parsed
+
+
+@moderate
+@given(deployments(), st.sampled_from(["SWITCHOVER_IN_POST_PROCESSING", "SWITCHOVER_COMPLETED"]))
+def test_a_late_reader_knows_the_old_instances_and_refuses_them(
+    deployment: tuple[list[str], str, dict[str, tuple[str, ...]]], status: str
+) -> None:
+    blues, suffix, resolved = deployment
+    old = {b + OLD_SUFFIX: resolved[b] for b in blues}  # what the -old1 names lead to
+    late = moved_status(blues, status)
+    book = learn_late(AddressBook(), late, old)
+    assert book.old_addresses == {a for b in blues for a in resolved[b]}
+    phase = late.phase
+    for blue in blues:
+        stale = resolved[blue]  # DNS has not caught up: the blue name leads to the old one
+        assert refused(book, phase, substitute(book, phase, blue + DOMAIN, stale))
+        new = resolved[f"{blue}-green-{suffix}"]  # once it has: the green instance
+        assert not refused(book, phase, substitute(book, phase, blue + DOMAIN, new))
+    # Nothing is refused before the switchover, and a book learned in time is kept.
+    assert not refused(book, Phase.CREATED, resolved[blues[0]])
+    early = learn(AddressBook(), status_of(blues, suffix, "AVAILABLE"), resolved)
+    assert learn_late(early, late, old) is early
+
+
+@moderate
+@given(deployments(), st.sampled_from([Phase.IN_PROGRESS, Phase.POST, Phase.COMPLETED]))
+def test_a_book_learned_in_time_refuses_nothing_it_can_substitute(
+    deployment: tuple[list[str], str, dict[str, tuple[str, ...]]], phase: Phase
+) -> None:
+    blues, suffix, resolved = deployment
+    book = learn(AddressBook(), status_of(blues, suffix, "AVAILABLE"), resolved)
+    for name, found in resolved.items():
+        assert not refused(book, phase, substitute(book, phase, name + DOMAIN, found))

@@ -200,6 +200,35 @@ def test_a_connection_asked_for_during_the_switchover_waits_and_lands_on_green(
     assert stats.hold_timeouts == 0
 
 
+def test_a_process_that_starts_after_the_switchover_never_uses_old_blue(
+    aurora_lab: Lab,
+) -> None:
+    """The library first hears of the deployment when it is over, while DNS still names the
+    old blue instances (a service started or scaled out in that window): it learned no green
+    address, yet neither the monitor nor a connection may land on an instance replaced."""
+    engine = aurora_lab.state().engine
+    aurora_lab.blue_green_create()
+    green = extra_nodes(aurora_lab.state())
+    report = aurora_lab.blue_green_switchover(in_progress_s=0.2, dns_lag=4.0)
+    old = extra_nodes(aurora_lab.state())
+    seen = {n.address if engine == "postgresql" else str(n.server_id) for n in old}
+    late = asd.Cluster(aurora_lab.dsn, cluster_id=f"bg-{uuid.uuid4().hex[:8]}", failover_timeout=60)
+    servers = []
+    try:
+        assert time.time() < report.dns_flip_at  # DNS still leads to the old blue nodes
+        with late.writer() as conn:
+            servers.append(_server(conn, engine))
+        with late.reader() as conn:
+            servers.append(_server(conn, engine))
+    finally:
+        late.close()
+    want = green[0].address if engine == "postgresql" else str(green[0].server_id)
+    assert servers[0] == want
+    assert not set(servers) & seen, servers
+    for node in old:
+        assert _app_sessions(aurora_lab, node) == [], node.id
+
+
 def test_a_switchover_stuck_in_progress_holds_connections_only_for_the_budget(
     aurora_lab: Lab,
 ) -> None:
