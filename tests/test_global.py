@@ -11,6 +11,7 @@ import pytest
 import aurora_smartdriver as asd
 from aurora_smartdriver import events
 from aurora_smartdriver.lab import Lab
+from tests import plain
 
 HOME = "west"
 
@@ -34,6 +35,13 @@ def global_lab(aurora_lab_postgresql: Lab) -> Lab:
 def small_global_lab(aurora_lab: Lab) -> Lab:
     """Each engine's session lab with a one-node ``west``: enough to move the writer there."""
     aurora_lab.add_region(HOME, replicas=0)
+    return aurora_lab
+
+
+@pytest.fixture
+def wide_global_lab(aurora_lab: Lab) -> Lab:
+    """Each engine's session lab with a two-node ``west``: hold and release act on every node."""
+    aurora_lab.add_region(HOME, replicas=1)
     return aurora_lab
 
 
@@ -176,3 +184,59 @@ def test_failover_loses_what_the_region_lacked_and_says_so(
         told = moves[-1]  # ... and the application was told, with the lag known before
         assert told["new_region"] == HOME and told["writes_may_be_lost"] is True
         assert told["rpo_lag_ms_before"] > 0
+
+
+def _receiver(conn: Any) -> str | None:
+    """What the log receiver of the node ``conn`` is open on does right now: None when it has
+    none (PostgreSQL: no WAL receiver process; MariaDB: IO thread stopped), else
+    ``"<state> from <address>"``, the state ``streaming`` once it receives from there."""
+    cur = conn.cursor()
+    if hasattr(conn, "pgconn"):
+        cur.execute("SELECT status, sender_host FROM pg_stat_wal_receiver")
+        row = cur.fetchone()
+        return f"{row[0]} from {row[1]}" if row else None
+    cur.execute("SHOW SLAVE STATUS")
+    row = cur.fetchone()  # Master_Host is column 1, Slave_IO_Running column 10
+    if not row or row[10] == "No":
+        return None
+    return f"{'streaming' if row[10] == 'Yes' else str(row[10]).lower()} from {row[1]}"
+
+
+def _counts(lab: Lab, nodes: list[str]) -> dict[str, int | None]:
+    """The rows of ``global_hold`` on each node (None: no such table there yet)."""
+    out: dict[str, int | None] = {}
+    for node in nodes:
+        try:
+            out[node] = int(str(lab.execute(node, "SELECT count(*) FROM global_hold")[0][0]))
+        except Exception:
+            out[node] = None
+    return out
+
+
+def test_hold_and_release_take_effect_before_they_return(wide_global_lab: Lab) -> None:
+    lab = wide_global_lab
+    west = [n.id for n in lab.nodes if n.region == HOME]
+    # Connections opened beforehand: an application writes, and looks, right after the call.
+    writer = plain.connect(lab, lab.writer.id)
+    nodes = {node: plain.connect(lab, node) for node in west}
+    try:
+        for sql in ["CREATE TABLE IF NOT EXISTS global_hold (id text)", "DELETE FROM global_hold"]:
+            writer.cursor().execute(sql)
+        _wait("west to replicate", lambda: _counts(lab, west) == dict.fromkeys(west, 0))
+        for turn in range(8):  # a race while either returned early: run it a few times
+            lab.hold_region(HOME)  # west receives nothing from now on ...
+            receivers = {node: _receiver(conn) for node, conn in nodes.items()}
+            writer.cursor().execute(f"INSERT INTO global_hold VALUES ('held {turn}')")
+            assert receivers == dict.fromkeys(west), f"turn {turn}"
+            time.sleep(0.3)  # plenty for a region still streaming to receive and apply it
+            assert _counts(lab, west) == dict.fromkeys(west, turn), f"turn {turn}"
+
+            lab.release_region(HOME)  # ... until it streams from the writer again
+            receivers = {node: _receiver(conn) for node, conn in nodes.items()}
+            streaming = f"streaming from {lab.writer.address}"
+            assert receivers == dict.fromkeys(west, streaming), f"turn {turn}"
+            caught_up = dict.fromkeys(west, turn + 1)
+            _wait("west to catch up", lambda goal=caught_up: _counts(lab, west) == goal)
+    finally:
+        for conn in [writer, *nodes.values()]:
+            conn.close()

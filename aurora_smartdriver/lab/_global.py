@@ -501,23 +501,74 @@ def _wait_region(lab: Lab, region: str, timeout: float) -> None:
         lab.engine.drain(state, node, max(1.0, deadline - time.monotonic()))  # and applied it
 
 
-def hold(lab: Lab, region: str) -> None:
-    """Stop replication into a secondary region: it keeps what it has and falls behind."""
+def hold(lab: Lab, region: str, timeout: float = 30.0) -> None:
+    """Stop replication into a secondary region: it keeps what it has and falls behind.
+
+    Returns once no node of the region receives anything more: PostgreSQL stops a WAL
+    receiver some time after the reload that tells it to, and it streams until then.
+    """
     with lab._change() as state:
         nodes = _secondary(state, region)
         for node in nodes:
             _set_source(lab, state, node, None)
+        _wait_streaming(lab, state, nodes, None, timeout)
 
 
-def release(lab: Lab, region: str) -> None:
-    """Undo `hold`: the region replicates from the writer again."""
+def release(lab: Lab, region: str, timeout: float = 30.0) -> None:
+    """Undo `hold`: the region replicates from the writer again (every node streams from it
+    when this returns)."""
     with lab._change() as state:
         writer = state.writer
         if writer is None:
             raise LabError("the lab has no writer")
-        for node in _secondary(state, region):
-            if node.status == "running":
-                _set_source(lab, state, node, writer)
+        nodes = [n for n in _secondary(state, region) if n.status == "running"]
+        for node in nodes:
+            _set_source(lab, state, node, writer)
+        _wait_streaming(lab, state, nodes, writer, timeout)
+
+
+def _streaming_from(lab: Lab, state: st.LabState, node: st.NodeState) -> str | None:
+    """The address ``node`` streams the writer's log from; "" while its receiver runs without
+    streaming (yet, or any more); None when it has no receiver (nothing can arrive)."""
+    engine: Any = lab.engine
+    if state.engine == "postgresql":
+        rows = engine.execute(state, node, "SELECT status, sender_host FROM pg_stat_wal_receiver")
+        if not rows:
+            return None
+        doing, host = rows[0]
+        return str(host) if doing == "streaming" and host else ""
+    conn = engine._connect(state, node, 5.0)
+    try:
+        status: dict[str, Any] = engine._status(conn)
+    finally:
+        conn.close()
+    if status.get("Slave_IO_Running", "No") == "No":
+        return None
+    if status["Slave_IO_Running"] == "Yes" and status.get("Slave_SQL_Running") == "Yes":
+        return str(status.get("Master_Host") or "")
+    return ""
+
+
+def _wait_streaming(
+    lab: Lab,
+    state: st.LabState,
+    nodes: list[st.NodeState],
+    source: st.NodeState | None,
+    timeout: float,
+) -> None:
+    """Wait until every node of ``nodes`` streams from ``source`` (None: from nothing)."""
+    goal = None if source is None else source.address
+    deadline = time.monotonic() + timeout
+    for node in nodes:
+        while (now := _streaming_from(lab, state, node)) != goal:
+            if time.monotonic() > deadline:
+                wanted = "stop receiving" if source is None else f"stream from {source.id}"
+                found = {None: "no receiver", "": "a receiver not streaming"}.get(now)
+                raise LabError(
+                    f"{node.id} did not {wanted} within {timeout:g}s: "
+                    f"it has {found or f'a receiver streaming from {now}'}"
+                )
+            time.sleep(0.01)
 
 
 def _secondary(state: st.LabState, region: str) -> list[st.NodeState]:
