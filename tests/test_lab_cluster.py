@@ -56,6 +56,33 @@ def test_a_committed_write_reaches_every_replica(aurora_lab: Lab) -> None:
             conn.close()
 
 
+def test_wait_replicated_returns_once_a_big_write_is_applied_not_only_received(
+    aurora_lab: Lab,
+) -> None:
+    """A commit is acknowledged once a replica has the log (PostgreSQL: flushed), not once it
+    has applied it: waiting for "replicated" must wait for the replay too."""
+    engine = aurora_lab.state().engine
+    fill = (
+        "INSERT INTO lab_bulk SELECT g FROM generate_series(1, 300000) g"
+        if engine == "postgresql"
+        else "INSERT INTO lab_bulk SELECT seq FROM seq_1_to_300000"
+    )
+    conn = plain.connect(aurora_lab, aurora_lab.writer.id)
+    try:
+        plain.query(conn, "DROP TABLE IF EXISTS lab_bulk")
+        plain.query(conn, "CREATE TABLE lab_bulk (n INT)")
+        aurora_lab.wait_replicated(10)
+        for turn in range(3):
+            plain.query(conn, fill)
+            aurora_lab.wait_replicated(30)
+            for reader in aurora_lab.readers:
+                got = aurora_lab.execute(reader, "SELECT count(*) FROM lab_bulk")
+                assert int(str(got[0][0])) == 300000 * (turn + 1), (reader.id, turn)
+    finally:
+        plain.query(conn, "DROP TABLE IF EXISTS lab_bulk")
+        conn.close()
+
+
 def test_application_user_cannot_write_on_a_replica(aurora_lab: Lab) -> None:
     conn = plain.connect(aurora_lab, aurora_lab.readers[0].id)
     try:
