@@ -984,6 +984,8 @@ class Connection:
                 self._detach(f"the connection to {lost} was lost ({_short(exc)})")
             if decided.outcome_unknown:
                 self._unknown_event(lost, started)
+                if not isinstance(failure, Exception):
+                    raise  # interrupted meanwhile (Ctrl-C): that is what the program sees
                 raise keep_driver_details(
                     runtime.outcome_unknown(
                         f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "

@@ -484,3 +484,30 @@ def test_a_commit_lost_in_a_psycopg_pipeline_is_not_a_success(
         assert _count(lab, op) == 0  # the server ended the session before the COMMIT
     finally:
         conn.close()
+
+
+def test_ctrl_c_while_a_write_waits_for_a_new_writer_stays_a_keyboard_interrupt(
+    aurora_lab: Lab,
+) -> None:
+    """An autocommit write whose node died has an unknown outcome; the library then waits for
+    a new writer. A Ctrl-C meanwhile is the user's: it must reach the program as it is, not
+    come out as TransactionOutcomeUnknown (which a retry loop would catch and go on with)."""
+    import os
+    import signal
+
+    lab = aurora_lab
+    conn = _connect(lab, failover_timeout=30, **_autocommit(lab))
+    table = f"ctrlc_{uuid.uuid4().hex[:8]}"
+    try:
+        _query(conn, f"CREATE TABLE {table} (id VARCHAR(64))")
+        lab.crash(lab.writer)  # no writer: the failover waits
+        timer = threading.Timer(1.0, os.kill, args=(os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                _query(conn, f"INSERT INTO {table} VALUES ('x')")
+        finally:
+            timer.cancel()
+    finally:
+        conn.close()
+        lab.failover()

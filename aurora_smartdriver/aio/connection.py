@@ -558,6 +558,8 @@ class AsyncConnection:
                 self._detach()
             if decided.outcome_unknown:
                 self._unknown_event(lost, started)
+                if not isinstance(failure, Exception):
+                    raise  # cancelled (or interrupted) meanwhile: that is what the task sees
                 unknown = runtime.outcome_unknown(
                     f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "
                     "it may or may not have been committed; and no new node could be "
