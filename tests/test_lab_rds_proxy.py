@@ -5,8 +5,11 @@ connections, and a writer failover behind the proxy keeps every promise of the l
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -21,7 +24,10 @@ import pytest
 import aurora_smartdriver as asd
 from aurora_smartdriver import ConfigError, FailoverSucceeded, _runtime, aio, dsn
 from aurora_smartdriver.lab import Lab
+from aurora_smartdriver.lab import _state as st
 from aurora_smartdriver.lab._ledger import Ledger
+from aurora_smartdriver.lab._net import free_port
+from aurora_smartdriver.lab._rds_proxy import RdsProxyFront
 from tests import plain
 
 _LAB_CLI = (sys.executable, "-m", "aurora_smartdriver", "lab")
@@ -305,6 +311,99 @@ def test_the_lab_proxy_holds_new_connections_until_a_new_writer_accepts_them(
     assert len(got) == 1 and not isinstance(got[0], Exception), got
     assert not got[0]  # on the new writer
     assert lab.writer.id != old
+
+
+def _echo_server() -> socket.socket:
+    """A stand-in node on 127.0.0.1: echoes what each connection sends, until it closes."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def echo(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):  # the server closed: the test is over
+            while True:
+                threading.Thread(target=echo, args=(server.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server
+
+
+def _echoes(port: int) -> None:
+    """Two round trips through the proxy listening on 127.0.0.1:`port`."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        for word in (b"ping", b"pong"):
+            conn.sendall(word)
+            assert conn.recv(16) == word
+
+
+async def _loop_leftovers() -> tuple[list[str], list[int]]:
+    """The tasks (but this one) and the descriptors registered in the running event loop."""
+    loop = asyncio.get_running_loop()
+    tasks = [
+        t.get_coro().__qualname__ for t in asyncio.all_tasks() if t is not asyncio.current_task()
+    ]
+    return sorted(tasks), sorted(loop._selector.get_map())  # type: ignore[attr-defined]
+
+
+def test_the_lab_proxy_cutting_a_connection_leaves_nothing_waiting_on_its_sockets() -> None:
+    """An endpoint removed under an open connection: the connection's pipes end with it.
+
+    Its two pipes were left waiting to read on the sockets closed under them, their descriptors
+    still registered in the proxy's event loop; the next sockets given those numbers were never
+    watched. A client held through a failover (the test above) then stalled with its startup
+    packet in the proxy until PostgreSQL's authentication_timeout closed the session: "server
+    closed the connection unexpectedly". Run in this process against a stand-in node, so the
+    proxy's loop can be looked into."""
+    server = _echo_server()
+    node = st.NodeState(
+        id="n-1",
+        index=1,
+        address="127.0.0.1",
+        port=server.getsockname()[1],
+        role="writer",
+        status="running",
+        datadir="",
+        server_id=1,
+        session_id="s-1",
+    )
+    state = st.LabState(
+        engine="postgresql",
+        name="n",
+        cluster_hash="h",
+        dir="",
+        prefix="127.0.0",
+        port=free_port("127.0.0.1"),
+        user="u",
+        password="p",
+        database="d",
+        repl_password="r",
+        dns=st.DNSState("127.0.0.1", 0, 1, 0.0, "n-1"),
+        nodes=[node],
+    )
+    front = RdsProxyFront(lambda: state)
+    try:
+        idle = asyncio.run_coroutine_threadsafe(_loop_leftovers(), front._loop).result(5)
+        state.proxy_endpoints = [st.ProxyEndpointState("cut", "read_write", "127.0.0.1")]
+        front.sync()
+        _echoes(state.port)  # the proxy works
+        with socket.create_connection(("127.0.0.1", state.port), timeout=5) as conn:
+            conn.sendall(b"ping")
+            assert conn.recv(16) == b"ping"  # both pipes now wait to read
+            state.proxy_endpoints = []
+            front.sync()  # the endpoint goes: its connection is cut
+            with contextlib.suppress(ConnectionResetError):
+                assert conn.recv(16) == b""
+        left = asyncio.run_coroutine_threadsafe(_loop_leftovers(), front._loop).result(5)
+        assert left == idle, "tasks or registrations outlived the connection"
+        state.proxy_endpoints = [st.ProxyEndpointState("next", "read_write", "127.0.0.1")]
+        front.sync()
+        _echoes(state.port)
+    finally:
+        front.stop()
+        server.close()
 
 
 def test_the_lab_proxy_gives_up_after_its_borrow_timeout(aurora_lab: Lab) -> None:

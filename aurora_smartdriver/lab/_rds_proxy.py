@@ -58,6 +58,30 @@ def upstream_for(state: st.LabState, role: str) -> tuple[str, int] | None:
     return readers[next(_turns) % len(readers)].endpoint
 
 
+async def _stop(pipes: list[asyncio.Task[None]]) -> None:
+    """Cancel a connection's pipe tasks and wait until they are done, even when the task
+    waiting is cancelled meanwhile (then re-raised once they are).
+
+    Only then may their sockets close. A pipe still waiting to read keeps its socket's
+    descriptor registered in the event loop's selector; closed under it, the number goes to the
+    next socket opened in the process (a new client's, say), and asyncio takes the leftover
+    registration for that socket's own: it never asks epoll to watch it, so that connection
+    stalls in one direction. A PostgreSQL client held through a failover then had its startup
+    packet stuck in the proxy until the server's authentication_timeout closed the session:
+    "server closed the connection unexpectedly".
+    """
+    for task in pipes:
+        task.cancel()
+    interrupted = False
+    while not all(task.done() for task in pipes):
+        try:
+            await asyncio.wait(pipes)
+        except asyncio.CancelledError:
+            interrupted = True  # cancelled pipes end within a turn of the loop: wait for them
+    if interrupted:
+        raise asyncio.CancelledError
+
+
 def _reset(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
@@ -160,12 +184,16 @@ class RdsProxyFront:
                     return upstream
                 except (OSError, TimeoutError):
                     upstream.close()  # the node is going (a failover): wait for the next one
+                except BaseException:
+                    upstream.close()  # cancelled (the endpoint closes): leave no socket behind
+                    raise
             if loop.time() >= deadline:
                 return None
             await asyncio.sleep(_RETRY)
 
     async def _serve(self, name: str, client: socket.socket) -> None:
         upstream: socket.socket | None = None
+        pipes: list[asyncio.Task[None]] = []
         clean = False
         try:
             upstream = await self._borrow(name)
@@ -173,22 +201,24 @@ class RdsProxyFront:
                 return
             outward = asyncio.create_task(self._pipe(client, upstream))
             back = asyncio.create_task(self._pipe(upstream, client))
-            done, _ = await asyncio.wait({outward, back}, return_when=asyncio.FIRST_COMPLETED)
+            pipes = [outward, back]
+            done, _ = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
             clean = all(not t.cancelled() and t.exception() is None for t in done)
             if clean and back not in done:  # the client said goodbye: let the server finish
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(back), 5.0)
-            for task in (outward, back):  # a node that went away takes the client with it
-                task.cancel()
-            await asyncio.gather(outward, back, return_exceptions=True)
+                await asyncio.wait([back], timeout=5.0)  # however it ends: this side is done
         finally:
-            for sock in (client, upstream):
-                if sock is None:
-                    continue
-                if clean:
-                    sock.close()
-                else:
-                    _reset(sock)  # a broken path: the other side learns at once
+            # A node that went away takes the client with it; so does the endpoint's removal,
+            # which cancels this task (`_close`), whatever it was waiting for.
+            try:
+                await _stop(pipes)  # before the sockets close: see `_stop`
+            finally:
+                for sock in (client, upstream):
+                    if sock is None:
+                        continue
+                    if clean:
+                        sock.close()
+                    else:
+                        _reset(sock)  # a broken path: the other side learns at once
 
     async def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         loop = asyncio.get_running_loop()
