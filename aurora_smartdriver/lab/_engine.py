@@ -160,8 +160,26 @@ def cpu_percent(pid: int | None, previous: dict[int, tuple[float, float]]) -> fl
     return round(100.0 * (ticks - last[1]) / (now - last[0]), 1)
 
 
-def remove_sysv_segment(shmid: int) -> None:
-    """Remove a System V shared memory segment that no process is attached to any more."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    ipc_rmid = 0
-    libc.shmctl(ctypes.c_int(shmid), ctypes.c_int(ipc_rmid), None)
+def remove_sysv_segment(shmid: int, *, key: int, creator: int) -> bool:
+    """Remove the System V shared memory segment a killed server left behind; return whether
+    it did.
+
+    Segment ids are system-wide and a pid file may be stale: only the segment that is exactly
+    the one named (``key``, created by the server's pid ``creator``) and that no process is
+    attached to any more is removed, as Linux's /proc/sysvipc/shm shows it. Any other (this
+    machine's own PostgreSQL's, another lab's) is left alone.
+    """
+    try:
+        rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for row in rows:
+        fields = row.split()  # key shmid perms size cpid lpid nattch ...
+        if len(fields) < 7 or fields[1] != str(shmid):
+            continue
+        if fields[0] != str(key) or fields[4] != str(creator) or fields[6] != "0":
+            return False
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        ipc_rmid = 0
+        return int(libc.shmctl(ctypes.c_int(shmid), ctypes.c_int(ipc_rmid), None)) == 0
+    return False

@@ -496,6 +496,8 @@ class PostgreSQL:
             lines = pidfile.read_text().splitlines()
         except OSError:
             return
-        # Line 7 holds "<key> <shmid>" of the small System V segment PostgreSQL keeps.
-        if len(lines) >= 7 and len(lines[6].split()) == 2:
-            remove_sysv_segment(int(lines[6].split()[1]))
+        # Line 1 is the postmaster's pid, line 7 "<key> <shmid>" of the small System V
+        # segment it created (see remove_sysv_segment: only that one, unattached, goes).
+        if len(lines) >= 7 and len(lines[6].split()) == 2 and lines[0].strip().isdigit():
+            key, shmid = (int(v) for v in lines[6].split())
+            remove_sysv_segment(shmid, key=key, creator=int(lines[0]))
