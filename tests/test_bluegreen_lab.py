@@ -35,17 +35,39 @@ def _metadata(lab: Lab, node: NodeState | None) -> list[tuple[object, ...]]:
     return lab.engine.execute(state, node, sql)
 
 
-def _app_sessions(lab: Lab, node: NodeState) -> list[tuple[object, ...]]:
-    """The application's sessions on ``node``: who, since when, doing what."""
+def _app_sessions(lab: Lab, node: NodeState, user: str | None = None) -> list[tuple[object, ...]]:
+    """The sessions of ``user`` (the lab's application user by default) on ``node``: who,
+    since when, doing what."""
     state = lab.state()
+    user = user or state.user
     sql = (
         "SELECT pid, application_name, client_addr, backend_start, state, query"
-        f" FROM pg_stat_activity WHERE usename = '{state.user}'"
+        f" FROM pg_stat_activity WHERE usename = '{user}'"
         if state.engine == "postgresql"
         else "SELECT id, host, db, command, time, state, info FROM information_schema.processlist"
-        f" WHERE user = '{state.user}'"
+        f" WHERE user = '{user}'"
     )
     return lab.engine.execute(state, node, sql)
+
+
+def _own_login(lab: Lab) -> tuple[str, str]:
+    """A login of the test's own (created before the deployment, so green has it too) and the
+    lab's DSN with it: the sessions it finds are this test's, not those of another test's
+    machinery still lingering in the process."""
+    state = lab.state()
+    user, password = f"bg_{uuid.uuid4().hex[:8]}", "bg-pw-123"
+    if state.engine == "postgresql":
+        lab.execute(
+            lab.writer, f"CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE {state.user}"
+        )
+    else:
+        lab.execute(lab.writer, f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'")
+        lab.execute(lab.writer, f"GRANT ALL ON *.* TO '{user}'@'%'")
+        # as the lab's application user: no read_only bypass (ALL includes it)
+        lab.execute(lab.writer, f"REVOKE READ_ONLY ADMIN, SUPER ON *.* FROM '{user}'@'%'")
+    lab.wait_replicated()
+    scheme, rest = lab.dsn.split("://", 1)
+    return user, f"{scheme}://{user}:{password}@{rest.split('@', 1)[1]}"
 
 
 @pytest.fixture
@@ -111,11 +133,12 @@ def test_switchover_under_write_load_loses_nothing_and_never_uses_old_blue(
     aurora_lab: Lab, phases: list[events.Event]
 ) -> None:
     engine = aurora_lab.state().engine
+    user, dsn = _own_login(aurora_lab)
     aurora_lab.blue_green_create()
     observer_id = f"bg-{uuid.uuid4().hex[:8]}"
-    observer = asd.Cluster(aurora_lab.dsn, cluster_id=observer_id)
+    observer = asd.Cluster(dsn, cluster_id=observer_id)
     ledger = Ledger(
-        aurora_lab.dsn,
+        dsn,
         engine,
         writers=(
             ("connect", "autocommit"),
@@ -154,7 +177,7 @@ def test_switchover_under_write_load_loses_nothing_and_never_uses_old_blue(
     )
     state = aurora_lab.state()
     for node in extra_nodes(state):  # nothing of the application reached an old blue node
-        assert _app_sessions(aurora_lab, node) == [], node.id
+        assert _app_sessions(aurora_lab, node, user) == [], node.id
     names = [(e.cluster, e.fields.get("new")) for e in phases if e.name == "blue_green_phase"]
     assert (observer_id, "completed") in names
 
@@ -207,12 +230,13 @@ def test_a_process_that_starts_after_the_switchover_never_uses_old_blue(
     old blue instances (a service started or scaled out in that window): it learned no green
     address, yet neither the monitor nor a connection may land on an instance replaced."""
     engine = aurora_lab.state().engine
+    user, dsn = _own_login(aurora_lab)
     aurora_lab.blue_green_create()
     green = extra_nodes(aurora_lab.state())
     report = aurora_lab.blue_green_switchover(in_progress_s=0.2, dns_lag=4.0)
     old = extra_nodes(aurora_lab.state())
     seen = {n.address if engine == "postgresql" else str(n.server_id) for n in old}
-    late = asd.Cluster(aurora_lab.dsn, cluster_id=f"bg-{uuid.uuid4().hex[:8]}", failover_timeout=60)
+    late = asd.Cluster(dsn, cluster_id=f"bg-{uuid.uuid4().hex[:8]}", failover_timeout=60)
     servers = []
     try:
         assert time.time() < report.dns_flip_at  # DNS still leads to the old blue nodes
@@ -225,8 +249,8 @@ def test_a_process_that_starts_after_the_switchover_never_uses_old_blue(
     want = green[0].address if engine == "postgresql" else str(green[0].server_id)
     assert servers[0] == want
     assert not set(servers) & seen, servers
-    for node in old:
-        assert _app_sessions(aurora_lab, node) == [], node.id
+    for node in old:  # the monitor and the watchdog's probes included
+        assert _app_sessions(aurora_lab, node, user) == [], node.id
 
 
 def test_a_switchover_stuck_in_progress_holds_connections_only_for_the_budget(

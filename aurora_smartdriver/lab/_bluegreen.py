@@ -303,7 +303,8 @@ def _pg_setting(lab: Lab, state: st.LabState, node: st.NodeState) -> str:
 
 
 def _drop_sessions(lab: Lab, state: st.LabState, nodes: list[st.NodeState]) -> None:
-    """End every application session on ``nodes`` (what RDS does to both environments)."""
+    """End every client session on ``nodes``, whatever its login (what RDS does to both
+    environments); the lab's own administration and replication are left running."""
 
     def drop(node: st.NodeState) -> None:
         if state.engine == "postgresql":
@@ -311,12 +312,15 @@ def _drop_sessions(lab: Lab, state: st.LabState, nodes: list[st.NodeState]) -> N
                 state,
                 node,
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                f" WHERE usename = '{state.user}' AND pid <> pg_backend_pid()",
+                " WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                " AND usename NOT IN ('postgres', 'repl')",
             )
             return
         with _admin(lab, state, node, log=False) as db:
             ids = db.run(
-                "SELECT id FROM information_schema.processlist WHERE user = %s", (state.user,)
+                "SELECT id FROM information_schema.processlist"
+                " WHERE user NOT IN ('root', 'repl', 'system user', 'event_scheduler')"
+                " AND id <> CONNECTION_ID()"
             )
             for (session,) in ids:
                 with contextlib.suppress(Exception):  # it may have ended meanwhile
