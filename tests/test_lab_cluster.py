@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from aurora_smartdriver.lab import Lab, LabError
+from aurora_smartdriver.lab._engine import node_dir
 from tests import plain
 
 
@@ -126,6 +127,34 @@ def test_a_restarted_writer_has_its_commits_acknowledged_again(aurora_lab: Lab) 
     aurora_lab.restart(writer)
     state = aurora_lab.state()
     assert aurora_lab.engine.sync_active(state, state.node(writer))
+
+
+def test_a_crashed_postgresql_node_restarts_when_its_old_pid_is_someone_elses_now(
+    aurora_lab_postgresql: Lab,
+) -> None:
+    """A crashed server's lock files keep its pid; with pids handed out again quickly (a
+    pid_max of 32768 and thousands of backends), that pid may belong to another live process
+    by the restart (another node's backend, say). PostgreSQL then refuses to start ("lock file
+    already exists"), as CI saw."""
+    import subprocess
+
+    lab = aurora_lab_postgresql
+    reader = lab.readers[0]
+    state = lab.state()
+    run = node_dir(state, state.node(reader.id)) / "run"
+    lab.crash(reader)
+    # The process the old pid now belongs to, of the server's own user (PostgreSQL takes a
+    # lock file naming another user's process for stale).
+    other = subprocess.Popen(["sleep", "60"], user=state.server_user)
+    try:
+        data = str(lab.engine._data(state, state.node(reader.id)))  # type: ignore[attr-defined]
+        (run / f".s.PGSQL.{state.port}.lock").write_text(f"{other.pid}\n{data}\n")
+        lab.restart(reader)
+        assert lab.execute(reader, "SELECT 1") == [(1,)]
+    finally:
+        other.kill()
+        other.wait()
+        lab.restore()
 
 
 def test_postgresql_exposes_aurora_metadata_on_every_node(aurora_lab_postgresql: Lab) -> None:

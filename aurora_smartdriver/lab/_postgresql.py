@@ -305,7 +305,12 @@ class PostgreSQL:
 
     def start(self, lab: LabState, node: NodeState) -> int:
         data = self._data(lab, node)
+        # The lock files of a server the lab killed name its pid, which may be another
+        # process's by now (pids come round again quickly with thousands of backends):
+        # PostgreSQL would take the lock for held and refuse to start.
         (data / "postmaster.pid").unlink(missing_ok=True)
+        for lock in self._run(lab, node).glob(".s.PGSQL.*.lock"):
+            lock.unlink(missing_ok=True)
         return _procs.spawn(
             [self._bin("postgres"), "-D", str(data)],
             log=node_dir(lab, node) / "server.log",
