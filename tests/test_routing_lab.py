@@ -41,7 +41,8 @@ def test_round_robin_reads_alternate_readers_when_writes_interleave(
     finally:
         cluster.close()
     assert sorted(reads) == sorted(r.id for r in lab.readers)
-    assert set(reads.values()) == {20 // len(lab.readers)}
+    # A fair share each, however many readers earlier tests left the session's lab with.
+    assert max(reads.values()) - min(reads.values()) <= 1, reads
 
 
 def test_least_connections_counts_connections_of_their_own(aurora_lab_postgresql: Lab) -> None:
@@ -57,8 +58,9 @@ def test_least_connections_counts_connections_of_their_own(aurora_lab_postgresql
         second.close()
         third = asd.connect(dsn_text, role="reader")
         held.append(third)
-        # first's reader has one connection in use, second's none.
-        assert third.instance_id == second.instance_id
+        # first's reader has one connection in use, every other none (two readers or more,
+        # whatever earlier tests left the session's lab with): not first's.
+        assert third.instance_id != first.instance_id
     finally:
         for conn in held:
             conn.close()
