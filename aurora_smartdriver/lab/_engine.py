@@ -80,6 +80,10 @@ class Engine(Protocol):
     def position(self, lab: LabState, node: NodeState) -> int:
         """Replication progress of a replica (received and applied), comparable across nodes."""
 
+    def applied_position(self, lab: LabState, node: NodeState) -> int:
+        """How far a replica has applied the log (PostgreSQL: replayed; a commit is
+        acknowledged once flushed), comparable with :meth:`writer_position`."""
+
     def writer_position(self, lab: LabState, writer: NodeState) -> int:
         """The writer's own progress, comparable with :meth:`position`."""
 

@@ -408,6 +408,10 @@ class MariaDB:
         rows = self.execute(lab, writer, "SELECT @@gtid_binlog_pos")
         return _seq(str(rows[0][0]))
 
+    def applied_position(self, lab: LabState, node: NodeState) -> int:
+        # What arrived; `Lab._wait_applied` drains the relay log once it is far enough.
+        return self.position(lab, node)
+
     def drain(self, lab: LabState, node: NodeState, timeout: float) -> None:
         """Wait until the SQL thread has applied every event the IO thread received."""
         deadline = time.monotonic() + timeout
