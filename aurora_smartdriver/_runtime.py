@@ -120,7 +120,7 @@ class _DirectLease:
         "_broken",
         "_generation",
         "_metrics",
-        "_watchdog",
+        "_watch",
         "as_writer",
         "pooled",
         "raw",
@@ -141,10 +141,9 @@ class _DirectLease:
         self.pooled = False
         self.as_writer = as_writer
         self._broken = False
-        self._watchdog = watchdog
         self._metrics = counts
         self._generation = _generation
-        watchdog.watch(target, raw)
+        self._watch = watchdog.watch(target, raw)
 
     def mark_broken(self) -> None:
         self._broken = True
@@ -152,7 +151,8 @@ class _DirectLease:
     def give_back(self, *, broken: bool = False) -> None:
         if self._generation != _generation:
             return  # the parent's: neither its watchdog nor its socket is ours to touch
-        self._watchdog.unwatch(self.target, self.raw)
+        if self._watch is not None:
+            self._watch.discard(self.raw)
         self._metrics.closed.add(self.target.instance_id)
         with contextlib.suppress(Exception):
             self.raw.close()
@@ -166,7 +166,7 @@ class _PooledLease:
         "_generation",
         "_pool",
         "_pooled",
-        "_watchdog",
+        "_watch",
         "as_writer",
         "pooled",
         "raw",
@@ -182,9 +182,8 @@ class _PooledLease:
         self.target = pooled.target
         self.pooled = True
         self.as_writer = as_writer
-        self._watchdog = watchdog
         self._generation = _generation
-        watchdog.watch(self.target, self.raw)
+        self._watch = pooled.watch = watchdog.watch(self.target, self.raw, pooled.watch)
 
     def mark_broken(self) -> None:
         if self._generation == _generation:
@@ -193,7 +192,8 @@ class _PooledLease:
     def give_back(self, *, broken: bool = False) -> None:
         if self._generation != _generation:
             return
-        self._watchdog.unwatch(self.target, self.raw)
+        if self._watch is not None:
+            self._watch.discard(self.raw)
         if broken:
             self._pooled.mark_broken()
         self._pool.release(self._pooled)

@@ -247,14 +247,22 @@ class Watchdog:
             with self._lock:
                 self._addresses[raw] = address
 
-    def watch(self, target: Target, raw: Any) -> None:
-        """``raw`` is in use on ``target`` from now on."""
+    def watch(self, target: Target, raw: Any, last: HostWatch | None = None) -> HostWatch | None:
+        """``raw`` is in use on ``target`` from now on: the watch to tell when it no longer
+        is (``HostWatch.discard``, what `unwatch` looks up), None when nothing is watched.
+
+        ``last``: the watch ``watch`` gave for ``raw`` on ``target`` before (a pooled
+        connection lent again), used without a lookup while it is still open: a watch is
+        closed when another replaces it."""
         if not self._enabled:
-            return
+            return None
+        if last is not None and last.target is target and not last._closed:
+            last.add(raw)
+            return last
         with self._lock:
             key = (target.instance_id, self._addresses.get(raw))
             watch = self._watches.get(key)
-            if watch is None or watch.target != target:
+            if watch is None or (watch.target is not target and watch.target != target):
                 if watch is not None:
                     watch.close()
                 watch = HostWatch(
@@ -267,6 +275,7 @@ class Watchdog:
                 )
                 self._watches[key] = watch
         watch.add(raw)
+        return watch
 
     def unwatch(self, target: Target, raw: Any) -> None:
         """``raw`` is no longer in use."""

@@ -114,6 +114,35 @@ async def test_pooled_connections_are_reused_and_reset(aurora_lab: Lab) -> None:
         await cluster.close()
 
 
+async def test_a_borrowed_connection_goes_back_as_it_was_lent_and_the_reset_hook_always_runs(
+    aurora_lab: Lab,
+) -> None:
+    resets: list[Any] = []
+
+    async def reset(raw: Any) -> None:
+        resets.append(raw)
+
+    cluster = aio.Cluster(aurora_lab.dsn, reset=reset, **_settings(aurora_lab))
+    try:
+        async with cluster.writer() as conn:
+            first = conn._raw
+            if isinstance(conn, PsycopgAsyncConnection):
+                await conn.set_autocommit(True)
+            else:
+                await conn.autocommit(True)
+        async with cluster.writer() as conn:
+            assert conn._raw is first
+            if isinstance(conn, PsycopgAsyncConnection):
+                assert first.autocommit is False
+            else:
+                assert first.get_autocommit() is False
+        async with cluster.writer() as conn:  # nothing changed: the hook runs all the same
+            assert conn._raw is first
+        assert resets == [first, first, first]
+    finally:
+        await cluster.close()
+
+
 async def test_autocommit_read_after_writer_crash_raises_failover_succeeded(
     aurora_lab: Lab,
 ) -> None:

@@ -20,7 +20,7 @@ import random
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aurora_smartdriver._instruments import Histogram
 from aurora_smartdriver.pool import HostDown, PoolClosed, PoolStats, PoolTimeout, Target
@@ -32,11 +32,13 @@ from aurora_smartdriver.pool._policy import (
     RecyclePolicy,
     admit,
     after_failure,
-    due_at,
     expiry,
     recycle,
 )
 from aurora_smartdriver.pool._set import combine
+
+if TYPE_CHECKING:
+    from aurora_smartdriver.watchdog import HostWatch
 from aurora_smartdriver.settings import Settings
 from aurora_smartdriver.topology import Topology, TopologyDiff
 
@@ -50,7 +52,16 @@ Pinger = Callable[[Any, float], Awaitable[None]]
 class PooledConn:
     """A driver connection owned by a pool; the times are the loop's clock."""
 
-    __slots__ = ("broken", "created_at", "due", "expires_at", "generation", "last_used", "raw")
+    __slots__ = (
+        "broken",
+        "created_at",
+        "due",
+        "expires_at",
+        "generation",
+        "last_used",
+        "raw",
+        "watch",
+    )
 
     def __init__(self, raw: Any, now: float, expires_at: float, generation: int) -> None:
         self.raw = raw
@@ -60,6 +71,7 @@ class PooledConn:
         self.due = now
         self.generation = generation
         self.broken = False
+        self.watch: HostWatch | None = None  # the hung-host watch it had when last lent
 
 
 class AsyncHostPool:
@@ -79,6 +91,7 @@ class AsyncHostPool:
         self.target = target
         self._settings = settings
         self._recycle = RecyclePolicy.from_settings(settings)
+        self._check_after = self._recycle.check_after
         self._backoff = BackoffPolicy.from_settings(settings)
         self._opener = opener
         self._closer = closer
@@ -117,18 +130,26 @@ class AsyncHostPool:
         """Connections open right now, idle or lent (not attempts in progress)."""
         return self.opened - self._closed_count
 
-    async def borrow(self, timeout: float, *, wait_if_down: bool) -> PooledConn:
-        """A connection within ``timeout`` s: `PoolTimeout`, `PoolClosed`, `HostDown`
-        (at once when ``wait_if_down`` is false and the host is known down), or the driver's
-        error of this borrower's own failed attempt."""
+    def take_idle(self) -> PooledConn | None:
+        """The common case of `borrow`, with no await: the most recently used idle
+        connection when no check is due on it; None when a borrow must do more."""
         idle = self._idle
         if idle and not self._closed and not self._health.failures:
             conn = idle[-1]
             if conn.generation == self._generation and self._loop.time() < conn.due:
-                idle.pop()  # the common case: the most recently used one, no check due
+                idle.pop()
                 self.in_use += 1
                 self._fast_borrows += 1
                 return conn
+        return None
+
+    async def borrow(self, timeout: float, *, wait_if_down: bool) -> PooledConn:
+        """A connection within ``timeout`` s: `PoolTimeout`, `PoolClosed`, `HostDown`
+        (at once when ``wait_if_down`` is false and the host is known down), or the driver's
+        error of this borrower's own failed attempt."""
+        conn = self.take_idle()
+        if conn is not None:
+            return conn
         started = self._loop.time()
         try:
             conn = await self._borrow(timeout, wait_if_down, started)
@@ -302,7 +323,7 @@ class AsyncHostPool:
             return
         now = self._loop.time()
         conn.last_used = now
-        conn.due = due_at(conn, self._recycle)
+        conn.due = min(conn.expires_at, now + self._check_after)  # `due_at`, inlined
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
@@ -392,7 +413,7 @@ class AsyncPoolSet:
         if self.closed:
             raise PoolClosed("the cluster's pools are closed")
         found = self._pools.get(target.instance_id)
-        if found is None or found.target != target:
+        if found is None or (found.target is not target and found.target != target):
             if found is not None:
                 self._drop(target.instance_id)
             found = self._pools[target.instance_id] = self._make(target)

@@ -46,7 +46,7 @@ class AsyncLease:
         "_pool",
         "_pooled",
         "_runtime",
-        "_watchdog",
+        "_watch",
         "as_writer",
         "pooled",
         "raw",
@@ -70,13 +70,15 @@ class AsyncLease:
         self._pool = pool
         self._pooled = pooled
         self.pooled = pool is not None
-        self._watchdog = runtime.sync.watchdog
-        self._watchdog.watch(target, raw)
+        last = None if pooled is None else pooled.watch
+        self._watch = runtime.sync.watchdog.watch(target, raw, last)
+        if pooled is not None:
+            pooled.watch = self._watch
 
     def give_back(self, *, broken: bool = False) -> None:
         """Return the connection to its pool (closed when broken), or close it (no wait)."""
-        if self.raw is not None:
-            self._watchdog.unwatch(self.target, self.raw)
+        if self.raw is not None and self._watch is not None:
+            self._watch.discard(self.raw)
         if self._pool is not None and self._pooled is not None:
             pooled, self._pooled = self._pooled, None
             self._pool.release(pooled, broken=broken)
@@ -196,16 +198,36 @@ class AsyncRuntime:
 
     async def choose(self, role: str, exclude: frozenset[str]) -> Target:
         """`Runtime.choose` on the snapshot (hosts the async pools know down avoided)."""
+        target = self.choose_now(role, exclude)
+        if target is not None:
+            return target
         await self.topology()
+        watch = self.sync.custom_watch
+        if role != "writer" and watch is not None and watch.current() is None:
+            # its first reading, off the loop
+            await asyncio.to_thread(watch.wait_first, self.settings.connect_timeout)
+        return self._choose(role, exclude)
+
+    def choose_now(self, role: str, exclude: frozenset[str]) -> Target | None:
+        """`choose` when it needs no wait (the snapshot there, the custom endpoint's
+        members read); None when it does."""
+        if self.sync.monitor.topology is None:
+            return None
+        if role != "writer":
+            watch = self.sync.custom_watch
+            if watch is not None and watch.current() is None:
+                return None
+        return self._choose(role, exclude)
+
+    def _choose(self, role: str, exclude: frozenset[str]) -> Target:
         pools = self.pools
-        pools.follow(self.monitor.topology, diff)
+        pools.follow(self.sync.monitor.topology, diff)
+        resuming: frozenset[str] = frozenset()
         if role != "writer":
             exclude = exclude | pools.down()
-            watch = self.sync.custom_watch
-            if watch is not None and watch.current() is None:  # its first reading, off the loop
-                await asyncio.to_thread(watch.wait_first, self.settings.connect_timeout)
-        gate = self._resume_gate
-        resuming = gate.knocking() if gate is not None and role != "writer" else frozenset()
+            gate = self._resume_gate
+            if gate is not None:
+                resuming = gate.knocking()
         return self.sync.choose(role, exclude, resuming=resuming).target
 
     async def wait_for_writer(self, timeout: float, *, not_id: str | None = None) -> bool:
@@ -366,6 +388,24 @@ class AsyncRuntime:
             await _drivers.run(self.adapter, raw, sql)
         if statements and not self.default_autocommit and self.engine == "postgresql":
             await raw.commit()
+
+    def lease_now(self, role: str) -> AsyncLease | None:
+        """A pooled lease for ``role`` when one is at hand with no await (the host chosen
+        from the snapshot, an idle connection with no check due); None when `lease` must
+        do more. Raises as `lease` does when no host serves ``role``."""
+        target = self.choose_now(role, frozenset())
+        if target is None:
+            return None
+        pools = self.pools
+        if pools.closed:
+            return None
+        pool = pools.pool(target)
+        conn = pool.take_idle()
+        if conn is None:
+            return None
+        return AsyncLease(
+            self, conn.raw, target, as_writer=role == "writer", pool=pool, pooled=conn
+        )
 
     async def lease(
         self, role: str, *, pooled: bool, exclude: frozenset[str] = frozenset(), wait: bool = True

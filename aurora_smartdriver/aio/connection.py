@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from aurora_smartdriver import outcome
@@ -43,6 +44,7 @@ def _keep(closing: Awaitable[Any]) -> asyncio.Future[Any]:
 
 
 _MISSING = object()
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 class Detached(AuroraSmartDriverError):
@@ -186,6 +188,23 @@ class AsyncCursor:
 class AsyncConnection:
     """What both async proxies share; use ``aurora_smartdriver.aio.connect`` to get one."""
 
+    # Each borrow makes a proxy: its state starts as these class defaults, and an instance
+    # gets its own value (its own dict or list) when it first changes one.
+    _generation = 0
+    _closed = False
+    _interrupted = False
+    _settled_result: Any = None
+    _reset_hook: Any = None
+    _give_back_task: Any = None
+    _read_only = False  # routed to a reader (a writer connection asked for one)
+    _read_only_set = False
+    _pending_move = False
+    _discard = False  # closed for good: the driver connection is not lent again
+    _session: Mapping[str, Any] = _EMPTY  # session switches set, replayed on a new node
+    _driver_attrs: Mapping[str, Any] = _EMPTY  # driver attributes set through the proxy
+    _driver_defaults: Mapping[str, Any] = _EMPTY  # their values before, put back on return
+    _closers: tuple[Callable[[], Any], ...] = ()  # run on close (see _on_close)
+
     def __init__(
         self, runtime: AsyncRuntime, role: str, lease: AsyncLease, *, autocommit: bool
     ) -> None:
@@ -197,22 +216,13 @@ class AsyncConnection:
         d["_role"] = role
         d["_lease"] = lease
         d["_raw"] = lease.raw
-        d["_generation"] = 0
-        d["_closed"] = False
         d["_autocommit"] = autocommit
-        d["_session"] = {}  # session switches set through the proxy, replayed on a new node
-        d["_driver_attrs"] = {}
-        d["_driver_defaults"] = {}
-        d["_interrupted"] = False
-        d["_settled_result"] = None
         d["_lock"] = asyncio.Lock()  # one failover at a time, however many tasks see it
-        d["_closers"] = []
-        d["_reset_hook"] = None
-        d["_give_back_task"] = None
-        d["_read_only"] = False  # routed to a reader (a writer connection asked for one)
-        d["_read_only_set"] = False
-        d["_pending_move"] = False
-        d["_discard"] = False  # closed for good: the driver connection is not lent again
+
+    def _own(self, name: str) -> dict[str, Any]:
+        """This connection's own dict ``name`` (a copy of the shared empty default)."""
+        found: dict[str, Any] = self.__dict__.setdefault(name, {})
+        return found
 
     # -- the library's view -----------------------------------------------------------------
     @property
@@ -232,7 +242,7 @@ class AsyncConnection:
     def _on_close(self, callback: Callable[[], Awaitable[None] | None]) -> None:
         """Run ``callback`` when this connection closes; an awaitable it returns is awaited
         before the close returns (the last connection's pools close then, not later)."""
-        self._closers.append(callback)
+        self.__dict__["_closers"] = (*self._closers, callback)
 
     # -- transaction boundaries ----------------------------------------------------------
     async def commit(self) -> None:
@@ -288,10 +298,41 @@ class AsyncConnection:
             # Cancelling the close does not stop the pools' closing: nothing else reaches them.
             await asyncio.shield(closing)
 
+    def _release_now(self) -> bool:
+        """`_release` when it needs no await: nothing to undo on the driver connection and
+        no closer to run. True when released; False leaves everything to `_release`."""
+        if self._closed:
+            return True
+        lease = self._lease
+        if self._closers or self._raw is None or not self._clean(lease, self._read_only):
+            return False
+        self.__dict__["_closed"] = True
+        lease.give_back()
+        return True
+
+    def _clean(self, lease: AsyncLease, read_only: bool) -> bool:
+        """Whether ``lease``'s driver connection may go back to its pool as it is: open, no
+        transaction, nothing this connection changed, no reset hook to run."""
+        return (
+            lease.pooled
+            and not self._discard
+            and not self._driver_defaults
+            and self._reset_hook is None
+            and self._as_lent(lease.raw, read_only)
+        )
+
+    def _as_lent(self, raw: Any, read_only: bool) -> bool:
+        """Whether ``raw`` is open, in no transaction, with nothing for `_restore_defaults`
+        to undo (no I/O; ``read_only``: whether it was switched to read-only)."""
+        raise NotImplementedError
+
     async def _give_back(self, lease: AsyncLease, *, read_only: bool | None = None) -> None:
         """Return ``lease`` to its pool reset to the defaults (or close it); ``read_only``:
         whether its driver connection is in read-only mode (default: as this connection)."""
         raw = lease.raw
+        if self._clean(lease, self._read_only if read_only is None else read_only):
+            lease.give_back()
+            return
         broken = bool(self._discard) or _drivers.closed(self._adapter, raw)
         done = False
         if lease.pooled and not broken:
@@ -396,7 +437,7 @@ class AsyncConnection:
         if self._raw is not None:
             lease = self._lease
             d["_raw"] = None
-            d["_generation"] += 1
+            d["_generation"] = self._generation + 1
             await self._give_back(lease, read_only=was)
 
     async def _boundary(self) -> None:
@@ -630,7 +671,7 @@ class AsyncConnection:
         d = self.__dict__
         d["_lease"] = lease
         d["_raw"] = lease.raw
-        d["_generation"] += 1
+        d["_generation"] = self._generation + 1
         d["_settled_result"] = None
         d["_sent"] = False
 
@@ -639,7 +680,7 @@ class AsyncConnection:
         if self._read_only:
             await self._apply_read_only(raw)
         for name, value in self._driver_attrs.items():
-            self._driver_defaults.setdefault(name, getattr(raw, name, _MISSING))
+            self._own("_driver_defaults").setdefault(name, getattr(raw, name, _MISSING))
             setattr(raw, name, value)
 
     def _detach(self) -> None:
@@ -649,7 +690,7 @@ class AsyncConnection:
             lease.give_back(broken=True)
         d = self.__dict__
         d["_raw"] = None
-        d["_generation"] += 1
+        d["_generation"] = self._generation + 1
 
     def _detached_failure(self) -> BaseException:
         error: BaseException = self._detached_error(
@@ -679,9 +720,9 @@ class AsyncConnection:
             self._check_open()
             raw = self._raw
             if raw is not None:
-                self._driver_defaults.setdefault(name, getattr(raw, name, _MISSING))
+                self._own("_driver_defaults").setdefault(name, getattr(raw, name, _MISSING))
                 setattr(raw, name, value)
-            self._driver_attrs[name] = value
+            self._own("_driver_attrs")[name] = value
 
     def __repr__(self) -> str:
         if self._closed:
@@ -768,7 +809,7 @@ class PsycopgAsyncConnection(AsyncConnection):
         self._check_open()
         if self._raw is not None:
             await getattr(self._raw, f"set_{name}")(value)
-        self._session[name] = value
+        self._own("_session")[name] = value
 
     async def set_isolation_level(self, value: Any) -> None:
         await self._switch("isolation_level", value)
@@ -837,6 +878,15 @@ class PsycopgAsyncConnection(AsyncConnection):
             await raw.set_autocommit(self._autocommit)
         for name, value in self._session.items():
             await getattr(raw, f"set_{name}")(value)
+
+    def _as_lent(self, raw: Any, read_only: bool) -> bool:
+        return (
+            not raw.closed
+            and raw.pgconn.transaction_status == 0
+            and raw.autocommit == self._runtime.default_autocommit
+            and not self._session
+            and raw.read_only is None
+        )
 
     async def _restore_defaults(self, raw: Any, *, read_only: bool) -> None:
         default = self._runtime.default_autocommit
@@ -978,6 +1028,15 @@ class AiomysqlConnection(AsyncConnection):
     async def _apply_read_only(self, raw: Any) -> None:
         mode = "READ ONLY" if self._read_only else "READ WRITE"
         await _drivers.run(self._adapter, raw, f"SET SESSION TRANSACTION {mode}")
+
+    def _as_lent(self, raw: Any, read_only: bool) -> bool:
+        return (
+            not raw.closed
+            and not read_only
+            and self._autocommit == self._runtime.default_autocommit
+            and not _drivers.in_transaction(self._adapter, raw)
+            and not self._rows_since_boundary(raw)
+        )
 
     async def _restore_defaults(self, raw: Any, *, read_only: bool) -> None:
         default = self._runtime.default_autocommit

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from aurora_smartdriver.drivers import DriverAdapter
     from aurora_smartdriver.settings import Settings
     from aurora_smartdriver.topology import Host
+    from aurora_smartdriver.watchdog import HostWatch
 
 __all__ = ["HostPool", "Listener", "Opener", "PoolStats", "Pooled", "Target"]
 
@@ -118,6 +119,7 @@ class Pooled:
         "last_used",
         "raw",
         "target",
+        "watch",
     )
 
     def __init__(
@@ -140,6 +142,7 @@ class Pooled:
         self._lent = False
         self._broken = False
         self._due = created_at  # when it next needs a recycling decision (set when idle)
+        self.watch: HostWatch | None = None  # the hung-host watch it had when last lent
 
     def mark_broken(self) -> None:
         """Say the connection is dead or in an unknown state: it is closed when released."""
