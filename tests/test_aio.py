@@ -381,3 +381,44 @@ async def test_bytes_parameters_round_trip_on_mariadb(aurora_lab_mariadb: Lab) -
         assert await _query(conn, "SELECT %s = UNHEX(%s)", (payload, payload.hex())) == [(1,)]
     finally:
         await _close(conn)
+
+
+async def test_aiomysql_read_timeout_ends_a_silent_statement_as_pymysql_does(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    # aiomysql has no read timeout: the library's is PyMySQL's (2013 "... (timed out)"), and
+    # the lost connection is handled as the sync library handles it.
+    conn = await _connect(
+        aurora_lab_mariadb, autocommit=True, read_timeout=1, failure_detection_time="30s"
+    )
+    try:
+        await asyncio.sleep(1.5)  # idle longer than read_timeout: nothing is waiting, no cut
+        assert await _query(conn, "SELECT SLEEP(0.5)") == [(0,)]
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(aio.FailoverSucceeded) as caught:
+            await _query(conn, "SELECT SLEEP(5)")
+        assert asyncio.get_running_loop().time() - started < 3.0
+        assert caught.value.args[0] == 2013
+        assert "Lost connection to MySQL server during query (timed out)" in str(caught.value)
+        assert await _query(conn, "SELECT 1") == [(1,)]
+    finally:
+        await _close(conn)
+
+
+async def test_aiomysql_write_timeout_ends_a_statement_the_server_does_not_take(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    lab = aurora_lab_mariadb
+    conn = await _connect(lab, autocommit=True, write_timeout=1, failure_detection_time="30s")
+    raw = conn._raw
+    big = "SELECT '" + "x" * 15_000_000 + "'"  # more than the loopback buffers take
+    await asyncio.to_thread(lab.hang, conn.instance_id)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(pymysql.err.OperationalError) as caught:
+            await raw.query(big)  # the driver connection: what aiomysql itself raises
+        assert asyncio.get_running_loop().time() - started < 4.0
+        assert caught.value.args == (2006, "MySQL server has gone away (timed out)")
+    finally:
+        await asyncio.to_thread(lab.resume, conn.instance_id)
+        await _close(conn)

@@ -119,10 +119,74 @@ async def _open_psycopg(
 
 
 _AIOMYSQL_OWN = frozenset({"host", "port", "user", "password", "autocommit", "ssl", "loop"})
-_DROPPED = ("read_timeout", "write_timeout", "defer_connect")
-"""PyMySQL parameters with no aiomysql counterpart that are accepted and left out: aiomysql's
-statements have no read or write timeout (bound them with ``asyncio.timeout``), and the
-library connects at once."""
+_DROPPED = ("defer_connect",)
+"""PyMySQL parameters with no aiomysql counterpart that are accepted and left out: the library
+connects at once. (``read_timeout`` and ``write_timeout``, which aiomysql does not take either,
+the library applies itself: see `_Silence`.)"""
+
+
+class _Silence:
+    """PyMySQL's ``read_timeout`` and ``write_timeout`` for an aiomysql connection, which has
+    neither: a read that has waited ``read_timeout`` s with nothing arriving, or bytes the
+    server has not taken within ``write_timeout`` s, end the connection as PyMySQL's socket
+    timeouts do (2013 "Lost connection to MySQL server during query (timed out)", 2006 "MySQL
+    server has gone away (timed out)"). One timer per connection, armed only while a read or
+    a write waits; every read costs two attribute stores, not a timer of its own."""
+
+    __slots__ = (
+        "read_timeout",
+        "reading_since",
+        "timed_out",
+        "timer",
+        "write_timeout",
+        "writing_since",
+    )
+
+    def __init__(self, read_timeout: float | None, write_timeout: float | None) -> None:
+        self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
+        self.reading_since: float | None = None
+        self.writing_since: float | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timed_out: tuple[int, str] | None = None
+
+    def arm(self, conn: Any, after: float) -> None:
+        if self.timer is None:
+            self.timer = conn._loop.call_later(after, self.check, conn)
+
+    def check(self, conn: Any) -> None:
+        """The timer: cut the connection when a wait has gone on too long, else re-arm for
+        the earliest wait still going on (none: disarmed until the next one)."""
+        self.timer = None
+        writer = conn._writer
+        if writer is None:
+            return
+        now = conn._loop.time()
+        left: list[float] = []
+        if self.writing_since is not None:
+            if not writer.transport.get_write_buffer_size():
+                self.writing_since = None
+            elif self.write_timeout is not None:
+                if now - self.writing_since >= self.write_timeout:
+                    self._cut(conn, 2006, "MySQL server has gone away (timed out)")
+                    return
+                left.append(self.writing_since + self.write_timeout - now)
+        if self.reading_since is not None and self.read_timeout is not None:
+            if now - self.reading_since >= self.read_timeout:
+                self._cut(conn, 2013, "Lost connection to MySQL server during query (timed out)")
+                return
+            left.append(self.reading_since + self.read_timeout - now)
+        if left:
+            self.timer = conn._loop.call_later(max(0.0, min(left)), self.check, conn)
+
+    def _cut(self, conn: Any, code: int, message: str) -> None:
+        self.timed_out = (code, message)
+        conn._writer.transport.abort()  # the waiting read ends at once, as a lost connection
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 @functools.cache
@@ -145,6 +209,7 @@ def _named_connection_class() -> type[Any]:
 
         _tls_name: str | None = None
         _tls_required = False
+        _silence: _Silence | None = None
 
         async def _request_authentication(self) -> None:
             # aiomysql upgrades to TLS only when the server offers it, and otherwise goes on
@@ -174,6 +239,43 @@ def _named_connection_class() -> type[Any]:
                 self._host = self._tls_name  # the socket is open: from here on, the name
             await super()._get_server_information()
 
+        async def _read_bytes(self, num_bytes: int) -> bytes:
+            silence = self._silence
+            if silence is None:
+                data: bytes = await super()._read_bytes(num_bytes)
+                return data
+            if silence.read_timeout is not None:
+                silence.reading_since = self._loop.time()
+                silence.arm(self, silence.read_timeout)
+            try:
+                data = await super()._read_bytes(num_bytes)
+            except Exception as exc:
+                if silence.timed_out is None:
+                    raise
+                import pymysql
+
+                # PyMySQL's error for a timed-out socket, in place of aiomysql's lost connection
+                raise pymysql.err.OperationalError(*silence.timed_out) from exc
+            finally:
+                silence.reading_since = None
+            return data
+
+        def _write_bytes(self, data: bytes) -> None:
+            silence = self._silence
+            writer = self._writer
+            if silence is None or silence.write_timeout is None or writer is None:
+                return super()._write_bytes(data)  # type: ignore[no-any-return]
+            super()._write_bytes(data)
+            if writer.transport.get_write_buffer_size() and silence.writing_since is None:
+                silence.writing_since = self._loop.time()  # the kernel's buffer is full
+                silence.arm(self, silence.write_timeout)
+            return None
+
+        def close(self) -> None:
+            if self._silence is not None:
+                self._silence.disarm()
+            super().close()
+
         def escape(self, obj: Any, mapping: Any = None) -> Any:
             # aiomysql escapes bytes with a PyMySQL helper that PyMySQL 1.1+ replaced by a
             # string ("DO NOT IMPORT THIS"): every bytes parameter failed with TypeError.
@@ -201,6 +303,10 @@ async def _open_aiomysql(
     params.pop("autocommit", None)
     for name in _DROPPED:
         params.pop(name, None)
+    read_timeout, write_timeout = (
+        params.pop("read_timeout", None),
+        params.pop("write_timeout", None),
+    )
     tls, preferred = adapter._tls(params)  # type: ignore[attr-defined]
     database = params.pop("database", None)
     if "db" not in params and database is not None:
@@ -234,6 +340,8 @@ async def _open_aiomysql(
     )
     conn._tls_name = host if address is not None else None
     conn._tls_required = context is not None and not preferred
+    if read_timeout is not None or write_timeout is not None:
+        conn._silence = _Silence(read_timeout, write_timeout)
     try:
         await conn._connect()
     except BaseException:
