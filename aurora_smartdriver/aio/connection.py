@@ -21,9 +21,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mappi
 from types import MappingProxyType
 from typing import Any
 
-from aurora_smartdriver import outcome
+from aurora_smartdriver import _causal as _sync_causal
+from aurora_smartdriver import consistency, outcome
 from aurora_smartdriver._dbapi import error_class, keep_driver_details
-from aurora_smartdriver.aio import _drivers, _facts
+from aurora_smartdriver.aio import _causal, _drivers, _facts
 from aurora_smartdriver.aio._runtime import AsyncLease, AsyncRuntime
 from aurora_smartdriver.errors import AuroraSmartDriverError
 from aurora_smartdriver.outcome import Call, Transaction
@@ -239,6 +240,34 @@ class AsyncConnection:
     def _detached(self) -> bool:
         return self._raw is None
 
+    async def consistency_token(self) -> str:
+        """Read-your-writes: this connection's position as a token for
+        ``Cluster.session(token=...)`` or ``Cluster.reader(consistency_token=...)`` elsewhere
+        (see docs/consistency.md); from now on its own reads honour it too. A coroutine (the
+        sync proxy's property): reading the writer's position is a round trip."""
+        self._check_open()
+        async with self._lock:
+            runtime = self._runtime
+            tracker = self.__dict__.get("_tracker")
+            if tracker is None:
+                tracker = self.__dict__["_tracker"] = consistency.Tracker(
+                    _sync_causal.cluster_name(runtime.spec)
+                )
+            raw = self._raw
+            writer = raw is not None and _causal.on_writer(runtime, self._lease)
+            if writer and (
+                _drivers.in_transaction(self._adapter, raw) or self._rows_since_boundary(raw)
+            ):
+                raise runtime.module.ProgrammingError(
+                    "consistency_token inside a transaction cannot cover its writes: commit first"
+                )
+            if tracker.unsure:
+                await _causal.settle(runtime, tracker)
+            elif writer:
+                await _causal.capture(runtime, raw, tracker)
+                self._settled(raw)
+            return tracker.token
+
     def _on_close(self, callback: Callable[[], Awaitable[None] | None]) -> None:
         """Run ``callback`` when this connection closes; an awaitable it returns is awaited
         before the close returns (the last connection's pools close then, not later)."""
@@ -260,6 +289,10 @@ class AsyncConnection:
             raise
         else:
             self._settled(raw)
+            tracker = self.__dict__.get("_tracker")
+            if tracker is not None and _causal.on_writer(self._runtime, self._lease):
+                await _causal.capture(self._runtime, raw, tracker)  # read-your-writes
+                self._settled(raw)  # the position's query opened nothing
         await self._boundary()
 
     async def rollback(self) -> None:
@@ -434,6 +467,14 @@ class AsyncConnection:
         was = self._read_only
         d["_read_only"] = bool(read_only)
         d["_pending_move"] = False
+        tracker = d.get("_tracker")
+        if (
+            tracker is not None
+            and self._autocommit
+            and self._raw is not None
+            and _causal.on_writer(self._runtime, self._lease)
+        ):
+            tracker.mark_unsure()  # autocommit writes' position unread: asked when needed
         if self._raw is not None:
             lease = self._lease
             d["_raw"] = None
@@ -457,17 +498,26 @@ class AsyncConnection:
         """Continue on a node of the role now asked for, with the same session state."""
         old = self._lease
         runtime = self._runtime
+        tracker = self.__dict__.get("_tracker")
+        if (
+            tracker is not None
+            and self._autocommit
+            and self.role != "writer"
+            and self._raw is not None
+            and _causal.on_writer(runtime, old)
+        ):
+            # Read-your-writes: autocommit writes' position, before leaving the writer (a
+            # commit reads it itself).
+            await _causal.capture(runtime, old.raw, tracker)
         try:
-            lease = await runtime.lease(self.role, pooled=old.pooled)
+            lease = await self._new_lease(self.role, old.pooled)
             try:
                 await self._take(lease)
             except self._errors as exc:
                 # Borrowed from a node that died a moment ago: the failover finds the right one.
                 if _drivers.error_kind(self._adapter, exc) != "disconnect":
                     raise
-                lease = await runtime.fail_over(
-                    self.role, lease.target, "disconnect", pooled=old.pooled, cause=exc
-                )
+                lease = await self._failover_lease(lease.target, "disconnect", old.pooled, exc)
                 await self._take(lease)
         except BaseException:
             self.__dict__["_read_only"] = not self._read_only  # still where it was: say so
@@ -648,9 +698,7 @@ class AsyncConnection:
         the dead one goes back first (a full pool would otherwise wait for it)."""
         old = self._lease
         self._detach()
-        lease = await self._runtime.fail_over(
-            self.role, old.target, kind, pooled=old.pooled, cause=exc
-        )
+        lease = await self._failover_lease(old.target, kind, old.pooled, exc)
         await self._take(lease)
         self._runtime.events.emit(
             "connection_moved", old=old.target.instance_id, new=lease.target.instance_id
@@ -659,8 +707,29 @@ class AsyncConnection:
     async def _attach(self) -> None:
         """Put a connection that is on no node on one of its role (waiting for a writer as
         a new connection does)."""
-        lease = await self._runtime.lease(self.role, pooled=self._lease.pooled)
+        lease = await self._new_lease(self.role, self._lease.pooled)
         await self._take(lease)
+
+    async def _new_lease(self, role: str, pooled: bool) -> AsyncLease:
+        """A lease for ``role``; for a reader in a read-your-writes session, one on a node
+        that has the session's writes."""
+        runtime: AsyncRuntime = self._runtime
+        tracker = self.__dict__.get("_tracker") if role != "writer" else None
+        if tracker is None:
+            return await runtime.lease(role, pooled=pooled)
+        return await _causal.lease_for(runtime, tracker, pooled=pooled)
+
+    async def _failover_lease(
+        self, failed: Any, kind: str, pooled: bool, cause: BaseException
+    ) -> AsyncLease:
+        """`AsyncRuntime.fail_over` for this connection's role; a reader it finds for a
+        read-your-writes session must have the session's writes."""
+        role, runtime = self.role, self._runtime
+        lease: AsyncLease = await runtime.fail_over(role, failed, kind, pooled=pooled, cause=cause)
+        tracker = self.__dict__.get("_tracker") if role != "writer" else None
+        if tracker is not None:
+            lease = await _causal.verified_for(runtime, lease, tracker, pooled=pooled)
+        return lease
 
     async def _take(self, lease: AsyncLease) -> None:
         try:
@@ -686,6 +755,11 @@ class AsyncConnection:
     def _detach(self) -> None:
         """Let go of the (dead) driver connection; the next statement reconnects."""
         lease = self._lease
+        tracker = self.__dict__.get("_tracker")
+        if tracker is not None and (lease.as_writer or self._role != "reader"):
+            # Writes whose position was not read (autocommit, or a COMMIT cut off) may have
+            # been made on the node let go: the next read asks the writer.
+            tracker.mark_unsure()
         if self._raw is not None:
             lease.give_back(broken=True)
         d = self.__dict__
