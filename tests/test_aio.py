@@ -4,8 +4,10 @@ table (what the application is told when the writer dies under it) for the async
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 import warnings
+from collections import Counter
 from typing import Any
 
 import psycopg
@@ -422,3 +424,46 @@ async def test_aiomysql_write_timeout_ends_a_statement_the_server_does_not_take(
     finally:
         await asyncio.to_thread(lab.resume, conn.instance_id)
         await _close(conn)
+
+
+async def test_round_robin_borrows_that_must_connect_take_each_reader_in_turn(
+    aurora_lab: Lab,
+) -> None:
+    # A borrow that finds no idle connection chooses its host once (not once to look for an
+    # idle connection and again to connect): round robin stays round.
+    readers = sorted(r.id for r in aurora_lab.readers)
+    if len(readers) < 2:
+        pytest.skip("needs two readers")
+    cluster = aio.Cluster(aurora_lab.dsn, **_settings(aurora_lab, reader_strategy="round_robin"))
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            held = [
+                await stack.enter_async_context(cluster.reader()) for _ in range(2 * len(readers))
+            ]
+            spread = Counter(conn.instance_id for conn in held)
+        assert spread == dict.fromkeys(readers, 2)
+    finally:
+        await cluster.close()
+
+
+async def test_an_aiomysql_borrow_that_runs_nothing_sends_nothing(aurora_lab_mariadb: Lab) -> None:
+    # The previous borrower's last result on the driver connection (here a read-your-writes
+    # session's position query after its COMMIT) is no transaction of the next borrower's: a
+    # borrow that runs nothing ends without a COMMIT.
+    cluster = aio.Cluster(aurora_lab_mariadb.dsn, **_settings(aurora_lab_mariadb))
+
+    async def commits() -> int:
+        async with cluster.writer() as conn:
+            rows = await _query(conn, "SHOW SESSION STATUS LIKE 'Com_commit'")
+            return int(rows[0][1])  # read before this borrow's own COMMIT (it read rows)
+
+    try:
+        first = await commits()
+        async with cluster.session().writer() as conn:
+            assert await _query(conn, "SELECT 1") == [(1,)]  # a COMMIT, then the position
+        for _ in range(3):
+            async with cluster.writer():
+                pass
+        assert await commits() == first + 2
+    finally:
+        await cluster.close()

@@ -224,3 +224,21 @@ async def test_autocommit_writes_on_a_connection_closed_inside_the_borrow_are_st
         async with session.reader() as conn:
             assert await _has(conn, key)
         assert session.token != ""
+
+
+async def test_a_psycopg_transaction_block_in_a_session_is_read_by_the_session(
+    aurora_lab_postgresql: Lab,
+) -> None:
+    """psycopg's ``async with conn.transaction()`` commits without ``conn.commit()``: the
+    session still takes its position (else a reader would be lent on any replica)."""
+    lab = aurora_lab_postgresql
+    await _table(lab)
+    await _lag_readers(lab, FAR)
+    key = uuid.uuid4().hex
+    async with aio.Cluster(_dsn(lab)) as cluster:
+        session = cluster.session()
+        async with session.writer() as conn, conn.transaction():
+            await _insert(conn, key)
+        assert session.token != ""
+        async with session.reader() as conn:
+            assert await _has(conn, key)

@@ -183,13 +183,32 @@ def test_a_mark_made_while_a_position_is_read_survives_that_read() -> None:
     assert other.unsure and other.position == c.LSN(10)
 
 
-def test_asyncio_refuses_consistency_session_rather_than_ignoring_it() -> None:
+def test_asyncio_sessions_are_per_task_and_bad_tokens_are_refused() -> None:
     import asyncio
 
     from aurora_smartdriver import aio
-    from aurora_smartdriver.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"not supported by aurora_smartdriver\.aio"):
-        aio.Cluster("postgresql://app@127.0.0.1:9/app?consistency=session")
-    with pytest.raises(ConfigError, match=r"not supported by aurora_smartdriver\.aio"):
-        asyncio.run(aio.connect("mysql://app@127.0.0.1:9/app", consistency="session"))
+    async def main() -> None:
+        cluster = aio.Cluster("postgresql://app@127.0.0.1:9/app?consistency=session")
+        try:
+            with pytest.raises(c.ConsistencyTokenError, match="malformed"):
+                cluster.session(token="not a token")
+            mine = cluster._task_tracker()
+            assert mine is not None and cluster._task_tracker() is mine
+
+            async def child() -> object:
+                return cluster._task_tracker()
+
+            assert await asyncio.create_task(child()) is mine  # started after: shared
+
+            async def fresh() -> object:
+                return cluster._task_tracker()
+
+            other = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: asyncio.run(fresh())
+            )
+            assert other is not None and other is not mine  # another task tree: its own
+        finally:
+            await cluster.close()
+
+    asyncio.run(main())

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from aurora_smartdriver import _causal as _sync_causal
 from aurora_smartdriver import consistency, dsn
 from aurora_smartdriver.aio import _causal, _drivers
-from aurora_smartdriver.aio._runtime import AsyncRuntime
+from aurora_smartdriver.aio._runtime import AsyncLease, AsyncRuntime
 from aurora_smartdriver.aio.connection import (
     AiomysqlConnection,
     AsyncConnection,
@@ -193,8 +193,10 @@ class Cluster:
         return Session(self, consistency.Tracker(self._name, token))
 
     def _task_tracker(self) -> consistency.Tracker | None:
-        """With ``consistency=session``, the current task's session (the tasks it starts
-        afterwards share it, as the handler of one request and its helpers would)."""
+        """With ``consistency=session``, the current task's session: made at the task's first
+        borrow, and shared by the tasks it starts after that (they copy its context); tasks it
+        started before have their own. (A borrow in ``main()`` before the server starts its
+        request tasks would make one session of them all: use `session` there.)"""
         if self.spec.settings.consistency != "session":
             return None
         tracker = self._sessions.get()
@@ -355,10 +357,15 @@ class _Borrowed:
             raise RuntimeError("this connection() context is already entered; call it again")
         chosen = _role(self._role, runtime)
         tracker = self._tracker
+        lease: AsyncLease | None = None
         if tracker is not None and chosen != "writer":
             lease = await _causal.lease_for(runtime, tracker, pooled=True)
         else:
-            lease = runtime.lease_now(chosen) or await runtime.lease(chosen, pooled=True)
+            target = runtime.choose_now(chosen, frozenset())
+            if target is not None:
+                lease = runtime.lend_idle(target, chosen)
+            if lease is None:
+                lease = await runtime.lease(chosen, pooled=True, first=target)
         conn = _proxy_class(runtime)(runtime, chosen, lease, autocommit=runtime.default_autocommit)
         if tracker is not None:
             conn.__dict__["_tracker"] = tracker  # a move to a reader inside the borrow too

@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from aurora_smartdriver import _causal, consistency
+from aurora_smartdriver.aio import _drivers
 from aurora_smartdriver.consistency import Position
 
 if TYPE_CHECKING:
@@ -70,9 +71,11 @@ async def capture(runtime: AsyncRuntime, raw: Any, tracker: consistency.Tracker)
     snap = tracker.snapshot()
     try:
         position = await _writer_position(runtime, raw)
-    except Exception as exc:
+    except BaseException as exc:
+        tracker.mark_unsure()  # cancelled too: the write is done, its position unread
+        if not isinstance(exc, Exception):
+            raise
         log.info("could not read the writer's position (%s); the next read asks again", exc)
-        tracker.mark_unsure()
         return
     _causal._took(runtime.sync, tracker, position)
     tracker.advance(position, settles=snap)
@@ -85,8 +88,9 @@ async def settle(runtime: AsyncRuntime, tracker: consistency.Tracker) -> None:
     lease = await runtime.lease("writer", pooled=True, wait=False)
     try:
         position = await _writer_position(runtime, lease.raw)
-    except BaseException:
-        lease.give_back(broken=True)
+    except BaseException as exc:  # cut off (cancelled): not lent again, whatever it says
+        cut = not isinstance(exc, Exception)
+        lease.give_back(broken=cut or _drivers.closed(runtime.adapter, lease.raw))
         raise
     lease.give_back()
     _causal._took(runtime.sync, tracker, position)
@@ -204,7 +208,7 @@ async def _verified(
     except Exception as exc:  # the replica failed the check: not a reader for this session
         log.info("%s: position check failed (%s); using the writer", lease.target, exc)
         _causal._note(runtime.sync.shared, instance, None)
-        lease.give_back(broken=True)
+        lease.give_back(broken=_drivers.closed(runtime.adapter, lease.raw))
     except BaseException:
         lease.give_back(broken=True)
         raise

@@ -127,55 +127,92 @@ the library applies itself: see `_Silence`.)"""
 
 class _Silence:
     """PyMySQL's ``read_timeout`` and ``write_timeout`` for an aiomysql connection, which has
-    neither: a read that has waited ``read_timeout`` s with nothing arriving, or bytes the
-    server has not taken within ``write_timeout`` s, end the connection as PyMySQL's socket
-    timeouts do (2013 "Lost connection to MySQL server during query (timed out)", 2006 "MySQL
-    server has gone away (timed out)"). One timer per connection, armed only while a read or
-    a write waits; every read costs two attribute stores, not a timer of its own."""
+    neither: nothing arriving for ``read_timeout`` s while a read waits, or the server taking
+    none of the bytes written for ``write_timeout`` s, end the connection as PyMySQL's socket
+    timeouts do (each ``recv``/``send`` bounded: silence, not the length of a big result, is
+    what times out): 2013 "Lost connection to MySQL server during query (timed out)", 2006
+    "MySQL server has gone away (timed out)". One timer per connection, armed only while a
+    read or a write waits; a read costs a few attribute stores, each arriving chunk a clock
+    read."""
 
     __slots__ = (
+        "accepted",
         "read_timeout",
+        "reader",
         "reading_since",
+        "received_at",
         "timed_out",
         "timer",
         "write_timeout",
         "writing_since",
+        "written",
     )
 
     def __init__(self, read_timeout: float | None, write_timeout: float | None) -> None:
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
-        self.reading_since: float | None = None
-        self.writing_since: float | None = None
+        self.reader: Any = None  # the stream whose arrivals are timed (a new one after TLS)
+        self.reading_since: float | None = None  # a read waits since (None: none waits)
+        self.received_at = 0.0  # when bytes last arrived
+        self.writing_since: float | None = None  # bytes unsent, and none taken, since
+        self.written = 0  # bytes handed to the transport, in all
+        self.accepted = 0  # of those, taken by the kernel as of `writing_since`
         self.timer: asyncio.TimerHandle | None = None
         self.timed_out: tuple[int, str] | None = None
+
+    def watch_arrivals(self, reader: Any, loop: asyncio.AbstractEventLoop) -> None:
+        """Note when bytes arrive on ``reader`` (its protocol calls ``feed_data``)."""
+        self.reader = reader
+        feed = reader.feed_data
+
+        def feed_data(data: bytes) -> None:
+            self.received_at = loop.time()
+            feed(data)
+
+        reader.feed_data = feed_data
+
+    def wrote(self, conn: Any, count: int) -> None:
+        """``count`` bytes were handed to the transport (aiomysql never waits for them)."""
+        self.written += count
+        unsent = conn._writer.transport.get_write_buffer_size()
+        if not unsent:
+            self.writing_since = None
+        elif self.writing_since is None:  # the socket's buffers are full: time the wait
+            self.writing_since = conn._loop.time()
+            self.accepted = self.written - unsent
+            self.arm(conn, self.write_timeout or 0.0)
 
     def arm(self, conn: Any, after: float) -> None:
         if self.timer is None:
             self.timer = conn._loop.call_later(after, self.check, conn)
 
     def check(self, conn: Any) -> None:
-        """The timer: cut the connection when a wait has gone on too long, else re-arm for
-        the earliest wait still going on (none: disarmed until the next one)."""
+        """The timer: cut the connection when a wait has seen no progress for too long, else
+        re-arm for the earliest wait still going on (none: disarmed until the next one)."""
         self.timer = None
         writer = conn._writer
         if writer is None:
             return
         now = conn._loop.time()
         left: list[float] = []
-        if self.writing_since is not None:
-            if not writer.transport.get_write_buffer_size():
+        if self.writing_since is not None and self.write_timeout is not None:
+            unsent = writer.transport.get_write_buffer_size()
+            accepted = self.written - unsent
+            if not unsent:
                 self.writing_since = None
-            elif self.write_timeout is not None:
+            else:
+                if accepted > self.accepted:  # the server took some: the wait starts again
+                    self.writing_since, self.accepted = now, accepted
                 if now - self.writing_since >= self.write_timeout:
                     self._cut(conn, 2006, "MySQL server has gone away (timed out)")
                     return
                 left.append(self.writing_since + self.write_timeout - now)
         if self.reading_since is not None and self.read_timeout is not None:
-            if now - self.reading_since >= self.read_timeout:
+            last = max(self.reading_since, self.received_at)
+            if now - last >= self.read_timeout:
                 self._cut(conn, 2013, "Lost connection to MySQL server during query (timed out)")
                 return
-            left.append(self.reading_since + self.read_timeout - now)
+            left.append(last + self.read_timeout - now)
         if left:
             self.timer = conn._loop.call_later(max(0.0, min(left)), self.check, conn)
 
@@ -245,6 +282,8 @@ def _named_connection_class() -> type[Any]:
                 data: bytes = await super()._read_bytes(num_bytes)
                 return data
             if silence.read_timeout is not None:
+                if silence.reader is not self._reader and self._reader is not None:
+                    silence.watch_arrivals(self._reader, self._loop)
                 silence.reading_since = self._loop.time()
                 silence.arm(self, silence.read_timeout)
             try:
@@ -266,9 +305,7 @@ def _named_connection_class() -> type[Any]:
             if silence is None or silence.write_timeout is None or writer is None:
                 return super()._write_bytes(data)  # type: ignore[no-any-return]
             super()._write_bytes(data)
-            if writer.transport.get_write_buffer_size() and silence.writing_since is None:
-                silence.writing_since = self._loop.time()  # the kernel's buffer is full
-                silence.arm(self, silence.write_timeout)
+            silence.wrote(self, len(data))
             return None
 
         def close(self) -> None:

@@ -389,13 +389,10 @@ class AsyncRuntime:
         if statements and not self.default_autocommit and self.engine == "postgresql":
             await raw.commit()
 
-    def lease_now(self, role: str) -> AsyncLease | None:
-        """A pooled lease for ``role`` when one is at hand with no await (the host chosen
-        from the snapshot, an idle connection with no check due); None when `lease` must
-        do more. Raises as `lease` does when no host serves ``role``."""
-        target = self.choose_now(role, frozenset())
-        if target is None:
-            return None
+    def lend_idle(self, target: Target, role: str) -> AsyncLease | None:
+        """A pooled lease on ``target`` (chosen for ``role`` by `choose_now`) when its pool
+        has an idle connection with no check due, with no await; None when `lease` must do
+        more (given ``target`` as ``first``, so that the host is not chosen twice)."""
         pools = self.pools
         if pools.closed:
             return None
@@ -408,10 +405,17 @@ class AsyncRuntime:
         )
 
     async def lease(
-        self, role: str, *, pooled: bool, exclude: frozenset[str] = frozenset(), wait: bool = True
+        self,
+        role: str,
+        *,
+        pooled: bool,
+        exclude: frozenset[str] = frozenset(),
+        wait: bool = True,
+        first: Target | None = None,
     ) -> AsyncLease:
         """A driver connection for ``role``; a writer that cannot be reached is waited for up
-        to ``failover_timeout`` (then ``NoWriterAvailable``) unless ``wait`` is false."""
+        to ``failover_timeout`` (then ``NoWriterAvailable``) unless ``wait`` is false.
+        ``first``: the host already chosen for the first attempt (by `choose_now`)."""
         tried: set[str] = set(exclude)
         may_wait = role == "writer" and wait and self.settings.failover
         waiting: _WriterWait | None = None
@@ -419,7 +423,8 @@ class AsyncRuntime:
         failed: BaseException | None = None  # why the last host tried was left
         while True:
             try:
-                target = await self.choose(role, frozenset(tried))
+                target = first or await self.choose(role, frozenset(tried))
+                first = None
             except NoHostAvailable as exc:
                 if unresumed is not None:  # nowhere else to go: say why the one host failed
                     raise unresumed from unresumed.__cause__

@@ -218,6 +218,9 @@ class AsyncConnection:
         d["_lease"] = lease
         d["_raw"] = lease.raw
         d["_autocommit"] = autocommit
+        # What the driver connection last read was settled when it was lent (aiomysql: a
+        # result left by its previous borrower is no transaction of this one's).
+        d["_settled_result"] = getattr(lease.raw, "_result", None)
         d["_lock"] = asyncio.Lock()  # one failover at a time, however many tasks see it
 
     def _own(self, name: str) -> dict[str, Any]:
@@ -286,14 +289,27 @@ class AsyncConnection:
             await self._recover(exc, "commit", None, before, failed=raw)  # returns: nothing lost
         except BaseException:
             self.__dict__["_interrupted"] = True  # a COMMIT cut off: its outcome is unknown
+            self._commit_unread()
             raise
         else:
             self._settled(raw)
-            tracker = self.__dict__.get("_tracker")
-            if tracker is not None and _causal.on_writer(self._runtime, self._lease):
-                await _causal.capture(self._runtime, raw, tracker)  # read-your-writes
-                self._settled(raw)  # the position's query opened nothing
+            await self._committed(raw)
         await self._boundary()
+
+    async def _committed(self, raw: Any) -> None:
+        """Read-your-writes: a transaction just committed on ``raw``; its session (if any)
+        takes the writer's position."""
+        tracker = self.__dict__.get("_tracker")
+        if tracker is not None and _causal.on_writer(self._runtime, self._lease):
+            await _causal.capture(self._runtime, raw, tracker)
+            self._settled(raw)  # the position's query opened nothing
+
+    def _commit_unread(self) -> None:
+        """Read-your-writes: a COMMIT was cut off (cancelled, interrupted): it may have
+        committed, so the session's next read asks the writer first."""
+        tracker = self.__dict__.get("_tracker")
+        if tracker is not None and _causal.on_writer(self._runtime, self._lease):
+            tracker.mark_unsure()
 
     async def rollback(self) -> None:
         self._check_open()
@@ -741,7 +757,7 @@ class AsyncConnection:
         d["_lease"] = lease
         d["_raw"] = lease.raw
         d["_generation"] = self._generation + 1
-        d["_settled_result"] = None
+        d["_settled_result"] = getattr(lease.raw, "_result", None)
         d["_sent"] = False
 
     async def _replay(self, raw: Any) -> None:
@@ -863,10 +879,12 @@ class PsycopgAsyncConnection(AsyncConnection):
                 await self._recover(lost, "commit", None, before, failed=raw)
             except BaseException:
                 self.__dict__["_interrupted"] = True  # a COMMIT cut off: its outcome is unknown
+                self._commit_unread()
                 raise
             else:
                 if not raw.pgconn.transaction_status:  # the outermost block: a boundary
                     self._settled(raw)
+                    await self._committed(raw)
             await self._boundary()
 
     @property
