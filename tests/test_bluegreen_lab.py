@@ -60,6 +60,9 @@ def _own_login(lab: Lab) -> tuple[str, str]:
         lab.execute(
             lab.writer, f"CREATE ROLE {user} LOGIN PASSWORD '{password}' IN ROLE {state.user}"
         )
+        # It acts as the application's role: tables it creates (the ledger's) are the
+        # application's, usable by the tests that come after as the application's user.
+        lab.execute(lab.writer, f"ALTER ROLE {user} SET role TO {state.user}")
     else:
         lab.execute(lab.writer, f"CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'")
         lab.execute(lab.writer, f"GRANT ALL ON *.* TO '{user}'@'%'")
@@ -180,6 +183,28 @@ def test_switchover_under_write_load_loses_nothing_and_never_uses_old_blue(
         assert _app_sessions(aurora_lab, node, user) == [], node.id
     names = [(e.cluster, e.fields.get("new")) for e in phases if e.name == "blue_green_phase"]
     assert (observer_id, "completed") in names
+
+
+def test_the_ledgers_audit_after_a_switchover_keeps_what_its_writers_learned(
+    aurora_lab_mariadb: Lab,
+) -> None:
+    # Writers that are all Clusters: closing the last one closes the cluster's machinery at
+    # once (no linger). The audit after a switchover with DNS still on old blue must still be
+    # made with what the writers' monitor learned in time, not as a process that joins late
+    # (which refuses old blue until DNS catches up: 120 s here).
+    lab = aurora_lab_mariadb
+    _, dsn = _own_login(lab)
+    lab.blue_green_create()
+    ledger = Ledger(dsn, "mariadb", writers=(("cluster", "autocommit"),)).start()
+    _until(lambda: ledger.acknowledged() >= 20, "writes before the switchover")
+    lab.blue_green_switchover(in_progress_s=0.5, dns_lag=120.0)
+    before = ledger.acknowledged()
+    _until(lambda: ledger.acknowledged() >= before + 20, "writes after the switchover")
+    started = time.monotonic()
+    result = ledger.stop()
+    assert result.ok, result
+    assert not result.lost and not result.twice
+    assert time.monotonic() - started < 20  # not a late joiner's wait for DNS
 
 
 def _server(conn: object, engine: str) -> str:

@@ -97,7 +97,8 @@ class AsyncLedger(Ledger):
         await asyncio.gather(*self._tasks)
         for close in self._async_closers:
             await close()
-        return await asyncio.to_thread(self.audit)
+        self._async_closers.clear()
+        return await asyncio.to_thread(self._final_audit)
 
 
 def _closer(conn: Any) -> Callable[[], Awaitable[None]]:

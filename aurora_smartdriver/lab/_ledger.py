@@ -102,6 +102,8 @@ class Ledger:
         self._threads: list[threading.Thread] = []
         self._errors: list[str] = []
         self._closers: list[Callable[[], None]] = []
+        self._anchor: asd.Cluster | None = None
+        self._report: LedgerReport | None = None
 
     # -- running --------------------------------------------------------------------------
     def start(self) -> Ledger:
@@ -112,6 +114,11 @@ class Ledger:
             conn.commit()
         finally:
             conn.close()
+        # A user of the cluster's machinery in this process (its monitor, what it learned of
+        # a Blue/Green deployment) until the audit is made, with no connection of its own:
+        # whatever order the writers close in (a Cluster's close ends unused machinery at
+        # once), the audit connects with what they knew, not as a process that joins late.
+        self._anchor = asd.Cluster(self._dsn, **self._settings)
         for index, (path, mode) in enumerate(self._writers):
             insert = self._writer(path, mode)
             name = f"{path[:2]}{mode[:2]}{index}-{uuid.uuid4().hex[:6]}"
@@ -121,13 +128,27 @@ class Ledger:
         return self
 
     def stop(self, timeout: float = 60.0) -> LedgerReport:
-        """Stop the writers and audit the table on the writer."""
+        """Stop the writers and audit the table on the writer (once: a second call returns
+        the same report)."""
+        if self._report is not None:
+            return self._report
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout)
         for close in self._closers:
             close()
-        return self.audit()
+        self._closers.clear()
+        return self._final_audit()
+
+    def _final_audit(self) -> LedgerReport:
+        """`audit`, then the cluster held since `start` let go."""
+        try:
+            self._report = self.audit()
+            return self._report
+        finally:
+            anchor, self._anchor = self._anchor, None
+            if anchor is not None:
+                anchor.close()
 
     def acknowledged(self) -> int:
         """Operations acknowledged so far: progress of this ledger's own writers, whatever
