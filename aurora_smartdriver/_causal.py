@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aurora_smartdriver import consistency
 from aurora_smartdriver.consistency import Kind, Position
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from aurora_smartdriver._runtime import Lease, Runtime, SharedCluster
     from aurora_smartdriver.drivers import DriverAdapter
     from aurora_smartdriver.dsn import ConnectionSpec
+    from aurora_smartdriver.monitor import ClusterMonitor
+    from aurora_smartdriver.pool import Target
 
 __all__ = [
     "capture",
@@ -117,7 +119,23 @@ def writer_position(adapter: DriverAdapter, raw: Any, engine: Kind) -> Position 
     return consistency.parse(engine, "" if value is None else str(value))
 
 
-def on_writer(runtime: Runtime, lease: Lease) -> bool:
+class _Monitored(Protocol):
+    """A sync or async runtime: what `on_writer` reads of it."""
+
+    @property
+    def monitor(self) -> ClusterMonitor: ...
+
+
+class _Lent(Protocol):
+    """A sync or async lease: what `on_writer` reads of it."""
+
+    as_writer: bool
+
+    @property
+    def target(self) -> Target: ...
+
+
+def on_writer(runtime: _Monitored, lease: _Lent) -> bool:
     """Whether `lease` is on the writer: lent as the writer, or the topology's writer now."""
     if lease.as_writer:
         return True

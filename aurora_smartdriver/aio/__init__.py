@@ -377,6 +377,8 @@ class _Borrowed:
     async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         conn, self._conn = self._conn, None
         assert conn is not None
+        if exc_type is None and self._tracker is None and conn._release_now():
+            return  # nothing open, nothing to undo: given back as it is
         try:
             if exc_type is not None:
                 if not conn._closed:

@@ -15,6 +15,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from aurora_smartdriver import _causal, consistency
+from aurora_smartdriver._causal import on_writer
 from aurora_smartdriver.aio import _drivers
 from aurora_smartdriver.consistency import Position
 
@@ -54,15 +55,6 @@ async def _writer_position(runtime: AsyncRuntime, raw: Any) -> Position | None:
     row = await _row(runtime, raw, _causal._WRITER_SQL[engine])
     value = row[0] if row else None
     return consistency.parse(engine, "" if value is None else str(value))
-
-
-def on_writer(runtime: AsyncRuntime, lease: AsyncLease) -> bool:
-    """Whether ``lease`` is on the writer: lent as the writer, or the topology's writer now."""
-    if lease.as_writer:
-        return True
-    topo = runtime.monitor.topology
-    writer = topo.writer if topo is not None else None
-    return writer is not None and writer.instance_id == lease.target.instance_id
 
 
 async def capture(runtime: AsyncRuntime, raw: Any, tracker: consistency.Tracker) -> None:

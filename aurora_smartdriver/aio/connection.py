@@ -221,7 +221,14 @@ class AsyncConnection:
         # What the driver connection last read was settled when it was lent (aiomysql: a
         # result left by its previous borrower is no transaction of this one's).
         d["_settled_result"] = getattr(lease.raw, "_result", None)
-        d["_lock"] = asyncio.Lock()  # one failover at a time, however many tasks see it
+
+    @property
+    def _lock(self) -> asyncio.Lock:
+        """One failover at a time, however many tasks see it (made when first needed)."""
+        lock: asyncio.Lock | None = self.__dict__.get("_failover_lock")
+        if lock is None:
+            lock = self.__dict__["_failover_lock"] = asyncio.Lock()
+        return lock
 
     def _own(self, name: str) -> dict[str, Any]:
         """This connection's own dict ``name`` (a copy of the shared empty default)."""
