@@ -616,6 +616,15 @@ class Runtime:
         if seed is not None:
             self.monitor.add_seed(seed, port)
 
+    def known_writer(self) -> _Choice | None:
+        """The writer decision made on the current snapshot, counted as a routing (what
+        `choose` answers for the writer without routing again); None when there is none."""
+        known = self._writer_choice
+        if known is None or known[0] is not self._shared.monitor.topology:
+            return None
+        self.metrics.routed.add(known[2])
+        return known[1]
+
     def choose(
         self,
         role: str,
@@ -641,10 +650,9 @@ class Runtime:
                 "endpoint for writes",
             )
         if role == "writer" and not exclude:
-            known = self._writer_choice
-            if known is not None and known[0] is self.monitor.topology:
-                self.metrics.routed.add(known[2])
-                return known[1]
+            known = self.known_writer()
+            if known is not None:
+                return known
         topo = self.topology(first_topology_wait(self.spec.settings))
         request = self._requests[role]
         if exclude:

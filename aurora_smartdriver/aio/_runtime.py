@@ -111,6 +111,7 @@ class AsyncRuntime:
         self.pool_closed = sync.pool_closed
         self.auth_failed = sync.auth_failed
         self.default_autocommit = sync.default_autocommit
+        self.proxy_base: dict[str, Any] | None = None  # see AsyncConnection.__init__
         self._loop: asyncio.AbstractEventLoop | None = None
         self._resolver: AsyncResolver | None = None
         self._pools: AsyncPoolSet | None = None
@@ -211,8 +212,15 @@ class AsyncRuntime:
     def choose_now(self, role: str, exclude: frozenset[str]) -> Target | None:
         """`choose` when it needs no wait (the snapshot there, the custom endpoint's
         members read); None when it does."""
-        if self.sync.monitor.topology is None:
+        sync = self.sync
+        topo = sync.monitor.topology
+        if topo is None:
             return None
+        if role == "writer" and not exclude and sync.proxy is None:
+            known = sync.known_writer()  # the snapshot's writer, decided already
+            if known is not None:
+                self.pools.follow(topo, diff)
+                return known.target
         if role != "writer":
             watch = self.sync.custom_watch
             if watch is not None and watch.current() is None:

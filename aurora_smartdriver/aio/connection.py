@@ -210,10 +210,15 @@ class AsyncConnection:
         self, runtime: AsyncRuntime, role: str, lease: AsyncLease, *, autocommit: bool
     ) -> None:
         d = self.__dict__
-        d["_runtime"] = runtime
-        d["_adapter"] = runtime.adapter
-        d["_errors"] = runtime.errors
-        d["_detached_error"] = error_class(runtime.engine, Detached)
+        base = runtime.proxy_base  # what every proxy of the runtime holds: set in one call
+        if base is None:
+            base = runtime.proxy_base = {
+                "_runtime": runtime,
+                "_adapter": runtime.adapter,
+                "_errors": runtime.errors,
+                "_detached_error": error_class(runtime.engine, Detached),
+            }
+        d.update(base)
         d["_role"] = role
         d["_lease"] = lease
         d["_raw"] = lease.raw
