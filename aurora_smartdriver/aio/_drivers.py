@@ -276,6 +276,23 @@ def _named_connection_class() -> type[Any]:
                 self._host = self._tls_name  # the socket is open: from here on, the name
             await super()._get_server_information()
 
+        def escape(self, obj: Any, mapping: Any = None) -> Any:
+            # aiomysql escapes bytes with a PyMySQL helper that PyMySQL 1.1+ replaced by a
+            # string ("DO NOT IMPORT THIS"): every bytes parameter failed with TypeError.
+            # PyMySQL's own answer: a hex literal.
+            if isinstance(obj, bytes | bytearray):
+                return f"X'{obj.hex()}'"
+            return super().escape(obj)
+
+    return NamedConnection
+
+
+@functools.cache
+def _timed_connection_class() -> type[Any]:
+    """`_named_connection_class` with `_Silence` on its reads and writes: only for
+    connections with ``read_timeout`` or ``write_timeout`` (the others pay nothing)."""
+
+    class TimedConnection(_named_connection_class()):  # type: ignore[misc]
         async def _read_bytes(self, num_bytes: int) -> bytes:
             silence = self._silence
             if silence is None:
@@ -313,15 +330,7 @@ def _named_connection_class() -> type[Any]:
                 self._silence.disarm()
             super().close()
 
-        def escape(self, obj: Any, mapping: Any = None) -> Any:
-            # aiomysql escapes bytes with a PyMySQL helper that PyMySQL 1.1+ replaced by a
-            # string ("DO NOT IMPORT THIS"): every bytes parameter failed with TypeError.
-            # PyMySQL's own answer: a hex literal.
-            if isinstance(obj, bytes | bytearray):
-                return f"X'{obj.hex()}'"
-            return super().escape(obj)
-
-    return NamedConnection
+    return TimedConnection
 
 
 async def _open_aiomysql(
@@ -365,7 +374,8 @@ async def _open_aiomysql(
 
         context = _preferred_context()
     given = {name: value for name, value in params.items() if value is not None}
-    conn = _named_connection_class()(
+    timed = read_timeout is not None or write_timeout is not None
+    conn = (_timed_connection_class() if timed else _named_connection_class())(
         host=address or host,
         port=port,
         user=user,
@@ -377,7 +387,7 @@ async def _open_aiomysql(
     )
     conn._tls_name = host if address is not None else None
     conn._tls_required = context is not None and not preferred
-    if read_timeout is not None or write_timeout is not None:
+    if timed:
         conn._silence = _Silence(read_timeout, write_timeout)
     try:
         await conn._connect()
