@@ -1444,13 +1444,22 @@ class _TransactionBlock:
             )
         before = conn._before(raw)
         try:
-            return bool(block.__exit__(None, None, None))
+            suppressed = bool(block.__exit__(None, None, None))
         except conn._error as commit_error:
             if self._outer:
                 conn._recover(commit_error, "commit", None, before, failed=raw)
             else:
                 conn._recover(commit_error, "statement", "RELEASE SAVEPOINT s", before, failed=raw)
             return False
+        tracker = conn.__dict__.get("_tracker")
+        if (
+            tracker is not None
+            and self._outer
+            and not conn._in_transaction(raw)
+            and _causal.on_writer(conn._runtime, conn._lease)
+        ):
+            _causal.capture(conn._runtime, raw, tracker)  # read-your-writes, as commit() does
+        return suppressed
 
 
 class _Transaction:

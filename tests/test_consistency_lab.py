@@ -512,3 +512,21 @@ def test_the_lab_publishes_each_replicas_own_position(aurora_lab: Lab) -> None:
         assert time.monotonic() < deadline, f"{current.id} never published {written}: {rows}"
         time.sleep(0.2)
     assert rows[lagging.id] is not None and int(str(rows[lagging.id])) < written, rows
+
+
+def test_a_psycopg_transaction_block_in_a_session_is_read_by_the_session(
+    aurora_lab_postgresql: Lab,
+) -> None:
+    """psycopg's ``with conn.transaction()`` commits without ``conn.commit()``: the session
+    still takes its position (else a reader would be lent on any replica)."""
+    lab = aurora_lab_postgresql
+    _table(lab)
+    _lag_readers(lab, FAR)
+    key = uuid.uuid4().hex
+    with asd.Cluster(_dsn(lab)) as cluster:
+        session = cluster.session()
+        with session.writer() as conn, conn.transaction():
+            _insert(conn, key)
+        assert session.token != ""
+        with session.reader() as conn:
+            assert _has(conn, key)
