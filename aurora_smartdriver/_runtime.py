@@ -616,11 +616,14 @@ class Runtime:
         if seed is not None:
             self.monitor.add_seed(seed, port)
 
-    def known_writer(self) -> _Choice | None:
-        """The writer decision made on the current snapshot, counted as a routing (what
-        `choose` answers for the writer without routing again); None when there is none."""
+    def known_writer(self, topology: Topology | None = None) -> _Choice | None:
+        """The writer decision made on ``topology`` (default: the current snapshot), counted
+        as a routing (what `choose` answers for the writer without routing again); None when
+        there is none."""
         known = self._writer_choice
-        if known is None or known[0] is not self._shared.monitor.topology:
+        if topology is None:
+            topology = self._shared.monitor.topology
+        if known is None or known[0] is not topology:
             return None
         self.metrics.routed.add(known[2])
         return known[1]

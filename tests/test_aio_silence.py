@@ -29,6 +29,9 @@ class _Loop:
                 if entry in loop.timers:
                     loop.timers.remove(entry)
 
+            def when(self) -> float:
+                return entry[0]
+
         return _Handle()
 
     def advance(self, to: float) -> None:
@@ -135,3 +138,32 @@ def test_no_timer_runs_while_nothing_waits() -> None:
     loop.advance(5.0)
     assert not conn._writer.transport.aborted
     assert loop.timers == []  # disarmed until the next wait
+
+
+def test_a_write_that_stalls_after_a_read_is_cut_by_write_timeout_not_the_reads_timer() -> None:
+    loop = _Loop()
+    conn, silence = _Conn(loop), _Silence(30.0, 5.0)
+    silence.reading_since = 0.0  # a query's read: its check is due at 30 s
+    silence.arm(conn, 30.0)
+    loop.advance(0.1)
+    silence.reading_since = None  # answered
+    conn._writer.transport.unsent = 100
+    silence.wrote(conn, 1000)  # t=0.1: the server stops taking bytes
+    loop.advance(5.2)
+    assert silence.timed_out == (2006, "MySQL server has gone away (timed out)")
+
+
+def test_a_silent_answer_is_cut_by_read_timeout_not_a_pending_write_check() -> None:
+    loop = _Loop()
+    conn, silence = _Conn(loop), _Silence(1.0, 60.0)
+    conn._writer.transport.unsent = 100
+    silence.wrote(conn, 1000)  # a big write: its check is due at 60 s
+    loop.advance(0.2)
+    conn._writer.transport.unsent = 0  # taken
+    silence.reading_since = loop.time()  # then no answer
+    silence.arm(conn, 1.0)
+    loop.advance(1.3)
+    assert silence.timed_out == (
+        2013,
+        "Lost connection to MySQL server during query (timed out)",
+    )

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from aurora_smartdriver.drivers import DriverAdapter
@@ -151,7 +152,7 @@ class _Silence:
     def __init__(self, read_timeout: float | None, write_timeout: float | None) -> None:
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
-        self.reader: Any = None  # the stream whose arrivals are timed (a new one after TLS)
+        self.reader: weakref.ref[Any] | None = None  # the stream whose arrivals are timed
         self.reading_since: float | None = None  # a read waits since (None: none waits)
         self.received_at = 0.0  # when bytes last arrived
         self.writing_since: float | None = None  # bytes unsent, and none taken, since
@@ -161,15 +162,23 @@ class _Silence:
         self.timed_out: tuple[int, str] | None = None
 
     def watch_arrivals(self, reader: Any, loop: asyncio.AbstractEventLoop) -> None:
-        """Note when bytes arrive on ``reader`` (its protocol calls ``feed_data``)."""
-        self.reader = reader
-        feed = reader.feed_data
+        """Note when bytes arrive on ``reader`` (its protocol calls ``feed_data``). Neither
+        holds the other strongly: no reference cycle keeps a closed stream alive."""
+        self.reader = weakref.ref(reader)
+        stream = weakref.ref(reader)
+        feed = type(reader).feed_data
 
         def feed_data(data: bytes) -> None:
             self.received_at = loop.time()
-            feed(data)
+            target = stream()
+            if target is not None:
+                feed(target, data)
 
         reader.feed_data = feed_data
+
+    def watching(self, reader: Any) -> bool:
+        """Whether ``reader``'s arrivals are noted (a new stream after the TLS upgrade is not)."""
+        return self.reader is not None and self.reader() is reader
 
     def wrote(self, conn: Any, count: int) -> None:
         """``count`` bytes were handed to the transport (aiomysql never waits for them)."""
@@ -183,8 +192,14 @@ class _Silence:
             self.arm(conn, self.write_timeout or 0.0)
 
     def arm(self, conn: Any, after: float) -> None:
-        if self.timer is None:
-            self.timer = conn._loop.call_later(after, self.check, conn)
+        """Have `check` run within ``after`` s (sooner when already due sooner)."""
+        loop = conn._loop
+        timer = self.timer
+        if timer is not None:
+            if timer.when() <= loop.time() + after:
+                return
+            timer.cancel()  # a later deadline (an earlier wait's) would hold this one back
+        self.timer = loop.call_later(after, self.check, conn)
 
     def check(self, conn: Any) -> None:
         """The timer: cut the connection when a wait has seen no progress for too long, else
@@ -299,7 +314,7 @@ def _timed_connection_class() -> type[Any]:
                 data: bytes = await super()._read_bytes(num_bytes)
                 return data
             if silence.read_timeout is not None:
-                if silence.reader is not self._reader and self._reader is not None:
+                if self._reader is not None and not silence.watching(self._reader):
                     silence.watch_arrivals(self._reader, self._loop)
                 silence.reading_since = self._loop.time()
                 silence.arm(self, silence.read_timeout)

@@ -217,7 +217,7 @@ class AsyncRuntime:
         if topo is None:
             return None
         if role == "writer" and not exclude and sync.proxy is None:
-            known = sync.known_writer()  # the snapshot's writer, decided already
+            known = sync.known_writer(topo)  # this snapshot's writer, decided already
             if known is not None:
                 self.pools.follow(topo, diff)
                 return known.target

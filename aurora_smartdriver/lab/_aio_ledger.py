@@ -38,27 +38,31 @@ class AsyncLedger(Ledger):
     async def begin(self) -> None:
         """Create the table (in a thread: it is a sync connection) and start the writers."""
         await asyncio.to_thread(self.start)
-        sql = f"INSERT INTO {TABLE} VALUES (%s)"
-        autocommit: Any = "on" if self._engine == "postgresql" else True
-        for kind in ("connect-ac", "connect-tx", "cluster-ac", "cluster-tx", "run_tx"):
-            settings = dict(self._settings)
-            if kind.endswith("-ac"):
-                settings["autocommit"] = autocommit
-            insert: Callable[[str], Awaitable[None]]
-            if kind.startswith("connect"):
-                conn = await aio.connect(self._dsn, **settings)
-                self._async_closers.append(_closer(conn))
-                insert = _via_connect(conn, sql, commit=kind.endswith("-tx"))
-            else:
-                cluster = aio.Cluster(self._dsn, **settings)
-                self._async_closers.append(cluster.close)
-                insert = (
-                    _via_run_transaction(cluster, sql)
-                    if kind == "run_tx"
-                    else _via_cluster(cluster, sql)
-                )
-            name = f"{kind}-{uuid.uuid4().hex[:6]}"
-            self._tasks.append(asyncio.create_task(self._write(name, insert)))
+        try:
+            sql = f"INSERT INTO {TABLE} VALUES (%s)"
+            autocommit: Any = "on" if self._engine == "postgresql" else True
+            for kind in ("connect-ac", "connect-tx", "cluster-ac", "cluster-tx", "run_tx"):
+                settings = dict(self._settings)
+                if kind.endswith("-ac"):
+                    settings["autocommit"] = autocommit
+                insert: Callable[[str], Awaitable[None]]
+                if kind.startswith("connect"):
+                    conn = await aio.connect(self._dsn, **settings)
+                    self._async_closers.append(_closer(conn))
+                    insert = _via_connect(conn, sql, commit=kind.endswith("-tx"))
+                else:
+                    cluster = aio.Cluster(self._dsn, **settings)
+                    self._async_closers.append(cluster.close)
+                    insert = (
+                        _via_run_transaction(cluster, sql)
+                        if kind == "run_tx"
+                        else _via_cluster(cluster, sql)
+                    )
+                name = f"{kind}-{uuid.uuid4().hex[:6]}"
+                self._tasks.append(asyncio.create_task(self._write(name, insert)))
+        except BaseException:
+            self._let_go()  # the cluster held since start(); finish() stops the writers
+            raise
 
     async def _write(self, name: str, insert: Callable[[str], Awaitable[None]]) -> None:
         n = 0
@@ -92,12 +96,19 @@ class AsyncLedger(Ledger):
         return "ack"
 
     async def finish(self) -> LedgerReport:
-        """Stop the writers, close their connections and audit the table."""
+        """Stop the writers, close their connections and audit the table (once: a second
+        call returns the same report)."""
+        if self._report is not None:
+            return self._report
         self._stop.set()
-        await asyncio.gather(*self._tasks)
-        for close in self._async_closers:
-            await close()
-        self._async_closers.clear()
+        try:
+            await asyncio.gather(*self._tasks)
+            for close in self._async_closers:
+                await close()
+            self._async_closers.clear()
+        except BaseException:
+            self._let_go()
+            raise
         return await asyncio.to_thread(self._final_audit)
 
 

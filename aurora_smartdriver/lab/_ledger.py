@@ -118,13 +118,18 @@ class Ledger:
         # a Blue/Green deployment) until the audit is made, with no connection of its own:
         # whatever order the writers close in (a Cluster's close ends unused machinery at
         # once), the audit connects with what they knew, not as a process that joins late.
-        self._anchor = asd.Cluster(self._dsn, **self._settings)
-        for index, (path, mode) in enumerate(self._writers):
-            insert = self._writer(path, mode)
-            name = f"{path[:2]}{mode[:2]}{index}-{uuid.uuid4().hex[:6]}"
-            thread = threading.Thread(target=self._run, args=(name, insert), daemon=True)
-            self._threads.append(thread)
-            thread.start()
+        if self._anchor is None:
+            self._anchor = asd.Cluster(self._dsn, **self._settings)
+        try:
+            for index, (path, mode) in enumerate(self._writers):
+                insert = self._writer(path, mode)
+                name = f"{path[:2]}{mode[:2]}{index}-{uuid.uuid4().hex[:6]}"
+                thread = threading.Thread(target=self._run, args=(name, insert), daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        except BaseException:
+            self._let_go()
+            raise
         return self
 
     def stop(self, timeout: float = 60.0) -> LedgerReport:
@@ -135,20 +140,31 @@ class Ledger:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout)
-        for close in self._closers:
-            close()
-        self._closers.clear()
+        try:
+            for close in self._closers:
+                close()
+            self._closers.clear()
+        except BaseException:
+            self._let_go()
+            raise
         return self._final_audit()
 
     def _final_audit(self) -> LedgerReport:
-        """`audit`, then the cluster held since `start` let go."""
+        """`audit`, then the cluster held since `start` let go. The report is kept for a
+        second `stop` only when every writer had ended (else a late acknowledgement could
+        be missing from it)."""
         try:
-            self._report = self.audit()
-            return self._report
+            report = self.audit()
         finally:
-            anchor, self._anchor = self._anchor, None
-            if anchor is not None:
-                anchor.close()
+            self._let_go()
+        if not any(thread.is_alive() for thread in self._threads):
+            self._report = report
+        return report
+
+    def _let_go(self) -> None:
+        anchor, self._anchor = self._anchor, None
+        if anchor is not None:
+            anchor.close()
 
     def acknowledged(self) -> int:
         """Operations acknowledged so far: progress of this ledger's own writers, whatever
