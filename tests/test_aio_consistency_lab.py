@@ -242,3 +242,41 @@ async def test_a_psycopg_transaction_block_in_a_session_is_read_by_the_session(
         assert session.token != ""
         async with session.reader() as conn:
             assert await _has(conn, key)
+
+
+async def test_an_async_sqlalchemy_session_reads_its_writes_on_readers(aurora_lab: Lab) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    from aurora_smartdriver.sqlalchemy import ReadYourWrites, engine_url
+
+    lab = aurora_lab
+    await _table(lab)
+    await _lag_readers(lab, FAR)
+    scheme = (
+        "postgresql+aurora_psycopg_async"
+        if lab.state().engine == "postgresql"
+        else "mariadb+aurora_aiomysql"
+    )
+    engine = create_async_engine(engine_url(_dsn(lab)).set(drivername=scheme))
+    count = text("SELECT count(*) FROM aio_rw_items WHERE id = :k")
+    try:
+        rw = ReadYourWrites()
+        key = uuid.uuid4().hex
+        async with AsyncSession(engine.execution_options(aurora_read_your_writes=rw)) as orm:
+            await orm.execute(text("INSERT INTO aio_rw_items (id) VALUES (:k)"), {"k": key})
+            await orm.commit()
+            reads = await orm.connection(execution_options={"aurora_role": "reader"})
+            assert (await reads.execute(count, {"k": key})).scalar() == 1
+            await orm.commit()
+        assert rw.token
+        async with AsyncSession(engine.execution_options(aurora_role="reader")) as orm:
+            assert (await orm.execute(count, {"k": key})).scalar() == 0  # no session
+        later = ReadYourWrites(token=rw.token)  # the next request, given the token
+        async with engine.connect() as plain:
+            conn = await plain.execution_options(
+                aurora_read_your_writes=later, aurora_role="reader"
+            )
+            assert (await conn.execute(count, {"k": key})).scalar() == 1
+    finally:
+        await engine.dispose()

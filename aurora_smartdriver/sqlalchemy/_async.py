@@ -41,7 +41,9 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 from sqlalchemy.util import immutabledict
 from sqlalchemy.util.concurrency import await_, in_greenlet
 
+from aurora_smartdriver import _causal as _sync_causal
 from aurora_smartdriver import dsn
+from aurora_smartdriver.aio import _causal as _aio_causal
 from aurora_smartdriver.aio import _role
 from aurora_smartdriver.aio._runtime import AsyncLease, AsyncRuntime
 from aurora_smartdriver.aio.connection import (
@@ -54,6 +56,7 @@ from aurora_smartdriver.sqlalchemy import _options
 from aurora_smartdriver.sqlalchemy._dialects import (
     AuroraMySQLDialect_pymysql,
     AuroraPGDialect_psycopg,
+    ReadYourWrites,
     _AuroraDialect,
 )
 from aurora_smartdriver.sqlalchemy._dialects import _back_to_writer as _sync_back_to_writer
@@ -319,25 +322,53 @@ class AsyncAuroraRoleCharacteristic(ConnectionCharacteristic):
         return "reader" if conn is not None and conn._read_only else "writer"
 
 
-class _NoReadYourWrites(ConnectionCharacteristic):
-    """``aurora_read_your_writes``: not on the async dialects yet; said, not ignored."""
+class _ReadYourWrites(ConnectionCharacteristic):
+    """``aurora_read_your_writes`` on the asyncio dialects: the sync dialects'
+    characteristic (a `ReadYourWrites` whose writes the connection's reads on a reader must
+    see) over the async proxy, its round trips run through the greenlet bridge."""
 
-    transactional: ClassVar[bool] = False
+    transactional: ClassVar[bool] = True
 
     def reset_characteristic(self, dialect: Any, dbapi_conn: DBAPIConnection) -> None:
-        return None
+        conn = _library(dbapi_conn)
+        if conn is None:
+            return
+        tracker = conn.__dict__.pop("_tracker", None)
+        if tracker is None or not conn._autocommit:
+            return  # each commit read its position (AsyncConnection.commit)
+        if conn._closed or conn._raw is None:
+            tracker.mark_unsure()
+        elif _aio_causal.on_writer(conn._runtime, conn._lease):
+            # Checked in on the writer after autocommit work: its position (one round trip).
+            await_(_aio_causal.capture(conn._runtime, conn._raw, tracker))
+            conn._settled(conn._raw)
 
     def set_characteristic(self, dialect: Any, dbapi_conn: DBAPIConnection, value: Any) -> None:
-        if value is not None:
+        if value is None:
+            self.reset_characteristic(dialect, dbapi_conn)
+            return
+        if not isinstance(value, ReadYourWrites):
             raise ConfigError(
-                f"{_options.RYW_OPTION} is not supported by the asyncio dialects yet",
+                f"{_options.RYW_OPTION} takes a ReadYourWrites, not {value!r}",
                 parameter=_options.RYW_OPTION,
-                suggestion="read on the writer (aurora_role='writer') where a request must "
-                "see its own writes",
+                value=repr(value),
+                suggestion="aurora_smartdriver.sqlalchemy.ReadYourWrites(token=...)",
             )
+        conn = _library(dbapi_conn)
+        if conn is None:
+            return
+        conn.__dict__["_tracker"] = value._bind(_sync_causal.cluster_name(conn._runtime.spec))
+        if (
+            conn._raw is not None
+            and not conn._closed
+            and not _aio_causal.on_writer(conn._runtime, conn._lease)
+        ):
+            # Already on a reader, chosen without the session: choose again, with it.
+            await_(conn._route_lazily(conn._read_only))
 
     def get_characteristic(self, dialect: Any, dbapi_conn: DBAPIConnection) -> Any:
-        return None
+        conn = _library(dbapi_conn)
+        return None if conn is None else conn.__dict__.get("_tracker")
 
 
 def _characteristics(base: Any) -> Any:
@@ -345,7 +376,7 @@ def _characteristics(base: Any) -> Any:
         {
             **base,
             _options.ROLE_OPTION: AsyncAuroraRoleCharacteristic(),
-            _options.RYW_OPTION: _NoReadYourWrites(),
+            _options.RYW_OPTION: _ReadYourWrites(),
         }
     )
 
