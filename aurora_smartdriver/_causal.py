@@ -207,6 +207,23 @@ def _note(shared: SharedCluster, instance_id: str, position: Position | None) ->
             table[instance_id] = (position, now)
 
 
+def replica_seen(engine: Kind, row: tuple[object, ...]) -> tuple[bool, Position | None]:
+    """From a row of `_REPLICA_SQL`: whether the node is a replica, and its position."""
+    replica = bool(row and row[0])
+    text = str(row[1]) if len(row) > 1 and row[1] is not None else ""
+    return replica, consistency.parse(engine, text) if replica else None
+
+
+def gtid_wait(want: Position, timeout: float) -> tuple[str, dict[str, object]]:
+    """MariaDB's one round trip that waits on the server for `want` (``MASTER_GTID_WAIT``)."""
+    return "SELECT MASTER_GTID_WAIT(%(pos)s, %(t)s)", {"pos": str(want), "t": max(0.0, timeout)}
+
+
+def gtid_wait_reached(row: tuple[object, ...]) -> bool:
+    """``MASTER_GTID_WAIT``'s answer: 0 when reached, -1 when it timed out."""
+    return bool(row) and row[0] is not None and int(str(row[0])) == 0
+
+
 def wait_for(
     adapter: DriverAdapter, raw: Any, engine: Kind, want: Position, timeout: float
 ) -> tuple[bool, bool, Position | None]:
@@ -219,10 +236,7 @@ def wait_for(
     deadline = time.monotonic() + max(0.0, timeout)
 
     def look() -> tuple[bool, Position | None]:
-        row = _row(adapter, raw, engine, _REPLICA_SQL[engine])
-        replica = bool(row and row[0])
-        text = str(row[1]) if len(row) > 1 and row[1] is not None else ""
-        return replica, consistency.parse(engine, text) if replica else None
+        return replica_seen(engine, _row(adapter, raw, engine, _REPLICA_SQL[engine]))
 
     replica, seen = look()
     if not replica:
@@ -231,14 +245,7 @@ def wait_for(
         return True, False, seen
     if engine == "mariadb":
         # One round trip that waits on the server: 0 when reached, -1 when timed out.
-        row = _row(
-            adapter,
-            raw,
-            engine,
-            "SELECT MASTER_GTID_WAIT(%(pos)s, %(t)s)",
-            {"pos": str(want), "t": max(0.0, timeout)},
-        )
-        reached = bool(row) and row[0] is not None and int(str(row[0])) == 0
+        reached = gtid_wait_reached(_row(adapter, raw, engine, *gtid_wait(want, timeout)))
         return reached, True, want if reached else seen
     pause = _POLL_FIRST
     while True:

@@ -99,10 +99,7 @@ async def _wait_for(
     deadline = loop.time() + max(0.0, timeout)
 
     async def look() -> tuple[bool, Position | None]:
-        row = await _row(runtime, raw, _causal._REPLICA_SQL[engine])
-        replica = bool(row and row[0])
-        text = str(row[1]) if len(row) > 1 and row[1] is not None else ""
-        return replica, consistency.parse(engine, text) if replica else None
+        return _causal.replica_seen(engine, await _row(runtime, raw, _causal._REPLICA_SQL[engine]))
 
     replica, seen = await look()
     if not replica:
@@ -110,14 +107,8 @@ async def _wait_for(
     if seen is not None and consistency.covers(seen, want):
         return True, False, seen
     if engine == "mariadb":
-        # One round trip that waits on the server: 0 when reached, -1 when timed out.
-        row = await _row(
-            runtime,
-            raw,
-            "SELECT MASTER_GTID_WAIT(%(pos)s, %(t)s)",
-            {"pos": str(want), "t": max(0.0, timeout)},
-        )
-        reached = bool(row) and row[0] is not None and int(str(row[0])) == 0
+        row = await _row(runtime, raw, *_causal.gtid_wait(want, timeout))
+        reached = _causal.gtid_wait_reached(row)
         return reached, True, want if reached else seen
     pause = _causal._POLL_FIRST
     while True:

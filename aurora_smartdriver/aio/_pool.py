@@ -36,11 +36,11 @@ from aurora_smartdriver.pool._policy import (
     recycle,
 )
 from aurora_smartdriver.pool._set import combine
+from aurora_smartdriver.settings import Settings
+from aurora_smartdriver.topology import Topology, TopologyDiff
 
 if TYPE_CHECKING:
     from aurora_smartdriver.watchdog import HostWatch
-from aurora_smartdriver.settings import Settings
-from aurora_smartdriver.topology import Topology, TopologyDiff
 
 __all__ = ["AsyncHostPool", "AsyncPoolSet", "PooledConn"]
 

@@ -222,7 +222,7 @@ class AsyncRuntime:
                 self.pools.follow(topo, diff)
                 return known.target
         if role != "writer":
-            watch = self.sync.custom_watch
+            watch = sync.custom_watch
             if watch is not None and watch.current() is None:
                 return None
         return self._choose(role, exclude)
