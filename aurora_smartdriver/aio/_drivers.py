@@ -16,6 +16,7 @@ import inspect
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from aurora_smartdriver.aio import _handshake
 from aurora_smartdriver.drivers import DriverAdapter
 from aurora_smartdriver.drivers._errors import ErrorKind
 from aurora_smartdriver.errors import ConfigError
@@ -111,12 +112,16 @@ async def _open_psycopg(
         "connect_timeout": libpq_connect_timeout(timeout),
     }
     params.pop("autocommit", None)
-    given = {
-        name: value
-        for name, value in params.items()
-        if value is not None or name == "prepare_threshold"
-    }
-    return await psycopg.AsyncConnection.connect(autocommit=autocommit, **given)
+    # prepare_threshold=None is "never prepare" (PgBouncer), not "not given": kept as it is.
+    own = {name: params.pop(name) for name in _PSYCOPG_OWN if name in params}
+    conninfo = psycopg.conninfo.make_conninfo(
+        "", **{name: value for name, value in params.items() if value is not None}
+    )
+    return await _handshake.connect(conninfo, timeout=timeout, autocommit=autocommit, **own)
+
+
+_PSYCOPG_OWN = ("prepare_threshold", "context", "row_factory", "cursor_factory")
+"""``psycopg.AsyncConnection.connect``'s keywords that are not libpq's connection parameters."""
 
 
 _AIOMYSQL_OWN = frozenset({"host", "port", "user", "password", "autocommit", "ssl", "loop"})
