@@ -202,18 +202,26 @@ def learn(
 def learn_late(
     book: AddressBook, status: BlueGreenStatus, resolved: Mapping[str, tuple[str, ...]]
 ) -> AddressBook:
-    """For a library that first reads the deployment once its names have moved (it learned
-    nothing before): the old blue instances' addresses, from their `-old1` names (`resolved`:
-    instance name -> addresses), which always lead to them. No green address can be known
-    then (the blue names may still lead to the old instances): see `refused`."""
-    if book.pairs or status.phase < Phase.IN_PROGRESS:
+    """`book` checked against the old blue instances once the names have moved: their `-old1`
+    names (`resolved`: instance name -> addresses) always lead to them. A blue name the book
+    has no pair for, or a pair that names other addresses (learned for an earlier
+    deployment), becomes what the `-old1` name says, with no green address (see `refused`);
+    pairs that agree are kept, green addresses and all. For a library that first read the
+    deployment after its names moved, that is all it can learn."""
+    if status.phase < Phase.IN_PROGRESS:
         return book
-    pairs = []
+    pairs = {p.blue: p for p in book.pairs}
+    changed = False
     for member in status.members:
-        if member.name.endswith(OLD_SUFFIX) and resolved.get(member.name):
-            blue = member.name[: -len(OLD_SUFFIX)]
-            pairs.append(Pair(blue, blue, resolved[member.name], ()))
-    return AddressBook(tuple(sorted(pairs, key=lambda p: p.blue))) if pairs else book
+        found = resolved.get(member.name)
+        if not member.name.endswith(OLD_SUFFIX) or not found:
+            continue
+        blue = member.name[: -len(OLD_SUFFIX)]
+        pair = pairs.get(blue)
+        if pair is None or not set(found) <= set(pair.blue_addresses):
+            pairs[blue] = Pair(blue, blue, found, ())
+            changed = True
+    return AddressBook(tuple(pairs[name] for name in sorted(pairs))) if changed else book
 
 
 def refused(book: AddressBook, phase: Phase | None, addresses: tuple[str, ...]) -> bool:

@@ -89,7 +89,7 @@ class BlueGreenGate:
             if phase < Phase.IN_PROGRESS:
                 book = book.of(status)  # a new deployment after an earlier one: learn afresh
                 book = learn(book, status, self._addresses(status, book))
-            elif not book.pairs:  # first read after the names moved: know the old ones
+            elif status != self.status:  # the names moved: check the old ones (learn_late)
                 book = learn_late(book, status, self._old_addresses(status))
         with self._cond:
             self.status, self.book = status, book

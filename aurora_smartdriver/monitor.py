@@ -134,7 +134,8 @@ class ClusterMonitor:
         self._ctx = SourceContext.for_spec(spec, connect=self._connect_to, adapter=self._adapter)
         #: The cluster's Blue/Green deployment as last read; its resolver follows it.
         self.blue_green = BlueGreenGate(
-            settings.blue_green_hold_timeout, lambda host: self._resolver.resolve(host).addresses
+            settings.blue_green_hold_timeout,
+            lambda host: self._resolver.resolve(host, as_is=True).addresses,
         )
         self._resolver.rewrite = self.blue_green.rewrite
         self._proxy = rds_proxy.plan(spec)

@@ -112,14 +112,15 @@ class Resolver:
         #: Blue/Green gate sends the names of old blue instances to their green successors.
         self.rewrite: Callable[[Resolution], Resolution] | None = None
 
-    def resolve(self, host: str) -> Resolution:
-        """The addresses of `host`, from the cache while its answer holds, else looked up.
+    def resolve(self, host: str, *, as_is: bool = False) -> Resolution:
+        """The addresses of `host`, from the cache while its answer holds, else looked up;
+        ``as_is``: the answer itself, without `rewrite` (what the Blue/Green gate learns from).
 
         Raises `ResolveError` naming the host when it has no address.
         """
         found = self._resolve(host)
         rewrite = self.rewrite
-        return found if rewrite is None else rewrite(found)
+        return found if rewrite is None or as_is else rewrite(found)
 
     def _resolve(self, host: str) -> Resolution:
         literal = _ip_literal(host)

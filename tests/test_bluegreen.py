@@ -21,7 +21,7 @@ from aurora_smartdriver._bluegreen import (
     substitute,
 )
 from aurora_smartdriver._bluegreen_gate import BlueGreenGate
-from aurora_smartdriver.resolver import Resolution
+from aurora_smartdriver.resolver import Resolution, ResolveError
 
 moderate = settings(max_examples=60, deadline=None)
 
@@ -283,3 +283,27 @@ def test_a_book_learned_in_time_refuses_nothing_it_can_substitute(
     book = learn(AddressBook(), status_of(blues, suffix, "AVAILABLE"), resolved)
     for name, found in resolved.items():
         assert not refused(book, phase, substitute(book, phase, name + DOMAIN, found))
+
+
+@moderate
+@given(deployments(), st.sampled_from(["SWITCHOVER_IN_PROGRESS", "SWITCHOVER_COMPLETED"]))
+def test_a_book_of_an_earlier_deployment_yields_to_the_old_names(
+    first: tuple[list[str], str, dict[str, tuple[str, ...]]], status: str
+) -> None:
+    """A gate that missed a later deployment until its names moved (its monitor could not
+    refresh meanwhile) still has the earlier one's book: the `-old1` names correct it."""
+    blues, suffix, resolved = first
+    gate_dns = dict(resolved)
+    gate = BlueGreenGate(5.0, lambda host: gate_dns[host.removesuffix(DOMAIN)])
+    for step in ("AVAILABLE", "SWITCHOVER_IN_PROGRESS", "SWITCHOVER_COMPLETED"):
+        gate.observe(status_of(blues, suffix, step))
+    gate.observe(None)
+    # The second deployment replaces the instances the first one's green became.
+    replaced = {b: resolved[f"{b}-green-{suffix}"] for b in blues}
+    gate_dns.update({b + OLD_SUFFIX: replaced[b] for b in blues})
+    gate.observe(moved_status(blues, status))
+    assert gate.book.old_addresses >= {a for b in blues for a in replaced[b]}
+    for blue in blues:  # DNS still names the replaced instance
+        with pytest.raises(ResolveError, match="Blue/Green"):
+            gate.rewrite(Resolution(blue + DOMAIN, replaced[blue], 5.0, "dns", 0.0))
+    assert gate.stats().refused == len(blues)
