@@ -73,11 +73,15 @@ class HostWatch:
         self._interval = detection_time / 3.0
         self._on_dead = on_dead
         self._lock = threading.Lock()
-        # Connections in use. Weak, so one its user dropped without giving it back cannot keep
-        # the watch busy for ever; adding one twice counts it once.
-        self._users: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Connections in use, by id. Weak, so one its user dropped without giving it back
+        # cannot keep the watch busy for ever (`_in_use` skips it); adding one twice counts it
+        # once. A pooled borrow adds one and discards it, so both are one dict operation each
+        # with no lock in the common case (the GIL makes each atomic): see `add`, `discard`.
+        self._users: dict[int, weakref.ref[Any]] = {}
         self._wake = threading.Event()
         self._closed = False
+        self._lingering = False  # the thread saw nothing in use: it may end (see `add`)
+        self._cutting = False  # a verdict is cutting the connections in use (see `discard`)
         self._thread: threading.Thread | None = None
         self._probing = False
         self.verdicts = 0
@@ -94,9 +98,15 @@ class HostWatch:
         return self._probing
 
     def add(self, raw: Any) -> None:
-        """``raw`` is in use on the instance from now on."""
+        """``raw`` is in use on the instance from now on.
+
+        Listed first, then the thread checked for: a thread ending for lack of use decides
+        so under the lock after `_lingering` has been true for `_LINGER` s, so either it
+        sees ``raw`` listed and stays, or this sees it lingering and waits for the lock."""
+        self._users[id(raw)] = weakref.ref(raw)
+        if self._thread is not None and not self._lingering:
+            return
         with self._lock:
-            self._users.add(raw)
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
                     target=self._run,
@@ -106,9 +116,14 @@ class HostWatch:
                 self._thread.start()
 
     def discard(self, raw: Any) -> None:
-        """``raw`` is no longer in use (waits for a verdict cutting it to finish)."""
-        with self._lock:
-            self._users.discard(raw)
+        """``raw`` is no longer in use (waits for a verdict cutting it to finish).
+
+        A verdict sets `_cutting` before it lists the connections: seen false after the
+        removal, the verdict lists them later (without ``raw``) or is over."""
+        self._users.pop(id(raw), None)
+        if self._cutting:
+            with self._lock:  # the cut may hold ``raw``: it ends before raw is lent again
+                pass
 
     def close(self) -> None:
         """Stop probing now and close the probe connection (the thread ends on its own)."""
@@ -118,7 +133,13 @@ class HostWatch:
 
     def _busy(self) -> bool:
         with self._lock:
-            return len(self._users) > 0
+            return bool(self._in_use())
+
+    def _in_use(self) -> list[Any]:
+        """The connections in use that still exist. One gone without a `discard` stays
+        listed, as nothing (it is not removed: `add` may be reusing its id at that moment,
+        without the lock), until a new connection with its id replaces it."""
+        return [raw for ref in list(self._users.values()) if (raw := ref()) is not None]
 
     def _run(self) -> None:
         probe: Any = None
@@ -131,15 +152,16 @@ class HostWatch:
                     # Borrow-and-return traffic comes and goes: keep the thread and its probe
                     # connection for a while rather than starting both again on every borrow.
                     now = time.monotonic()
-                    idle_since = now if idle_since is None else idle_since
+                    if idle_since is None:
+                        idle_since, self._lingering = now, True
                     if now - idle_since >= _LINGER:
                         with self._lock:
-                            if not self._users:
+                            if not self._in_use():
                                 self._thread = None
                                 return
                     self._wake.wait(self._interval)
                     continue
-                idle_since = None
+                idle_since, self._lingering = None, False
                 if probe is None:
                     probe = self._open_probe()
                     if probe is None:
@@ -202,15 +224,19 @@ class HostWatch:
         # Cut under the lock: a connection given back meanwhile (discard comes before its
         # close) is either no longer listed or closed only after its cut, never a reused fd.
         with self._lock:
-            users = list(self._users)
-            log.warning(
-                "%s has not answered for %.1fs: cutting %d connection(s)",
-                self._label,
-                silent,
-                len(users),
-            )
-            for raw in users:
-                self._adapter.abort(raw)
+            self._cutting = True  # before the listing: see `discard`
+            try:
+                users = self._in_use()
+                log.warning(
+                    "%s has not answered for %.1fs: cutting %d connection(s)",
+                    self._label,
+                    silent,
+                    len(users),
+                )
+                for raw in users:
+                    self._adapter.abort(raw)
+            finally:
+                self._cutting = False
         self._on_dead(self.target, silent, self.address)
 
 

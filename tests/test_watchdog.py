@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import gc
+import threading
+import time
 from typing import Any
 
+import pytest
+
+from aurora_smartdriver import watchdog as watchdog_module
 from aurora_smartdriver.drivers import adapter_for
 from aurora_smartdriver.pool import Target
 from aurora_smartdriver.watchdog import HostWatch, Watchdog
@@ -80,3 +85,70 @@ def test_connections_of_one_instance_at_two_addresses_are_watched_at_each() -> N
         assert not any(w._busy() for w in watchdog._watches.values())
     finally:
         watchdog.close()
+
+
+class _BlockingAbort:
+    """An adapter whose ``abort`` (a verdict's cut) waits until the test lets it go."""
+
+    def __init__(self) -> None:
+        self.cutting = threading.Event()
+        self.go_on = threading.Event()
+        self.cut: list[Any] = []
+
+    def abort(self, raw: Any) -> None:
+        self.cutting.set()
+        self.go_on.wait(10)
+        self.cut.append(raw)
+
+
+def test_a_connection_given_back_during_a_cut_is_given_back_after_it() -> None:
+    """`discard` takes no lock in the common case, yet returns only once a verdict that
+    listed the connection has cut it: the connection is never lent again and then cut."""
+    adapter = _BlockingAbort()
+    watch = HostWatch(
+        Target("i-1", "i-1.example.test", 5432),
+        _never_opens,
+        adapter,  # type: ignore[arg-type]
+        detection_time=600.0,
+        on_dead=lambda target, silent, address: None,
+    )
+    raw = _Raw()
+    watch.add(raw)
+    verdict = threading.Thread(target=watch._declare_dead, args=(3.0,))
+    verdict.start()
+    assert adapter.cutting.wait(10)
+    given_back = threading.Thread(target=watch.discard, args=(raw,))
+    given_back.start()
+    given_back.join(0.3)
+    assert given_back.is_alive(), "discard returned while the cut was still going on"
+    adapter.go_on.set()
+    given_back.join(10)
+    verdict.join(10)
+    assert adapter.cut == [raw]
+    assert not watch._busy()
+    watch.close()
+
+
+def test_a_watch_that_ended_for_lack_of_use_starts_again_on_the_next_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(watchdog_module, "_LINGER", 0.05)
+    watch = HostWatch(
+        Target("i-1", "i-1.example.test", 5432),
+        _never_opens,
+        adapter_for("postgresql"),
+        detection_time=0.15,
+        on_dead=lambda target, silent, address: None,
+    )
+    try:
+        for _ in range(3):
+            raw = _Raw()
+            watch.add(raw)
+            assert watch._thread is not None
+            watch.discard(raw)
+            deadline = time.monotonic() + 10
+            while watch._thread is not None:
+                assert time.monotonic() < deadline, "the idle watch's thread did not end"
+                time.sleep(0.01)
+    finally:
+        watch.close()
