@@ -112,6 +112,13 @@ async def _open_psycopg(
         "connect_timeout": libpq_connect_timeout(timeout),
     }
     params.pop("autocommit", None)
+    if address is None and not host.startswith("/"):  # resolve=off: by name, looked up here
+        found = await _handshake.lookup(host, port)
+        params.update(
+            host=",".join([host] * len(found)),
+            hostaddr=",".join(found),
+            port=",".join([str(port)] * len(found)),
+        )
     # prepare_threshold=None is "never prepare" (PgBouncer), not "not given": kept as it is.
     own = {name: params.pop(name) for name in _PSYCOPG_OWN if name in params}
     conninfo = psycopg.conninfo.make_conninfo(

@@ -1,31 +1,35 @@
-"""psycopg's AsyncConnection with libpq's handshake done on a worker thread.
+"""psycopg's AsyncConnection with libpq's handshake computed off the event loop's thread.
 
 ``psycopg.AsyncConnection.connect`` calls ``PQconnectPoll`` on the event loop's thread, and one
 of those calls does the client's share of TLS and of SCRAM-SHA-256 (PBKDF2 over the server's
 iteration count): 3-9 ms of CPU at PostgreSQL's default of 4096 rounds, in proportion beyond
 it, during which the loop runs nothing else, once for every connection a failover reopens.
-Here the whole handshake (``PQconnectStart``, each poll, the waits between them) runs on a
-small pool of threads, as ``loop.getaddrinfo`` does for name lookups; the loop only awaits its
-end, then makes the AsyncConnection around the connected ``PGconn`` as psycopg's ``connect``
-does.
+Here each step of psycopg's connection generator (each poll) runs on a small pool of threads
+and the waits for the socket between steps are the loop's, as in psycopg: a thread is busy
+only while a step computes (no handshake waits behind another's slow server), and a task
+cancelled or timed out stops the handshake at the next step. The loop then makes the
+AsyncConnection around the connected ``PGconn`` as psycopg's ``connect`` does.
+
+A name with no address (``resolve=off``) is looked up with ``loop.getaddrinfo`` first, as
+psycopg does: libpq's own lookup would hold the GIL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import os
 import selectors
+import sys
 import threading
-import time
 from typing import Any
 
-__all__ = ["connect"]
+__all__ = ["connect", "lookup"]
 
-_WORKERS = 8
-"""Handshakes at once per process. Each is mostly waiting on the network (a thread per
-handshake waits, so a slow server does not queue the others behind it); the library's
-connection-storm cap bounds how many a cluster starts at once anyway."""
+_WORKERS = 4
+"""Threads computing handshake steps at once per process: a step is a burst of CPU (a few ms
+at most at common iteration counts), and the machine has only so many cores for them."""
 
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
@@ -53,39 +57,106 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _finish_late(work: concurrent.futures.Future[Any]) -> None:
-    """A handshake the task gave up on (cancelled, timed out) that ended connected: closed,
-    not left open with no owner."""
-    if not work.cancelled() and work.exception() is None:
-        work.result().finish()
+def _advance(gen: Any, value: Any) -> tuple[bool, Any]:
+    """One step of psycopg's connection generator: (False, (fd, wait)) to wait for the socket
+    next, (True, pgconn) when connected (its errors are raised as they are)."""
+    try:
+        return False, gen.send(value)
+    except StopIteration as done:
+        return True, done.value
 
 
-def _handshake(conninfo: str, deadline: float) -> Any:
-    """On a worker thread: psycopg's connection generator driven to its end, waiting on the
-    socket with a selector, within ``deadline`` (``time.monotonic``)."""
+def _abandon(gen: Any, step: concurrent.futures.Future[tuple[bool, Any]]) -> None:
+    """A step the task gave up waiting for (cancelled, timed out), once it ended: its
+    connection closed, connected or not; nothing is left open with no owner."""
+    if not step.cancelled() and step.exception() is None:
+        finished, pgconn = step.result()
+        if finished:
+            pgconn.finish()
+            return
+    gen.close()  # the PGconn it holds is finished with it
+
+
+async def _step(gen: Any, value: Any) -> tuple[bool, Any]:
+    try:
+        step = _workers().submit(_advance, gen, value)
+    except RuntimeError:  # the interpreter is shutting down: no new threads; on the loop
+        return _advance(gen, value)
+    try:
+        return await asyncio.wrap_future(step)
+    except BaseException:
+        step.add_done_callback(functools.partial(_abandon, gen))
+        raise
+
+
+async def _ready(loop: asyncio.AbstractEventLoop, fileno: int, wait: int, deadline: float) -> int:
+    """Wait on the loop until ``fileno`` is ready as ``wait`` asks (psycopg's ``Wait`` values
+    are the selectors' event masks); the readiness seen, or the timeout error at
+    ``deadline``."""
     import psycopg
+
+    ready: asyncio.Future[int] = loop.create_future()
+
+    def wake(event: int) -> None:
+        if not ready.done():
+            ready.set_result(event)
+
+    def expire() -> None:
+        if not ready.done():
+            timeout = getattr(psycopg.errors, "ConnectionTimeout", psycopg.OperationalError)
+            ready.set_exception(timeout("connection timeout expired"))
+
+    reading, writing = bool(wait & selectors.EVENT_READ), bool(wait & selectors.EVENT_WRITE)
+    if reading:
+        loop.add_reader(fileno, wake, selectors.EVENT_READ)
+    if writing:
+        loop.add_writer(fileno, wake, selectors.EVENT_WRITE)
+    timer = loop.call_at(deadline, expire)
+    try:
+        return await ready
+    finally:
+        timer.cancel()
+        if reading:
+            loop.remove_reader(fileno)
+        if writing:
+            loop.remove_writer(fileno)
+
+
+async def _handshake(conninfo: str, deadline: float) -> Any:
+    """psycopg's connection generator driven to a connected ``PGconn`` by ``deadline``
+    (``loop.time()``)."""
     from psycopg import generators
 
+    loop = asyncio.get_running_loop()
     gen = generators.connect(conninfo)
+    value: Any = None  # the first step is next(gen)
+    while True:
+        finished, result = await _step(gen, value)
+        if finished:
+            return result
+        fileno, wait = result
+        try:
+            value = await _ready(loop, fileno, wait, deadline)
+        except BaseException:
+            gen.close()
+            raise
+
+
+async def lookup(host: str, port: int) -> list[str]:
+    """The addresses of ``host``, looked up as psycopg does (``loop.getaddrinfo``, in the
+    loop's executor), in the order to try them; psycopg's error when there are none."""
+    import socket
+
+    import psycopg
+
+    loop = asyncio.get_running_loop()
     try:
-        fileno, wait = next(gen)
-        with selectors.DefaultSelector() as selector:
-            while True:
-                left = deadline - time.monotonic()
-                ready = []
-                if left > 0:
-                    selector.register(fileno, wait)
-                    try:
-                        ready = selector.select(left)
-                    finally:
-                        selector.unregister(fileno)
-                if not ready:
-                    gen.close()
-                    timeout = getattr(psycopg.errors, "ConnectionTimeout", psycopg.OperationalError)
-                    raise timeout("connection timeout expired")
-                fileno, wait = gen.send(ready[0][1])
-    except StopIteration as done:
-        return done.value
+        infos = await loop.getaddrinfo(
+            host, port, proto=socket.IPPROTO_TCP, type=socket.SOCK_STREAM
+        )
+    except OSError as exc:
+        raise psycopg.OperationalError(f"failed to resolve host {host!r}: {exc}") from None
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 async def connect(
@@ -98,24 +169,35 @@ async def connect(
     row_factory: Any = None,
     cursor_factory: Any = None,
 ) -> Any:
-    """``psycopg.AsyncConnection.connect(conninfo, ...)`` with the same keywords and errors,
-    the handshake on a worker thread, bounded by ``timeout`` s."""
+    """``psycopg.AsyncConnection.connect(conninfo, ...)`` with the same keywords and errors
+    (but for psycopg's warning about GSSAPI used by default), each handshake step on a worker
+    thread, bounded by ``timeout`` s."""
     import psycopg
     from psycopg.adapt import AdaptersMap
 
-    work = _workers().submit(_handshake, conninfo, time.monotonic() + timeout)
+    loop = asyncio.get_running_loop()
+    if sys.platform == "win32" and isinstance(loop, asyncio.ProactorEventLoop):
+        raise psycopg.InterfaceError(
+            "Psycopg cannot use the 'ProactorEventLoop' to run in async mode: use a "
+            "selector event loop (asyncio.WindowsSelectorEventLoopPolicy())"
+        )
     try:
-        pgconn = await asyncio.wrap_future(work)
-    except BaseException:
-        work.add_done_callback(_finish_late)  # now, or when the worker ends
-        raise
-    conn = psycopg.AsyncConnection(pgconn)
-    await conn.set_autocommit(autocommit)  # no round trip: the connection is idle
-    if row_factory:
-        conn.row_factory = row_factory
-    if cursor_factory:
-        conn.cursor_factory = cursor_factory
-    if context:
-        conn._adapters = AdaptersMap(context.adapters)  # what psycopg's connect() does
-    conn.prepare_threshold = prepare_threshold
-    return conn
+        pgconn = await _handshake(conninfo, loop.time() + timeout)
+    except psycopg.Error as exc:
+        error = exc  # raised below without the worker's frames (they hold the conninfo)
+    else:
+        try:
+            conn = psycopg.AsyncConnection(pgconn)
+            conn._autocommit = bool(autocommit)  # as psycopg's connect(): no await, no I/O
+            if row_factory:
+                conn.row_factory = row_factory
+            if cursor_factory:
+                conn.cursor_factory = cursor_factory
+            if context:
+                conn._adapters = AdaptersMap(context.adapters)
+            conn.prepare_threshold = prepare_threshold
+        except BaseException:
+            pgconn.finish()
+            raise
+        return conn
+    raise error.with_traceback(None)
