@@ -1,6 +1,6 @@
 """The async path against the bare async drivers: statement overhead and pool borrow+return.
 
-    .venv/bin/python bench/aio_overhead.py [--rounds 15] [--per-round 2000] [--borrows 2000]
+    .venv/bin/python bench/aio_overhead.py [--rounds 15] [--per-round 2000] [--borrows 20000]
 
 Statement overhead: ``SELECT 1`` (execute + fetchone) on an open connection, the library's
 `aio.connect` against a bare ``psycopg.AsyncConnection`` (PostgreSQL) and a bare aiomysql
@@ -10,7 +10,10 @@ an idle connection, `aio.Cluster.writer()` against psycopg_pool's ``AsyncConnect
 (``async with pool.connection()``), both sized 8, at 1, 4, 16 and 64 concurrent tasks, rounds
 alternated. Prints microseconds (median of rounds) and ratios; for statements also this
 process's CPU time per statement, which load from other processes does not inflate (the wall
-ratio does not mean much on a busy machine). Nothing is asserted.
+ratio does not mean much on a busy machine), the loop's thread's, and the library's own path
+alone: its cursor timed around a stand-in driver cursor that does nothing (two connections of
+the same bare driver differ by a few percent from run to run here; that path does not).
+Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -35,16 +38,62 @@ POOL_SIZE = 8
 TASKS = (1, 4, 16, 64)
 
 
-async def _statements(conn: Any, n: int, awaited_cursor: bool) -> tuple[float, float]:
-    """Seconds per statement: wall time, and this process's CPU time (the client's cost,
-    which other load on the machine does not inflate)."""
+async def _statements(conn: Any, n: int, awaited_cursor: bool) -> tuple[float, float, float]:
+    """Seconds per statement: wall time, this process's CPU time (the client's cost, which
+    other load on the machine does not inflate; the library's threads included), and the
+    loop's thread's CPU time (what each statement's own path costs)."""
     cur = (await conn.cursor()) if awaited_cursor else conn.cursor()
     execute, fetchone = cur.execute, cur.fetchone
-    started, cpu = time.perf_counter(), time.process_time()
+    started, cpu, own = time.perf_counter(), time.process_time(), time.thread_time()
     for _ in range(n):
         await execute("SELECT 1")
         await fetchone()
-    return (time.perf_counter() - started) / n, (time.process_time() - cpu) / n
+    return (
+        (time.perf_counter() - started) / n,
+        (time.process_time() - cpu) / n,
+        (time.thread_time() - own) / n,
+    )
+
+
+class _Idle:
+    """A stand-in driver cursor that does nothing: what the library's cursor costs around it
+    is its own path, with no server's or network's noise."""
+
+    async def execute(self, query: Any, *args: Any) -> Any:
+        return self
+
+    async def fetchone(self) -> Any:
+        return (1,)
+
+    async def fetchmany(self, size: int = 1) -> Any:
+        return [(1,)]
+
+    async def fetchall(self) -> Any:
+        return [(1,)]
+
+
+async def _own_path(conn: Any, awaited_cursor: bool, n: int = 100_000) -> tuple[float, float]:
+    """Seconds the library's cursor adds to each execute + fetchone: its path around `_Idle`
+    less `_Idle`'s own (best of 5, the loop's thread's CPU time); without parameters, and
+    with one."""
+    cur = (await conn.cursor()) if awaited_cursor else conn.cursor()
+    idle = _Idle()
+    cur._bind(idle)
+
+    async def timed(target: Any, *params: Any) -> float:
+        execute, fetchone = target.execute, target.fetchone
+        started = time.thread_time()
+        for _ in range(n):
+            await execute("SELECT 1", *params)
+            await fetchone()
+        return (time.thread_time() - started) / n
+
+    added = []
+    for params in ((), ((1,),)):
+        ours = min([await timed(cur, *params) for _ in range(5)])
+        theirs = min([await timed(idle, *params) for _ in range(5)])
+        added.append(ours - theirs)
+    return added[0], added[1]
 
 
 async def _bare(lab: Lab) -> Any:
@@ -64,9 +113,9 @@ async def _close(conn: Any) -> None:
 
 async def statement_overhead(
     lab: Lab, rounds: int, per_round: int
-) -> dict[str, tuple[float, float]]:
-    """Median (wall, CPU) seconds per ``SELECT 1``: bare driver and library, alternating
-    rounds."""
+) -> dict[str, tuple[float, float, float]]:
+    """Median (wall, process CPU, loop thread CPU) seconds per ``SELECT 1``: bare driver and
+    library, alternating rounds; and under "own path", the library's own path's seconds."""
     pg = lab.state().engine == "postgresql"
     autocommit = "on" if pg else True
     conns = {
@@ -77,19 +126,25 @@ async def statement_overhead(
     try:
         for conn in conns.values():
             await _statements(conn, per_round // 4, not pg)  # warm up
-        runs: dict[str, list[tuple[float, float]]] = {name: [] for name in conns}
+        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in conns}
         order = list(conns)
         for i in range(rounds):
             for name in order if i % 2 == 0 else order[::-1]:
                 runs[name].append(await _statements(conns[name], per_round, not pg))
+        own = await _own_path(conns["library"], not pg)
     finally:
         unpin()
         for conn in conns.values():
             await _close(conn)
-    return {
-        name: (statistics.median(w for w, _ in got), statistics.median(c for _, c in got))
+    medians = {
+        name: (
+            statistics.median(w for w, _, _ in got),
+            statistics.median(c for _, c, _ in got),
+            statistics.median(t for _, _, t in got),
+        )
         for name, got in runs.items()
     }
+    return {**medians, "own path": (*own, 0.0)}
 
 
 async def _borrows(borrow: Callable[[], Awaitable[None]], tasks: int, total: int) -> float:
@@ -148,20 +203,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--per-round", type=int, default=2000)
-    parser.add_argument("--borrows", type=int, default=2000)
+    parser.add_argument("--borrows", type=int, default=20000)
     args = parser.parse_args()
     print("Async statement overhead, SELECT 1 on an open connection (median of rounds)")
     print(
         f"{'driver':<26}{'bare us':>10}{'library us':>12}{'ratio':>8}"
         f"{'bare CPU us':>13}{'library CPU us':>16}{'CPU ratio':>11}"
+        f"{'loop CPU us: bare':>19}{'library':>9}{'ratio':>7}"
     )
+    own_paths = []
     for engine, driver in (("postgresql", "psycopg.AsyncConnection"), ("mariadb", "aiomysql")):
         with Lab.start(engine, replicas=0) as lab:
             got = asyncio.run(statement_overhead(lab, args.rounds, args.per_round))
-        (bare, bare_cpu), (ours, our_cpu) = got["bare"], got["library"]
+        (bare, bare_cpu, bare_own), (ours, our_cpu, our_own) = got["bare"], got["library"]
         print(
             f"{driver:<26}{bare * 1e6:>10.1f}{ours * 1e6:>12.1f}{ours / bare:>8.3f}"
             f"{bare_cpu * 1e6:>13.1f}{our_cpu * 1e6:>16.1f}{our_cpu / bare_cpu:>11.3f}"
+            f"{bare_own * 1e6:>19.1f}{our_own * 1e6:>9.1f}{our_own / bare_own:>7.3f}"
+        )
+        own_paths.append((driver, got["own path"][:2], bare_own))
+    print()
+    print("The library's own path per statement (around a driver cursor that does nothing)")
+    for driver, (plain, with_params), bare_own in own_paths:
+        print(
+            f"{driver:<26}{plain * 1e6:>6.2f} us = {plain / bare_own:.2%} of a bare statement's "
+            f"loop CPU ({bare_own * 1e6:.1f} us); with one parameter {with_params * 1e6:.2f} us "
+            f"= {with_params / bare_own:.2%}"
         )
     print()
     print(f"Async pool borrow+return, pool size {POOL_SIZE} (median of rounds)")

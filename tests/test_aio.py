@@ -467,3 +467,28 @@ async def test_an_aiomysql_borrow_that_runs_nothing_sends_nothing(aurora_lab_mar
         assert await commits() == first + 2
     finally:
         await cluster.close()
+
+
+async def test_execute_passes_parameters_as_the_driver_takes_them(aurora_lab: Lab) -> None:
+    """Positional, by keyword (psycopg's ``params``/``prepare``, aiomysql's ``args``), none."""
+    conn = await _connect(aurora_lab, autocommit=True)
+    try:
+        cur = conn.cursor() if isinstance(conn, PsycopgAsyncConnection) else await conn.cursor()
+        await cur.execute("SELECT 1")
+        assert tuple(await cur.fetchone()) == (1,)
+        await cur.execute("SELECT %s", (2,))
+        assert tuple(await cur.fetchone()) == (2,)
+        await cur.execute(query="SELECT %s", params=(3,))  # our name for the second one
+        assert tuple(await cur.fetchone()) == (3,)
+        if _pg(aurora_lab):
+            await cur.execute("SELECT %s", (4,), prepare=True)
+            await cur.execute("SELECT %s", params=(5,), binary=True)
+        else:
+            await cur.execute("SELECT %s", args=(4,))
+            assert tuple(await cur.fetchone()) == (4,)
+            await cur.execute("SELECT %s", args=(5,))
+        assert tuple(await cur.fetchone()) == (5,)
+        with pytest.raises(TypeError):
+            await cur.execute("SELECT %s", (6,), (7,))
+    finally:
+        await _close(conn)
