@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from aurora_smartdriver import _causal, _runtime, consistency, outcome
+from aurora_smartdriver import _causal, _recovery, _runtime, consistency, outcome
 from aurora_smartdriver._dbapi import error_class, keep_driver_details
 from aurora_smartdriver._runtime import Lease, Runtime
 from aurora_smartdriver.errors import AuroraSmartDriverError
@@ -46,21 +46,13 @@ class Detached(AuroraSmartDriverError):
     statement reconnects; results of statements run before are gone with the old node."""
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+_short = _recovery.short
 
 
 _MISSING = object()
 _AFTER_CLOSE: dict[str, Any] = {"broken": False, "open": False, "cancel": lambda: None}
 """What a closed connection still answers (as the drivers do) once its driver connection went
 back to a pool."""
-
-
-def _what(call: Call) -> str:
-    if call == "commit":
-        return "during COMMIT"
-    return "while a statement that may have committed was running"
 
 
 class _DetachedStatus:
@@ -943,89 +935,52 @@ class Connection:
         kind = "disconnect" if detached else self._adapter.error_kind(exc)
         if kind == "read_only" and self._still_writer():
             raise exc
-        settings = self._runtime.spec.settings
-        facts: tuple[Transaction, bool] = ("none", False)
-        if not detached:
-            facts = self._facts(exc, before, self._raw if failed is None else failed)
-        transaction, sent = facts
-        if self.__dict__.pop("_interrupted", False) and not detached:
-            # An earlier call was cut off (a timeout of the application's, KeyboardInterrupt)
-            # after the driver may have sent it: what it did cannot be known.
-            transaction, sent = "busy", True
-        effect: outcome.Effect = (
-            outcome.classify(query, self._runtime.spec.engine) if call == "statement" else "write"
-        )
+        runtime = self._runtime
         decided = outcome.decide(
-            outcome.Situation(
+            _recovery.situation(
                 call,
-                transaction,
-                sent,
-                effect,
-                settings.retry_reads if retry_reads is None else retry_reads,
+                None
+                if detached
+                else self._facts(exc, before, self._raw if failed is None else failed),
+                interrupted=self.__dict__.pop("_interrupted", False),
+                query=query,
+                engine=runtime.spec.engine,
+                retry_reads=runtime.spec.settings.retry_reads
+                if retry_reads is None
+                else retry_reads,
                 refused=kind == "read_only",
-                engine=self._runtime.spec.engine,
-                single=not batch and outcome.is_single(query, self._runtime.spec.engine),
+                batch=batch,
             )
         )
-        runtime = self._runtime
-        lost = self.instance_id
-        if not decided.fail_over_now:
-            if not detached and not moved:
-                self._detach(f"the connection to {lost} was lost ({_short(exc)})")
+        old = self.instance_id
+        step = _recovery.next_step(
+            decided, detached=detached, moved=moved, still_detached=self._detached
+        )
+        if step == "detach":
+            self._detach(_recovery.lost(old, exc))
+        if step in ("stay", "detach"):
             return
         started = time.monotonic()
         try:
-            if detached or (moved and self._detached):
+            if step == "attach":
                 self._attach()
-            elif not moved:
+            elif step == "fail_over":
                 self._fail_over(exc, kind)
         except BaseException as failure:
             if not self._detached:
-                self._detach(f"the connection to {lost} was lost ({_short(exc)})")
-            if decided.outcome_unknown:
-                self._unknown_event(lost, started)
-                if not isinstance(failure, Exception):
-                    raise  # interrupted meanwhile (Ctrl-C): that is what the program sees
-                raise keep_driver_details(
-                    runtime.outcome_unknown(
-                        f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "
-                        "it may or may not have been committed; and no new node could be "
-                        f"reached ({_short(failure)}): the connection reconnects at its next "
-                        "statement"
-                    ),
-                    exc,
-                ) from failure
-            raise
+                self._detach(_recovery.lost(old, exc))
+            message = _recovery.unreachable(decided, call=call, exc=exc, old=old, failure=failure)
+            if message is None:
+                raise
+            self._unknown_event(old, started)
+            if not isinstance(failure, Exception):
+                raise  # interrupted meanwhile (Ctrl-C): that is what the program sees
+            raise keep_driver_details(runtime.outcome_unknown(message), exc) from failure
         after = round(time.monotonic() - started, 3)
-        if decided.outcome_unknown:
-            self._unknown_event(lost, started)
-            raise keep_driver_details(
-                runtime.outcome_unknown(
-                    f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "
-                    "it may or may not have been committed; the connection is now on "
-                    f"{self.instance_id}"
-                ),
-                exc,
-            ) from exc
-        if decided.rerun:
-            if decided.verdict == "retry_read":
-                runtime.events.emit("read_retried", instance=self.instance_id, after_s=after)
-            return
-        rolled_back = decided.transaction_rolled_back
-        if rolled_back:
-            runtime.events.emit(
-                "transaction_rolled_back", old=lost, new=self.instance_id, after_s=after
-            )
-        raise keep_driver_details(
-            runtime.failover_succeeded(
-                f"the connection to {lost} was lost ({_short(exc)}); "
-                f"reconnected to {self.instance_id}"
-                + ("; the open transaction was rolled back" if rolled_back else "")
-                + ": run the work again",
-                transaction_rolled_back=rolled_back,
-            ),
-            exc,
-        ) from exc
+        told = _recovery.answer(
+            decided, call=call, exc=exc, old=old, new=self.instance_id, after=after
+        )
+        _recovery.tell(told, runtime, exc)
 
     def _unknown_event(self, lost: str, started: float) -> None:
         self._runtime.events.emit(

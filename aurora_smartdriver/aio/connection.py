@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from aurora_smartdriver import _causal as _sync_causal
-from aurora_smartdriver import consistency, outcome
+from aurora_smartdriver import _recovery, consistency, outcome
 from aurora_smartdriver._dbapi import error_class, keep_driver_details
 from aurora_smartdriver.aio import _causal, _drivers, _facts
 from aurora_smartdriver.aio._runtime import AsyncLease, AsyncRuntime
@@ -53,15 +53,7 @@ class Detached(AuroraSmartDriverError):
     """The connection is on no node just now: its next statement reconnects."""
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-def _what(call: Call) -> str:
-    if call == "commit":
-        return "during COMMIT"
-    return "while a statement that may have committed was running"
+_short = _recovery.short
 
 
 class AsyncCursor:
@@ -644,7 +636,6 @@ class AsyncConnection:
         batch: bool,
     ) -> None:
         runtime = self._runtime
-        engine = runtime.engine
         detached = isinstance(exc, self._detached_error)
         if detached and not self._detached:
             return  # another task connected it meanwhile: run the call
@@ -652,77 +643,51 @@ class AsyncConnection:
         kind = "disconnect" if detached else _drivers.error_kind(self._adapter, exc)
         if kind == "read_only" and await runtime.still_writer(self._lease.target):
             raise exc
-        facts: tuple[Transaction, bool] = ("none", False)
-        if not detached:
-            facts = self._facts(exc, before, failed if failed is not None else self._raw)
-        transaction, sent = facts
-        if self._interrupted and not detached:
-            transaction, sent = "busy", True  # an earlier call was cut off mid-flight
+        interrupted = self._interrupted
         self.__dict__["_interrupted"] = False
-        effect: outcome.Effect = outcome.classify(query, engine) if call == "statement" else "write"
         decided = outcome.decide(
-            outcome.Situation(
+            _recovery.situation(
                 call,
-                transaction,
-                sent,
-                effect,
-                runtime.settings.retry_reads if retry_reads is None else retry_reads,
+                None
+                if detached
+                else self._facts(exc, before, self._raw if failed is None else failed),
+                interrupted=interrupted,
+                query=query,
+                engine=runtime.engine,
+                retry_reads=runtime.settings.retry_reads if retry_reads is None else retry_reads,
                 refused=kind == "read_only",
-                engine=engine,
-                single=not batch and outcome.is_single(query, engine),
+                batch=batch,
             )
         )
-        lost = self.instance_id
-        if not decided.fail_over_now:
-            if not detached and not moved:
-                self._detach()
+        old = self.instance_id
+        step = _recovery.next_step(
+            decided, detached=detached, moved=moved, still_detached=self._detached
+        )
+        if step == "detach":
+            self._detach()
+        if step in ("stay", "detach"):
             return
         started = time.monotonic()
         try:
-            if detached or (moved and self._detached):
+            if step == "attach":
                 await self._attach()
-            elif not moved:
+            elif step == "fail_over":
                 await self._fail_over(exc, kind)
         except BaseException as failure:
             if not self._detached:
                 self._detach()
-            if decided.outcome_unknown:
-                self._unknown_event(lost, started)
-                if not isinstance(failure, Exception):
-                    raise  # cancelled (or interrupted) meanwhile: that is what the task sees
-                unknown = runtime.outcome_unknown(
-                    f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "
-                    "it may or may not have been committed; and no new node could be "
-                    f"reached ({_short(failure)}): the connection reconnects at its next "
-                    "statement"
-                )
-                raise keep_driver_details(unknown, exc) from failure
-            raise
+            message = _recovery.unreachable(decided, call=call, exc=exc, old=old, failure=failure)
+            if message is None:
+                raise
+            self._unknown_event(old, started)
+            if not isinstance(failure, Exception):
+                raise  # cancelled (or interrupted) meanwhile: that is what the task sees
+            raise keep_driver_details(runtime.outcome_unknown(message), exc) from failure
         after = round(time.monotonic() - started, 3)
-        if decided.outcome_unknown:
-            self._unknown_event(lost, started)
-            unknown = runtime.outcome_unknown(
-                f"the connection to {lost} was lost ({_short(exc)}) {_what(call)}: "
-                "it may or may not have been committed; the connection is now on "
-                f"{self.instance_id}"
-            )
-            raise keep_driver_details(unknown, exc) from exc
-        if decided.rerun:
-            if decided.verdict == "retry_read":
-                runtime.events.emit("read_retried", instance=self.instance_id, after_s=after)
-            return
-        rolled_back = decided.transaction_rolled_back
-        if rolled_back:
-            runtime.events.emit(
-                "transaction_rolled_back", old=lost, new=self.instance_id, after_s=after
-            )
-        succeeded = runtime.failover_succeeded(
-            f"the connection to {lost} was lost ({_short(exc)}); reconnected to {self.instance_id}"
-            + ("; the open transaction was rolled back" if rolled_back else "")
-            + ": run the work again",
-            transaction_rolled_back=rolled_back,
+        told = _recovery.answer(
+            decided, call=call, exc=exc, old=old, new=self.instance_id, after=after
         )
-        raise keep_driver_details(succeeded, exc) from exc
+        _recovery.tell(told, runtime, exc)
 
     def _unknown_event(self, lost: str, started: float) -> None:
         self._runtime.events.emit(
