@@ -27,6 +27,7 @@ connection, so a healthy server busy with a slow query still answers the probe's
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import weakref
@@ -37,6 +38,21 @@ from aurora_smartdriver.drivers import DriverAdapter
 from aurora_smartdriver.pool import Target
 
 __all__ = ["HostWatch", "OnDead", "Watchdog"]
+
+try:
+    from _weakref import (  # type: ignore[attr-defined]  # CPython: as WeakValueDictionary
+        _remove_dead_weakref,
+    )
+except ImportError:  # pragma: no cover - other interpreters
+
+    def _remove_dead_weakref(d: dict[Any, Any], key: Any) -> None:
+        ref = d.get(key)
+        if ref is not None and ref() is None:
+            d.pop(key, None)
+
+
+_FREE_THREADED = not getattr(sys, "_is_gil_enabled", lambda: True)()
+"""A build without the GIL (3.13t): `HostWatch.add` and `discard` take the lock always."""
 
 log = logging.getLogger("aurora_smartdriver.watchdog")
 
@@ -102,9 +118,14 @@ class HostWatch:
 
         Listed first, then the thread checked for: a thread ending for lack of use decides
         so under the lock after `_lingering` has been true for `_LINGER` s, so either it
-        sees ``raw`` listed and stays, or this sees it lingering and waits for the lock."""
+        sees ``raw`` listed and stays, or this sees it lingering and waits for the lock.
+        (Without a GIL, the order of these loads and stores is not given: the lock then.)"""
+        if _FREE_THREADED:
+            self._lock.acquire()
         self._users[id(raw)] = weakref.ref(raw)
-        if self._thread is not None and not self._lingering:
+        if _FREE_THREADED:
+            self._lock.release()
+        elif self._thread is not None and not self._lingering:
             return
         with self._lock:
             if self._thread is None and not self._closed:
@@ -120,6 +141,10 @@ class HostWatch:
 
         A verdict sets `_cutting` before it lists the connections: seen false after the
         removal, the verdict lists them later (without ``raw``) or is over."""
+        if _FREE_THREADED:
+            with self._lock:
+                self._users.pop(id(raw), None)
+            return
         self._users.pop(id(raw), None)
         if self._cutting:
             with self._lock:  # the cut may hold ``raw``: it ends before raw is lent again
@@ -133,12 +158,20 @@ class HostWatch:
 
     def _busy(self) -> bool:
         with self._lock:
-            return bool(self._in_use())
+            self._forget_gone()
+            return bool(self._users)
+
+    def _forget_gone(self) -> None:
+        """Drop the entries of connections gone without a `discard` (their user dropped
+        them), without taking a strong reference to any (a last one let go here would run
+        a driver connection's finalizer on this thread). Atomic per entry: an `add` reusing
+        the id at that moment, without the lock, is kept."""
+        for key in list(self._users):
+            _remove_dead_weakref(self._users, key)
 
     def _in_use(self) -> list[Any]:
-        """The connections in use that still exist. One gone without a `discard` stays
-        listed, as nothing (it is not removed: `add` may be reusing its id at that moment,
-        without the lock), until a new connection with its id replaces it."""
+        """The connections in use that still exist (for a verdict to cut)."""
+        self._forget_gone()
         return [raw for ref in list(self._users.values()) if (raw := ref()) is not None]
 
     def _run(self) -> None:
@@ -156,7 +189,8 @@ class HostWatch:
                         idle_since, self._lingering = now, True
                     if now - idle_since >= _LINGER:
                         with self._lock:
-                            if not self._in_use():
+                            self._forget_gone()
+                            if not self._users:
                                 self._thread = None
                                 return
                     self._wake.wait(self._interval)

@@ -60,6 +60,21 @@ def test_a_connection_dropped_without_being_given_back_does_not_keep_the_watch_b
     assert not watch._busy()
 
 
+def test_connections_dropped_without_being_given_back_are_forgotten() -> None:
+    """Their entries go (the watch's books do not grow with every connection ever dropped),
+    and one in use with the same id as a dropped one's stays."""
+    watch, kept = _watch(), _Raw()
+    for _ in range(1000):
+        watch.add(_Raw())
+    watch.add(kept)
+    gc.collect()
+    assert watch._busy()
+    assert list(watch._users) == [id(kept)]
+    watch.discard(kept)
+    assert not watch._busy()
+    assert not watch._users
+
+
 def test_connections_of_one_instance_at_two_addresses_are_watched_at_each() -> None:
     """A name that moved (a cluster endpoint after a failover) leaves connections of one
     instance on two nodes: each address gets a watch, whose probe goes to that address."""
