@@ -154,3 +154,48 @@ async def test_a_name_with_no_address_is_looked_up_off_the_loop(
     finally:
         await raw.close()
     assert max(ticker.gaps) < 0.25, max(ticker.gaps)
+
+
+async def test_each_address_of_a_name_is_tried_in_turn(
+    aurora_lab_postgresql: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name with two addresses, the first of which accepts and hangs up (a node going down,
+    a load balancer with no target): the second is tried, as psycopg tries them (libpq given
+    both at once gave up after the first)."""
+    lab = aurora_lab_postgresql
+    node, name = lab.writer, "two-addresses.aio-handshake.test"
+    server = await asyncio.start_server(_hang_up, "127.251.0.7", node.port)
+    real = socket.getaddrinfo
+
+    def two(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != name:
+            return real(host, port, *args, **kwargs)
+        return real("127.251.0.7", port, *args, **kwargs) + real(
+            node.address, port, *args, **kwargs
+        )
+
+    monkeypatch.setattr(socket, "getaddrinfo", two)
+    spec = dsn.parse(lab.dsn)
+    try:
+        raw = await _drivers.open_connection(
+            adapter_for("postgresql"),
+            spec,
+            name,
+            node.port,
+            address=None,
+            timeout=10.0,
+            autocommit=True,
+            user=spec.user,
+            password=spec.password,
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+    try:
+        assert raw.info.hostaddr == node.address
+    finally:
+        await raw.close()
+
+
+async def _hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()

@@ -65,7 +65,7 @@ async def test_given_up_during_a_step_the_connection_it_makes_is_closed(
 ) -> None:
     connecting = _Connecting(quiet_socket, waits=0)
     monkeypatch.setattr(psycopg.generators, "connect", connecting)
-    task = asyncio.create_task(_handshake.connect("", timeout=30, autocommit=True))
+    task = asyncio.create_task(_handshake.connect([""], timeout=30, autocommit=True))
     assert await asyncio.to_thread(connecting.stepping.wait, 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -81,7 +81,7 @@ async def test_given_up_during_a_wait_the_handshake_is_closed(
     connecting = _Connecting(quiet_socket, waits=1)
     connecting.go_on.set()
     monkeypatch.setattr(psycopg.generators, "connect", connecting)
-    task = asyncio.create_task(_handshake.connect("", timeout=30, autocommit=True))
+    task = asyncio.create_task(_handshake.connect([""], timeout=30, autocommit=True))
     while not connecting.stepping.is_set() or not _waiting_on(quiet_socket):
         await asyncio.sleep(0.01)
     task.cancel()
@@ -98,7 +98,7 @@ async def test_a_silent_server_times_out_at_the_deadline(
     connecting.go_on.set()
     monkeypatch.setattr(psycopg.generators, "connect", connecting)
     with pytest.raises(psycopg.OperationalError, match="connection timeout expired") as raised:
-        await _handshake.connect("password=secret", timeout=0.2, autocommit=True)
+        await _handshake.connect(["password=secret"], timeout=0.2, autocommit=True)
     assert connecting.closed_unfinished.is_set()
     assert "secret" not in str(raised.value)
     assert not _waiting_on(quiet_socket)
@@ -112,3 +112,47 @@ def _waiting_on(sock: socket.socket) -> bool:
     except KeyError:
         return False
     return key.data[0] is not None
+
+
+async def test_every_attempt_is_made_and_every_failure_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One conninfo per address, in turn; all failing, psycopg's message naming each (and no
+    password)."""
+    tried: list[str] = []
+
+    def refusing(conninfo: str) -> Generator[tuple[int, int], int, Any]:
+        tried.append(conninfo)
+        raise psycopg.OperationalError(f"connection failed: refused #{len(tried)}")
+        yield  # a generator, as psycopg's
+
+    monkeypatch.setattr(psycopg.generators, "connect", refusing)
+    attempts = [
+        f"host=db.example.test hostaddr={address} port=5432 password=secret"
+        for address in ("10.0.0.1", "10.0.0.2")
+    ]
+    with pytest.raises(psycopg.OperationalError) as raised:
+        await _handshake.connect(attempts, timeout=5, autocommit=True)
+    assert tried == attempts
+    message = str(raised.value)
+    assert message.splitlines()[:2] == [
+        "connection failed: refused #2",
+        "Multiple connection attempts failed. All failures were:",
+    ]
+    assert "hostaddr: '10.0.0.1'" in message and "refused #1" in message
+    assert "hostaddr: '10.0.0.2'" in message
+    assert "secret" not in message
+
+
+@pytest.mark.parametrize(
+    ("host", "looked_up"),
+    [
+        ("db.example.test", True),
+        ("10.0.0.1", True),
+        ("/run/postgresql", False),
+        ("@abstract", False),
+        ("C:\\sockets", False),
+    ],
+)
+async def test_socket_directories_are_not_looked_up(host: str, looked_up: bool) -> None:
+    assert _handshake.by_name(host) == looked_up

@@ -112,19 +112,15 @@ async def _open_psycopg(
         "connect_timeout": libpq_connect_timeout(timeout),
     }
     params.pop("autocommit", None)
-    if address is None and not host.startswith("/"):  # resolve=off: by name, looked up here
-        found = await _handshake.lookup(host, port)
-        params.update(
-            host=",".join([host] * len(found)),
-            hostaddr=",".join(found),
-            port=",".join([str(port)] * len(found)),
-        )
     # prepare_threshold=None is "never prepare" (PgBouncer), not "not given": kept as it is.
     own = {name: params.pop(name) for name in _PSYCOPG_OWN if name in params}
-    conninfo = psycopg.conninfo.make_conninfo(
-        "", **{name: value for name, value in params.items() if value is not None}
-    )
-    return await _handshake.connect(conninfo, timeout=timeout, autocommit=autocommit, **own)
+    given = {name: value for name, value in params.items() if value is not None}
+    if address is None and _handshake.by_name(host):  # resolve=off: looked up here
+        found = await _handshake.lookup(host, port)
+        attempts = [psycopg.conninfo.make_conninfo("", **given, hostaddr=a) for a in found]
+    else:
+        attempts = [psycopg.conninfo.make_conninfo("", **given)]
+    return await _handshake.connect(attempts, timeout=timeout, autocommit=autocommit, **own)
 
 
 _PSYCOPG_OWN = ("prepare_threshold", "context", "row_factory", "cursor_factory")

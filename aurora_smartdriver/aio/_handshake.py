@@ -25,7 +25,7 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["connect", "lookup"]
+__all__ = ["by_name", "connect", "lookup"]
 
 _WORKERS = 4
 """Threads computing handshake steps at once per process: a step is a burst of CPU (a few ms
@@ -78,10 +78,17 @@ def _abandon(gen: Any, step: concurrent.futures.Future[tuple[bool, Any]]) -> Non
 
 
 async def _step(gen: Any, value: Any) -> tuple[bool, Any]:
+    if getattr(concurrent.futures.thread, "_shutdown", False):
+        # The interpreter is exiting (a loop in a thread that outlives the main one): no new
+        # work for threads, so the step runs on the loop.
+        return _advance(gen, value)
     try:
         step = _workers().submit(_advance, gen, value)
-    except RuntimeError:  # the interpreter is shutting down: no new threads; on the loop
-        return _advance(gen, value)
+    except RuntimeError as exc:  # no thread could start: the work may still be queued
+        import psycopg
+
+        gen.close()
+        raise psycopg.OperationalError(f"connection failed: no handshake thread ({exc})") from None
     try:
         return await asyncio.wrap_future(step)
     except BaseException:
@@ -159,8 +166,15 @@ async def lookup(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+def by_name(host: str) -> bool:
+    """Whether ``host`` is a name or an address to look up, not a Unix socket's directory
+    (``/run/postgresql``, ``C:\\sockets``) or abstract namespace (``@name``), as psycopg
+    tells them apart."""
+    return not (host.startswith(("/", "@")) or host[1:2] == ":")
+
+
 async def connect(
-    conninfo: str,
+    attempts: list[str],
     *,
     timeout: float,
     autocommit: bool,
@@ -171,7 +185,10 @@ async def connect(
 ) -> Any:
     """``psycopg.AsyncConnection.connect(conninfo, ...)`` with the same keywords and errors
     (but for psycopg's warning about GSSAPI used by default), each handshake step on a worker
-    thread, bounded by ``timeout`` s."""
+    thread, bounded by ``timeout`` s. ``attempts``: one conninfo per address, tried in turn
+    as psycopg does (libpq's own next-address logic is not used: in its non-blocking mode it
+    does not bound each address, nor go on after a refusal past the TCP connect); each has
+    its share of what is left of ``timeout``."""
     import psycopg
     from psycopg.adapt import AdaptersMap
 
@@ -181,11 +198,17 @@ async def connect(
             "Psycopg cannot use the 'ProactorEventLoop' to run in async mode: use a "
             "selector event loop (asyncio.WindowsSelectorEventLoopPolicy())"
         )
-    try:
-        pgconn = await _handshake(conninfo, loop.time() + timeout)
-    except psycopg.Error as exc:
-        error = exc  # raised below without the worker's frames (they hold the conninfo)
-    else:
+    deadline = loop.time() + timeout
+    errors: list[psycopg.Error] = []
+    pgconn = None
+    for index, conninfo in enumerate(attempts):
+        share = (deadline - loop.time()) / (len(attempts) - index)
+        try:
+            pgconn = await _handshake(conninfo, loop.time() + share)
+            break
+        except psycopg.Error as exc:
+            errors.append(exc)  # raised below without the worker's frames (the conninfo)
+    if pgconn is not None:
         try:
             conn = psycopg.AsyncConnection(pgconn)
             conn._autocommit = bool(autocommit)  # as psycopg's connect(): no await, no I/O
@@ -200,4 +223,21 @@ async def connect(
             pgconn.finish()
             raise
         return conn
-    raise error.with_traceback(None)
+    last = errors[-1]
+    if len(errors) == 1:
+        raise last.with_traceback(None)
+    lines = [str(last), "Multiple connection attempts failed. All failures were:"]
+    lines += [
+        f"- {_described(conninfo)}: {error}"
+        for conninfo, error in zip(attempts, errors, strict=True)
+    ]
+    raise type(last)("\n".join(lines)).with_traceback(None)
+
+
+def _described(conninfo: str) -> str:
+    """An attempt as psycopg names it in its error: host, port and address (no secrets)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(conninfo)
+    host, port, address = given.get("host"), given.get("port"), given.get("hostaddr")
+    return f"host: {host!r}, port: {port!r}, hostaddr: {address!r}"
