@@ -134,19 +134,8 @@ async def test_a_name_with_no_address_is_looked_up_off_the_loop(
         return real(node.address, port, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", slow_dns)
-    spec = dsn.parse(lab.dsn)
     async with _Ticker() as ticker:
-        raw = await _drivers.open_connection(
-            adapter_for("postgresql"),
-            spec,
-            name,
-            node.port,
-            address=None,
-            timeout=10.0,
-            autocommit=True,
-            user=spec.user,
-            password=spec.password,
-        )
+        raw = await _by_name(lab, name)
     try:
         assert asked == [name]
         assert raw.info.hostaddr == node.address
@@ -175,19 +164,8 @@ async def test_each_address_of_a_name_is_tried_in_turn(
         )
 
     monkeypatch.setattr(socket, "getaddrinfo", two)
-    spec = dsn.parse(lab.dsn)
     try:
-        raw = await _drivers.open_connection(
-            adapter_for("postgresql"),
-            spec,
-            name,
-            node.port,
-            address=None,
-            timeout=10.0,
-            autocommit=True,
-            user=spec.user,
-            password=spec.password,
-        )
+        raw = await _by_name(lab, name)
     finally:
         server.close()
         await server.wait_closed()
@@ -195,6 +173,23 @@ async def test_each_address_of_a_name_is_tried_in_turn(
         assert raw.info.hostaddr == node.address
     finally:
         await raw.close()
+
+
+async def _by_name(lab: Lab, name: str) -> Any:
+    """A driver connection to the lab's writer as the library opens one with ``resolve=off``:
+    to ``name`` with no address (the test's getaddrinfo says where ``name`` leads)."""
+    spec = dsn.parse(lab.dsn)
+    return await _drivers.open_connection(
+        adapter_for("postgresql"),
+        spec,
+        name,
+        lab.writer.port,
+        address=None,
+        timeout=10.0,
+        autocommit=True,
+        user=spec.user,
+        password=spec.password,
+    )
 
 
 async def _hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

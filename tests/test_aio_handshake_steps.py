@@ -51,6 +51,14 @@ class _Connecting:
             raise
 
 
+def _waiting_once(monkeypatch: pytest.MonkeyPatch, sock: socket.socket) -> _Connecting:
+    """psycopg's connection generator replaced by one that waits to read on ``sock`` once."""
+    connecting = _Connecting(sock, waits=1)
+    connecting.go_on.set()
+    monkeypatch.setattr(psycopg.generators, "connect", connecting)
+    return connecting
+
+
 @pytest.fixture
 def quiet_socket() -> Iterator[socket.socket]:
     """A socket nothing ever arrives on."""
@@ -78,9 +86,7 @@ async def test_given_up_during_a_step_the_connection_it_makes_is_closed(
 async def test_given_up_during_a_wait_the_handshake_is_closed(
     monkeypatch: pytest.MonkeyPatch, quiet_socket: socket.socket
 ) -> None:
-    connecting = _Connecting(quiet_socket, waits=1)
-    connecting.go_on.set()
-    monkeypatch.setattr(psycopg.generators, "connect", connecting)
+    connecting = _waiting_once(monkeypatch, quiet_socket)
     task = asyncio.create_task(_handshake.connect([""], timeout=30, autocommit=True))
     while not connecting.stepping.is_set() or not _waiting_on(quiet_socket):
         await asyncio.sleep(0.01)
@@ -94,9 +100,7 @@ async def test_given_up_during_a_wait_the_handshake_is_closed(
 async def test_a_silent_server_times_out_at_the_deadline(
     monkeypatch: pytest.MonkeyPatch, quiet_socket: socket.socket
 ) -> None:
-    connecting = _Connecting(quiet_socket, waits=1)
-    connecting.go_on.set()
-    monkeypatch.setattr(psycopg.generators, "connect", connecting)
+    connecting = _waiting_once(monkeypatch, quiet_socket)
     with pytest.raises(psycopg.OperationalError, match="connection timeout expired") as raised:
         await _handshake.connect(["password=secret"], timeout=0.2, autocommit=True)
     assert connecting.closed_unfinished.is_set()
