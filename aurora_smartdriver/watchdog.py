@@ -46,6 +46,7 @@ try:
 except ImportError:  # pragma: no cover - other interpreters
 
     def _remove_dead_weakref(d: dict[Any, Any], key: Any) -> None:
+        """Not atomic as CPython's is (an `add` reusing the id in between may be dropped)."""
         ref = d.get(key)
         if ref is not None and ref() is None:
             d.pop(key, None)
@@ -121,20 +122,25 @@ class HostWatch:
         sees ``raw`` listed and stays, or this sees it lingering and waits for the lock.
         (Without a GIL, the order of these loads and stores is not given: the lock then.)"""
         if _FREE_THREADED:
-            self._lock.acquire()
+            with self._lock:
+                self._users[id(raw)] = weakref.ref(raw)
+                self._start_locked()
+            return
         self._users[id(raw)] = weakref.ref(raw)
-        if _FREE_THREADED:
-            self._lock.release()
-        elif self._thread is not None and not self._lingering:
+        if self._thread is not None and not self._lingering:
             return
         with self._lock:
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(
-                    target=self._run,
-                    name=f"aurora-smartdriver-watch {self._label}",
-                    daemon=True,
-                )
-                self._thread.start()
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        """Start the thread unless it runs or the watch is closed (under the lock)."""
+        if self._thread is None and not self._closed:
+            self._thread = threading.Thread(
+                target=self._run,
+                name=f"aurora-smartdriver-watch {self._label}",
+                daemon=True,
+            )
+            self._thread.start()
 
     def discard(self, raw: Any) -> None:
         """``raw`` is no longer in use (waits for a verdict cutting it to finish).

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import selectors
 import socket
+import sys
 import threading
 from collections.abc import Generator, Iterator
 from typing import Any
@@ -160,3 +161,25 @@ async def test_every_attempt_is_made_and_every_failure_told(
 )
 async def test_socket_directories_are_not_looked_up(host: str, looked_up: bool) -> None:
     assert _handshake.by_name(host) == looked_up
+
+
+async def test_the_first_handshake_of_a_fresh_process_works() -> None:
+    """Nothing the library imports before its first handshake loads concurrent.futures'
+    thread module on its own (a check of the interpreter's exit read it: AttributeError)."""
+    script = (
+        "import asyncio, psycopg\n"
+        "from aurora_smartdriver.aio import _handshake\n"
+        "async def main():\n"
+        "    try:\n"
+        "        await _handshake.connect(\n"
+        "            ['host=127.0.0.1 port=1 user=u dbname=d connect_timeout=2'],\n"
+        "            timeout=5, autocommit=True)\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__)\n"
+        "asyncio.run(main())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert out.decode().strip() == "OperationalError"  # refused, as psycopg says it

@@ -4,12 +4,14 @@ ledger tests)."""
 
 from __future__ import annotations
 
-from typing import get_args
+from typing import Any, get_args
 
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from aurora_smartdriver import _recovery, outcome
+from aurora_smartdriver.errors import FailoverSucceeded, TransactionOutcomeUnknown
 from aurora_smartdriver.outcome import Call, Transaction
 
 from .test_outcome import _may_have_committed, situations
@@ -28,6 +30,7 @@ _queries = st.sampled_from(
     st.sampled_from(["postgresql", "mysql"]),
     st.booleans(),
     st.booleans(),
+    st.booleans(),
 )
 def test_the_situation_is_what_the_driver_connection_showed(
     call: Call,
@@ -37,6 +40,7 @@ def test_the_situation_is_what_the_driver_connection_showed(
     engine: str,
     refused: bool,
     batch: bool,
+    retry_reads: bool,
 ) -> None:
     s = _recovery.situation(
         call,
@@ -44,10 +48,11 @@ def test_the_situation_is_what_the_driver_connection_showed(
         interrupted=interrupted,
         query=query,
         engine=engine,
-        retry_reads=True,
+        retry_reads=retry_reads,
         refused=refused,
         batch=batch,
     )
+    assert (s.call, s.engine, s.retry_reads) == (call, engine, retry_reads)
     if facts is None:  # on no node: nothing was sent, nothing was open
         assert (s.transaction, s.sent) == ("none", False)
     elif interrupted:  # an earlier call cut off: it may be running still
@@ -102,8 +107,11 @@ def test_the_answer_says_what_may_have_committed(s: outcome.Situation, after: fl
         assert "i-1" in told.message and "i-2" in told.message
         assert "ConnectionResetError: reset by peer" in told.message
         assert "second line" not in told.message
-    for _, fields in told.events:
-        assert fields.get("after_s") == after
+    if told.error == "failover_succeeded":
+        assert ("rolled back" in told.message) == decided.transaction_rolled_back
+    for name, fields in told.events:
+        expected = {"instance": "i-2"} if name == "read_retried" else {"old": "i-1", "new": "i-2"}
+        assert fields == {**expected, "after_s": after}
 
 
 @given(situations)
@@ -121,3 +129,52 @@ def test_with_no_new_node_what_may_have_committed_is_still_unknown(
         assert "TimeoutError: no writer in 30 s" in message
     else:
         assert message is None
+
+
+class _Events:
+    def __init__(self, log: list[Any]) -> None:
+        self.log = log
+
+    def emit(self, name: str, **fields: Any) -> None:
+        self.log.append(("event", name, fields))
+
+
+class _Runtime:
+    """What `tell` uses of a runtime: its events and the application's exception classes."""
+
+    def __init__(self) -> None:
+        self.log: list[Any] = []
+        self.events = _Events(self.log)
+
+    def outcome_unknown(self, message: str) -> Exception:
+        self.log.append(("raise", "unknown", message))
+        return TransactionOutcomeUnknown(message)
+
+    def failover_succeeded(self, message: str, *, transaction_rolled_back: bool) -> Exception:
+        self.log.append(("raise", "succeeded", transaction_rolled_back))
+        return FailoverSucceeded(message, transaction_rolled_back=transaction_rolled_back)
+
+
+@given(situations)
+def test_the_application_is_told_after_the_events_with_the_driver_error_as_cause(
+    s: outcome.Situation,
+) -> None:
+    decided = outcome.decide(s)
+    if not decided.fail_over_now:
+        return
+    exc = ConnectionResetError("reset by peer")
+    told = _recovery.answer(decided, call=s.call, exc=exc, old="i-1", new="i-2", after=0.5)
+    runtime = _Runtime()
+    if told.error is None:
+        _recovery.tell(told, runtime, exc)  # returns: the call runs again
+        assert [entry[0] for entry in runtime.log] == ["event"] * len(told.events)
+        return
+    expected = TransactionOutcomeUnknown if told.error == "outcome_unknown" else FailoverSucceeded
+    with pytest.raises(expected) as raised:
+        _recovery.tell(told, runtime, exc)
+    assert raised.value.__cause__ is exc
+    assert str(raised.value) == told.message
+    kinds = [entry[0] for entry in runtime.log]
+    assert kinds == ["event"] * len(told.events) + ["raise"]  # every event before the error
+    if isinstance(raised.value, FailoverSucceeded):
+        assert raised.value.transaction_rolled_back == told.transaction_rolled_back

@@ -64,9 +64,12 @@ def test_connections_dropped_without_being_given_back_are_forgotten() -> None:
     """Their entries go (the watch's books do not grow with every connection ever dropped),
     and one in use with the same id as a dropped one's stays."""
     watch, kept = _watch(), _Raw()
-    for _ in range(1000):
-        watch.add(_Raw())
+    dropped = [_Raw() for _ in range(1000)]  # alive together: 1000 ids, 1000 entries
+    for raw in dropped:
+        watch.add(raw)
     watch.add(kept)
+    assert len(watch._users) == 1001
+    del dropped, raw
     gc.collect()
     assert watch._busy()
     assert list(watch._users) == [id(kept)]

@@ -115,12 +115,15 @@ async def _open_psycopg(
     # prepare_threshold=None is "never prepare" (PgBouncer), not "not given": kept as it is.
     own = {name: params.pop(name) for name in _PSYCOPG_OWN if name in params}
     given = {name: value for name, value in params.items() if value is not None}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout  # the lookup's time counts
     if address is None and _handshake.by_name(host):  # resolve=off: looked up here
         found = await _handshake.lookup(host, port)
         attempts = [psycopg.conninfo.make_conninfo("", **given, hostaddr=a) for a in found]
     else:
         attempts = [psycopg.conninfo.make_conninfo("", **given)]
-    return await _handshake.connect(attempts, timeout=timeout, autocommit=autocommit, **own)
+    left = deadline - loop.time()
+    return await _handshake.connect(attempts, timeout=left, autocommit=autocommit, **own)
 
 
 _PSYCOPG_OWN = ("prepare_threshold", "context", "row_factory", "cursor_factory")

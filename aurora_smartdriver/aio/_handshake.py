@@ -23,6 +23,7 @@ import os
 import selectors
 import sys
 import threading
+from concurrent.futures import thread as _futures_thread
 from typing import Any
 
 __all__ = ["by_name", "connect", "lookup"]
@@ -57,16 +58,36 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _advance(gen: Any, value: Any) -> tuple[bool, Any]:
-    """One step of psycopg's connection generator: (False, (fd, wait)) to wait for the socket
-    next, (True, pgconn) when connected (its errors are raised as they are)."""
-    try:
-        return False, gen.send(value)
-    except StopIteration as done:
-        return True, done.value
+class _Steps:
+    """psycopg's connection generator, stepped from any thread one step at a time, and closed
+    once: a step that runs after the close (queued when the task had gone) does nothing."""
+
+    __slots__ = ("_closed", "_gen", "_lock")
+
+    def __init__(self, gen: Any) -> None:
+        self._gen = gen
+        self._lock = threading.Lock()  # held for one step (a poll) or the close
+        self._closed = False
+
+    def advance(self, value: Any) -> tuple[bool, Any]:
+        """One step: (False, (fd, wait)) to wait for the socket next, (True, pgconn) when
+        connected (its errors are raised as they are); (False, None) once closed."""
+        with self._lock:
+            if self._closed:
+                return False, None
+            try:
+                return False, self._gen.send(value)
+            except StopIteration as done:
+                return True, done.value
+
+    def close(self) -> None:
+        """Close the generator (the PGconn it holds is finished with it)."""
+        with self._lock:
+            self._closed = True
+            self._gen.close()
 
 
-def _abandon(gen: Any, step: concurrent.futures.Future[tuple[bool, Any]]) -> None:
+def _abandon(steps: _Steps, step: concurrent.futures.Future[tuple[bool, Any]]) -> None:
     """A step the task gave up waiting for (cancelled, timed out), once it ended: its
     connection closed, connected or not; nothing is left open with no owner."""
     if not step.cancelled() and step.exception() is None:
@@ -74,25 +95,25 @@ def _abandon(gen: Any, step: concurrent.futures.Future[tuple[bool, Any]]) -> Non
         if finished:
             pgconn.finish()
             return
-    gen.close()  # the PGconn it holds is finished with it
+    steps.close()
 
 
-async def _step(gen: Any, value: Any) -> tuple[bool, Any]:
-    if getattr(concurrent.futures.thread, "_shutdown", False):
+async def _step(steps: _Steps, value: Any) -> tuple[bool, Any]:
+    if _futures_thread._shutdown:
         # The interpreter is exiting (a loop in a thread that outlives the main one): no new
         # work for threads, so the step runs on the loop.
-        return _advance(gen, value)
+        return steps.advance(value)
     try:
-        step = _workers().submit(_advance, gen, value)
-    except RuntimeError as exc:  # no thread could start: the work may still be queued
+        step = _workers().submit(steps.advance, value)
+    except RuntimeError as exc:  # no thread could start; the step may be queued still
         import psycopg
 
-        gen.close()
+        steps.close()
         raise psycopg.OperationalError(f"connection failed: no handshake thread ({exc})") from None
     try:
         return await asyncio.wrap_future(step)
     except BaseException:
-        step.add_done_callback(functools.partial(_abandon, gen))
+        step.add_done_callback(functools.partial(_abandon, steps))
         raise
 
 
@@ -135,17 +156,17 @@ async def _handshake(conninfo: str, deadline: float) -> Any:
     from psycopg import generators
 
     loop = asyncio.get_running_loop()
-    gen = generators.connect(conninfo)
+    steps = _Steps(generators.connect(conninfo))
     value: Any = None  # the first step is next(gen)
     while True:
-        finished, result = await _step(gen, value)
+        finished, result = await _step(steps, value)
         if finished:
             return result
         fileno, wait = result
         try:
             value = await _ready(loop, fileno, wait, deadline)
         except BaseException:
-            gen.close()
+            steps.close()
             raise
 
 
@@ -168,8 +189,8 @@ async def lookup(host: str, port: int) -> list[str]:
 
 def by_name(host: str) -> bool:
     """Whether ``host`` is a name or an address to look up, not a Unix socket's directory
-    (``/run/postgresql``, ``C:\\sockets``) or abstract namespace (``@name``), as psycopg
-    tells them apart."""
+    (``/run/postgresql``, ``C:\\sockets``; psycopg's test) or abstract namespace (``@name``,
+    which libpq takes as a socket too)."""
     return not (host.startswith(("/", "@")) or host[1:2] == ":")
 
 
@@ -187,8 +208,9 @@ async def connect(
     (but for psycopg's warning about GSSAPI used by default), each handshake step on a worker
     thread, bounded by ``timeout`` s. ``attempts``: one conninfo per address, tried in turn
     as psycopg does (libpq's own next-address logic is not used: in its non-blocking mode it
-    does not bound each address, nor go on after a refusal past the TCP connect); each has
-    its share of what is left of ``timeout``."""
+    does not bound each address, nor go on after a refusal past the TCP connect); unlike
+    psycopg, which gives each the whole ``connect_timeout``, each has its share of what is
+    left of ``timeout``, so that a silent first address leaves time for the next."""
     import psycopg
     from psycopg.adapt import AdaptersMap
 
@@ -198,6 +220,8 @@ async def connect(
             "Psycopg cannot use the 'ProactorEventLoop' to run in async mode: use a "
             "selector event loop (asyncio.WindowsSelectorEventLoopPolicy())"
         )
+    if not attempts:
+        raise psycopg.OperationalError("connection failed: no address to connect to")
     deadline = loop.time() + timeout
     errors: list[psycopg.Error] = []
     pgconn = None
@@ -231,7 +255,7 @@ async def connect(
         f"- {_described(conninfo)}: {error}"
         for conninfo, error in zip(attempts, errors, strict=True)
     ]
-    raise type(last)("\n".join(lines)).with_traceback(None)
+    raise type(last)("\n".join(lines), pgconn=last.pgconn).with_traceback(None)
 
 
 def _described(conninfo: str) -> str:
