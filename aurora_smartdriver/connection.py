@@ -997,7 +997,7 @@ class Connection:
         while holding it would wait until failover_timeout.
         """
         old = self._lease
-        self._detach(f"the connection to {old.target.instance_id} was lost ({_short(exc)})")
+        self._detach(_recovery.lost(old.target.instance_id, exc))
         lease = self._fresh_lease(self.role, old.pooled, cause=exc, failed=old.target, kind=kind)
         self._take(lease)
         self._runtime.events.emit(
